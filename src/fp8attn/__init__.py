@@ -1,0 +1,27 @@
+"""fp8attn: accurate FP8 attention for PyTorch on NVIDIA Hopper, written in Triton.
+
+On a machine without a CUDA GPU, importing fp8attn switches Triton to its CPU interpreter
+(``TRITON_INTERPRET=1``) unless the variable is already set; under the interpreter it also installs
+faithful float→fp8 casts (see :mod:`fp8attn._interpreter`).
+"""
+
+import os as _os
+
+import torch as _torch
+
+if "TRITON_INTERPRET" not in _os.environ and not _torch.cuda.is_available():
+    _os.environ["TRITON_INTERPRET"] = "1"
+
+from triton import knobs as _knobs  # noqa: E402
+
+if _knobs.runtime.interpret:
+    from fp8attn import _interpreter
+
+    _interpreter.install()
+
+from fp8attn.api import attention, attention_prequantized  # noqa: E402
+from fp8attn.metrics import ErrorReport, compare  # noqa: E402
+from fp8attn.recipe import Recipe, recipes  # noqa: E402
+
+__all__ = ["ErrorReport", "Recipe", "attention", "attention_prequantized", "compare", "recipes"]
+__version__ = "0.1.0"

@@ -1,0 +1,291 @@
+"""Public entry points: argument checks, torch custom ops and their fake (meta) functions.
+
+Two ways in:
+
+* :func:`attention`: fp16/bf16 ``q, k, v``; fp8attn quantizes them by a recipe, then runs the FP8 kernel.
+* :func:`attention_prequantized`: E4M3 ``q, k, v`` from the caller (FP8 linear layers, an FP8 KV
+  cache) plus fp32 descales; only the FP8 kernel runs.
+
+Both are registered as torch custom ops (``torch.ops.fp8attn.*``) with fake functions, so they trace
+under ``torch.compile``. There is no backward yet: calling ``backward`` through them raises.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import torch
+import triton
+from triton import knobs
+
+from fp8attn.fp8 import E4M3
+from fp8attn.kernels.attention_fwd import attention_forward
+from fp8attn.quantize import QuantizedQKV, padded_head_dim, quantize_qkv
+from fp8attn.recipe import DEFAULT_RECIPE, Recipe, resolve_recipe
+
+MAX_HEAD_DIM = 256
+_INPUT_DTYPES = (torch.float16, torch.bfloat16)
+_INT32_LIMIT = 2**31 - 1
+
+
+# --------------------------------------------------------------------------------------------------
+# Argument checks: each error names the argument, what was expected and what came.
+
+
+def _check_tensor(name: str, x: object) -> torch.Tensor:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() != 4:
+        raise ValueError(f"{name} must have 4 dimensions (batch, heads, seqlen, head_dim), got shape {tuple(x.shape)}")
+    if x.numel() > _INT32_LIMIT:
+        raise NotImplementedError(f"{name} has {x.numel()} elements; fp8attn indexes with 32 bits (at most 2**31 - 1)")
+    return x
+
+
+def _check_device(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+    for name, x in (("k", k), ("v", v)):
+        if x.device != q.device:
+            raise ValueError(f"{name} is on {x.device} but q is on {q.device}; all inputs must share one device")
+    if q.device.type == "cpu":
+        if not knobs.runtime.interpret:
+            raise ValueError(
+                "q is on the CPU, which fp8attn runs only through Triton's interpreter: "
+                "set TRITON_INTERPRET=1 before importing fp8attn, or move the tensors to a CUDA GPU"
+            )
+    elif q.device.type == "cuda":
+        major, minor = torch.cuda.get_device_capability(q.device)
+        if (major, minor) < (8, 9) and not knobs.runtime.interpret:
+            raise NotImplementedError(
+                f"q is on a GPU of compute capability {major}.{minor}; FP8 tensor cores need 8.9 (Ada) or 9.0 (Hopper)"
+            )
+    else:
+        raise ValueError(f"q is on {q.device}; fp8attn runs on CUDA GPUs (or the CPU through Triton's interpreter)")
+
+
+def _check_shapes(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+    if k.shape != v.shape:
+        raise ValueError(f"k and v must have the same shape, got k {tuple(k.shape)} and v {tuple(v.shape)}")
+    if q.shape[0] != k.shape[0]:
+        raise ValueError(f"q and k must have the same batch size, got q {q.shape[0]} and k {k.shape[0]}")
+    if q.shape[3] != k.shape[3]:
+        raise ValueError(f"q and k must have the same head_dim, got q {q.shape[3]} and k {k.shape[3]}")
+    for name, size in (("batch", q.shape[0]), ("q heads", q.shape[1]), ("k heads", k.shape[1]),
+                       ("q seqlen", q.shape[2]), ("k seqlen", k.shape[2])):
+        if size < 1:
+            raise ValueError(f"{name} must be at least 1, got {size}")
+    if q.shape[1] % k.shape[1]:
+        raise ValueError(
+            f"q's head count must be a multiple of k's (grouped-query attention), got {q.shape[1]} and {k.shape[1]}"
+        )
+    head_dim = q.shape[3]
+    if head_dim % 8 or not 8 <= head_dim <= MAX_HEAD_DIM:
+        raise NotImplementedError(
+            f"head_dim must be a multiple of 8 from 8 to {MAX_HEAD_DIM}, got {head_dim} "
+            "(powers of two run without padding)"
+        )
+
+
+def _check_flags(causal: object, scale: object, head_dim: int) -> float:
+    if not isinstance(causal, bool):
+        raise TypeError(f"causal must be a bool, got {type(causal).__name__}")
+    if scale is None:
+        return 1.0 / math.sqrt(head_dim)
+    if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
+        raise TypeError(f"scale must be a real number or None, got {type(scale).__name__}")
+    if not math.isfinite(scale):
+        raise ValueError(f"scale must be finite, got {scale}")
+    return float(scale)
+
+
+def _check_inputs(q: object, k: object, v: object, causal: object, scale: object,
+                  dtypes: tuple[torch.dtype, ...]) -> float:
+    q, k, v = (_check_tensor(n, x) for n, x in (("q", q), ("k", k), ("v", v)))
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        if x.dtype not in dtypes:
+            raise TypeError(f"{name} must have dtype {' or '.join(map(str, dtypes))}, got {x.dtype}")
+    if not q.dtype == k.dtype == v.dtype:
+        raise TypeError(f"q, k and v must share one dtype, got {q.dtype}, {k.dtype} and {v.dtype}")
+    _check_shapes(q, k, v)
+    _check_device(q, k, v)
+    return _check_flags(causal, scale, q.shape[3])
+
+
+def _check_descale(name: str, x: object, batch: int, heads: int, device: torch.device) -> torch.Tensor:
+    if isinstance(x, numbers.Real) and not isinstance(x, bool):
+        x = torch.tensor(float(x), dtype=torch.float32)
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a float32 tensor or a number, got {type(x).__name__}")
+    if x.dtype != torch.float32:
+        raise TypeError(f"{name} must be float32, got {x.dtype}")
+    if x.shape not in ((), (1,), (batch, heads)):
+        raise ValueError(f"{name} must have shape (), (1,) or (batch, heads) = ({batch}, {heads}), got {tuple(x.shape)}")
+    x = x.to(device=device)
+    # Checking the values costs one host sync, which CUDA-graph capture forbids: skip it while capturing.
+    capturing = device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+    if not capturing and not bool((x.isfinite() & (x > 0)).all()):
+        raise ValueError(f"{name} must be finite and positive, got {x.cpu().tolist()}")
+    return x.reshape(()).expand(batch, heads) if x.dim() < 2 else x
+
+
+# --------------------------------------------------------------------------------------------------
+# Custom ops.
+
+
+@torch.library.custom_op("fp8attn::attention", mutates_args=())
+def _attention_op(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, scale: float,
+    q_block: int, k_block: int, smooth_k: bool, p_scale: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    recipe = Recipe(name="custom-op", q_block=q_block, k_block=k_block, smooth_k=smooth_k, p_scale=p_scale)
+    qkv = quantize_qkv(q, k, v, recipe)
+    return attention_forward(qkv, causal=causal, softmax_scale=scale, p_scale=p_scale, out_dtype=q.dtype)
+
+
+@_attention_op.register_fake
+def _(q, k, v, causal, scale, q_block, k_block, smooth_k, p_scale):
+    return q.new_empty(q.shape), q.new_empty(q.shape[:3], dtype=torch.float32)
+
+
+@torch.library.custom_op("fp8attn::attention_prequantized", mutates_args=())
+def _attention_prequantized_op(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+    q_descale: torch.Tensor, k_descale: torch.Tensor, v_descale: torch.Tensor,
+    causal: bool, scale: float, out_dtype: torch.dtype,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    qkv = _kernel_layout(q, k, v, q_descale, k_descale, v_descale)
+    return attention_forward(qkv, causal=causal, softmax_scale=scale, p_scale=DEFAULT_RECIPE.p_scale,
+                             out_dtype=out_dtype)
+
+
+@_attention_prequantized_op.register_fake
+def _(q, k, v, q_descale, k_descale, v_descale, causal, scale, out_dtype):
+    return q.new_empty(q.shape, dtype=out_dtype), q.new_empty(q.shape[:3], dtype=torch.float32)
+
+
+def _no_backward(ctx, *grads):
+    raise NotImplementedError("fp8attn has no backward pass yet: use it for inference (forward only)")
+
+
+for _op in (_attention_op, _attention_prequantized_op):
+    _op.register_autograd(_no_backward, setup_context=lambda ctx, inputs, output: None)
+
+
+def _kernel_layout(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+    q_descale: torch.Tensor, k_descale: torch.Tensor, v_descale: torch.Tensor,
+) -> QuantizedQKV:
+    """Bring caller-quantized E4M3 tensors into the kernel's layout (see :class:`QuantizedQKV`).
+
+    Q is used in place when its rows are contiguous and D is a power of two; K and V are copied
+    into zero-padded buffers (V transposed) unless K already has the padded layout.
+    """
+    batch, num_q_heads, seqlen_q, head_dim = q.shape
+    num_kv_heads, seqlen_k = k.shape[1], k.shape[2]
+    q_block, k_block = DEFAULT_RECIPE.q_block, DEFAULT_RECIPE.k_block
+    dp = padded_head_dim(head_dim)
+    skp = triton.cdiv(seqlen_k, k_block) * k_block
+    if dp != head_dim or q.stride(-1) != 1:
+        q_pad = q.new_zeros((batch, num_q_heads, seqlen_q, dp))
+        q_pad[..., :head_dim] = q
+        q = q_pad
+    if dp != head_dim or skp != seqlen_k or k.stride(-1) != 1:
+        k_pad = k.new_zeros((batch, num_kv_heads, skp, dp))
+        k_pad[:, :, :seqlen_k, :head_dim] = k
+        k = k_pad
+    v_t = v.new_zeros((batch, num_kv_heads, dp, skp))
+    v_t[:, :, :head_dim, :seqlen_k] = v.transpose(-1, -2)
+    num_q_blocks = triton.cdiv(seqlen_q, q_block)
+    v_scale = torch.ones((batch, num_kv_heads, dp), device=q.device, dtype=torch.float32)
+    v_scale[..., :head_dim] = v_descale[..., None]
+    return QuantizedQKV(
+        q=q, k=k, v_t=v_t,
+        q_scale=q_descale[..., None].expand(batch, num_q_heads, num_q_blocks).contiguous(),
+        k_scale=k_descale[..., None].expand(batch, num_kv_heads, skp // k_block).contiguous(),
+        v_scale=v_scale, k_mean=None,
+        seqlen_q=seqlen_q, seqlen_k=seqlen_k, head_dim=head_dim, q_block=q_block, k_block=k_block,
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Public functions.
+
+
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    causal: bool = False,
+    scale: float | None = None,
+    recipe: str | Recipe | None = None,
+    return_lse: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Scaled dot-product attention with FP8 (E4M3) tensor-core matmuls.
+
+    Args:
+        q: ``(B, Hq, Sq, D)`` float16 or bfloat16, any strides.
+        k: ``(B, Hkv, Sk, D)``, same dtype and device; ``Hq`` must be a multiple of ``Hkv``
+            (grouped-query / multi-query attention without repeating K and V).
+        v: ``(B, Hkv, Sk, D)``.
+        causal: mask keys after each query, aligned to the bottom-right corner as in
+            FlashAttention: query ``i`` sees keys ``j <= i + Sk - Sq``. A query that sees no key
+            (possible when ``Sq > Sk``) gets an output of zeros and a log-sum-exp of ``-inf``.
+        scale: softmax scale; ``1 / sqrt(D)`` when None.
+        recipe: how q, k, v and P are quantized: a name from :func:`fp8attn.recipes` or a
+            :class:`fp8attn.Recipe`; the default is ``"e4m3"``.
+        return_lse: also return the log-sum-exp of each row's scaled scores.
+
+    Returns:
+        ``out (B, Hq, Sq, D)`` in q's dtype, and with ``return_lse`` also ``lse (B, Hq, Sq)`` float32
+        (natural log).
+
+    D is any multiple of 8 up to 256 (powers of two from 32 on run without padding). CUDA tensors
+    run on the GPU (compute capability 8.9 or 9.0); CPU tensors through Triton's interpreter.
+    """
+    scale = _check_inputs(q, k, v, causal, scale, _INPUT_DTYPES)
+    r = resolve_recipe(recipe)
+    if not isinstance(return_lse, bool):
+        raise TypeError(f"return_lse must be a bool, got {type(return_lse).__name__}")
+    out, lse = _attention_op(q, k, v, causal, scale, r.q_block, r.k_block, r.smooth_k, r.p_scale)
+    return (out, lse) if return_lse else out
+
+
+def attention_prequantized(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    q_descale: torch.Tensor | float,
+    k_descale: torch.Tensor | float,
+    v_descale: torch.Tensor | float,
+    *,
+    causal: bool = False,
+    scale: float | None = None,
+    out_dtype: torch.dtype = torch.bfloat16,
+    return_lse: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Attention on inputs that are already E4M3, for callers with FP8 activations or KV caches.
+
+    The real values are ``q.float() * q_descale`` (likewise k, v): a descale is what the caller
+    divided by when quantizing, as in FlashAttention-3's ``descale_q/k/v``.
+
+    Args:
+        q: ``(B, Hq, Sq, D)`` ``torch.float8_e4m3fn``.
+        k, v: ``(B, Hkv, Sk, D)`` ``torch.float8_e4m3fn``.
+        q_descale: float32 of shape ``()``/``(1,)`` (per tensor) or ``(B, Hq)`` (per head), or a number.
+        k_descale, v_descale: float32 of shape ``()``/``(1,)`` or ``(B, Hkv)``, or a number.
+        causal, scale, return_lse: as in :func:`attention`.
+        out_dtype: ``torch.bfloat16`` or ``torch.float16``.
+
+    Returns:
+        ``out (B, Hq, Sq, D)`` in ``out_dtype`` (and ``lse (B, Hq, Sq)`` float32 with ``return_lse``).
+    """
+    scale = _check_inputs(q, k, v, causal, scale, (E4M3,))
+    if out_dtype not in _INPUT_DTYPES:
+        raise TypeError(f"out_dtype must be torch.float16 or torch.bfloat16, got {out_dtype}")
+    batch, num_q_heads, num_kv_heads = q.shape[0], q.shape[1], k.shape[1]
+    q_descale = _check_descale("q_descale", q_descale, batch, num_q_heads, q.device)
+    k_descale = _check_descale("k_descale", k_descale, batch, num_kv_heads, q.device)
+    v_descale = _check_descale("v_descale", v_descale, batch, num_kv_heads, q.device)
+    out, lse = _attention_prequantized_op(q, k, v, q_descale, k_descale, v_descale, causal, scale, out_dtype)
+    return (out, lse) if return_lse else out

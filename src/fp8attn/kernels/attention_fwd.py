@@ -1,0 +1,196 @@
+"""FP8 flash-attention forward: E4M3 Q·Kᵀ and P·V on tensor cores, online softmax in fp32.
+
+One program computes ``BLOCK_M`` query rows of one (batch, query head) against all visible keys,
+streamed in tiles of ``BLOCK_N``. The scales are folded into existing arithmetic:
+
+* the exp2 argument: ``s = (q8·k8ᵀ) · (q_scale · softmax_scale · log2 e) · k_scale``, one multiply per
+  score (``k_scale`` is one scalar per key tile because ``BLOCK_N`` divides the recipe's ``k_block``);
+* P: ``p = exp2(s - m)`` in [0, 1] is multiplied by the recipe's ``p_scale`` and rounded to E4M3;
+* the epilogue: ``out = acc · v_scale / (p_scale · l)``, with ``v_scale`` one value per channel.
+
+Causal masking is bottom-right aligned (query ``i`` sees keys ``j <= i + Sk - Sq``); a row that sees no
+key gets zeros and a log-sum-exp of -inf. Key tiles fully inside the visible range run without masks;
+only the tiles that cross ``Sk`` or the diagonal apply them.
+
+Hopper's FP8 wgmma accumulates in reduced precision, so the P·V partial sums are promoted to an fp32
+accumulator every ``PROMOTE_EVERY`` key tiles (``0``: never, the whole row accumulates in the wgmma
+accumulator).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from fp8attn.quantize import QuantizedQKV
+
+LOG2_E = math.log2(math.e)
+LN_2: tl.constexpr = tl.constexpr(math.log(2.0))
+
+
+@dataclass(frozen=True)
+class ForwardConfig:
+    """Launch parameters of the forward kernel. ``block_n`` also fixes where P is quantized."""
+
+    block_m: int
+    block_n: int
+    num_warps: int
+    num_stages: int
+    promote_every: int = 1
+
+
+def forward_config(head_dim_pad: int, k_block: int) -> ForwardConfig:
+    """The tile configuration used for a padded head dimension (one definition for kernel and emulation)."""
+    block_n = min(128 if head_dim_pad <= 128 else 64, k_block)
+    return ForwardConfig(block_m=128, block_n=block_n, num_warps=8 if head_dim_pad >= 128 else 4, num_stages=3)
+
+
+@triton.jit
+def _attend_kv_tiles(
+    acc, acc_part, l_i, m_i, q, row_scale, offs_m,
+    k_base, vt_base, k_scale_base, stride_kn, stride_vd,
+    lo, hi, seqlen_k, diagonal,
+    BLOCK_N: tl.constexpr, HEAD_DIM_PAD: tl.constexpr, K_BLOCK: tl.constexpr,
+    CAUSAL: tl.constexpr, MASKED: tl.constexpr, P_SCALE: tl.constexpr, PROMOTE_EVERY: tl.constexpr,
+):
+    offs_n0 = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HEAD_DIM_PAD)
+    for start_n in tl.range(lo, hi, BLOCK_N):
+        offs_n = start_n + offs_n0
+        k = tl.load(k_base + offs_n[:, None] * stride_kn + offs_d[None, :])
+        k_scale = tl.load(k_scale_base + start_n // K_BLOCK)
+        s = tl.dot(q, tl.trans(k)) * (row_scale * k_scale)[:, None]
+        if MASKED:
+            visible = offs_n[None, :] < seqlen_k
+            if CAUSAL:
+                visible = visible & (offs_n[None, :] <= offs_m[:, None] + diagonal)
+            s = tl.where(visible, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        # A row that has seen no visible key keeps m = -inf; use 0 there so exp2 gives 0, not NaN.
+        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.math.exp2(m_i - m_use)
+        p = tl.math.exp2(s - m_use[:, None])
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        p8 = (p * P_SCALE).to(tl.float8e4nv)
+        v = tl.trans(tl.load(vt_base + offs_d[:, None] * stride_vd + offs_n[None, :]))
+        if PROMOTE_EVERY == 0:
+            acc = tl.dot(p8, v, acc * alpha[:, None])
+        elif PROMOTE_EVERY == 1:
+            acc = acc * alpha[:, None] + tl.dot(p8, v)
+        else:
+            acc = acc * alpha[:, None]
+            acc_part = tl.dot(p8, v, acc_part * alpha[:, None])
+            if (start_n // BLOCK_N) % PROMOTE_EVERY == PROMOTE_EVERY - 1:
+                acc += acc_part
+                acc_part = tl.zeros_like(acc_part)
+        m_i = m_use
+    return acc, acc_part, l_i, m_i
+
+
+@triton.jit
+def _fp8_attention_fwd_kernel(
+    q_ptr, k_ptr, vt_ptr, q_scale_ptr, k_scale_ptr, v_scale_ptr, out_ptr, lse_ptr,
+    seqlen_q, seqlen_k, num_q_heads, num_kv_heads, num_q_scale_blocks, num_k_scale_blocks, qk_scale_log2,
+    stride_qb, stride_qh, stride_qm,
+    stride_kb, stride_kh, stride_kn,
+    stride_vb, stride_vh, stride_vd,
+    stride_ob, stride_oh, stride_om,
+    HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    Q_BLOCK: tl.constexpr, K_BLOCK: tl.constexpr, CAUSAL: tl.constexpr, P_SCALE: tl.constexpr,
+    PROMOTE_EVERY: tl.constexpr,
+):
+    start_m = tl.program_id(0) * BLOCK_M
+    bh = tl.program_id(1)
+    b = bh // num_q_heads
+    h = bh % num_q_heads
+    h_kv = h // (num_q_heads // num_kv_heads)
+    kv_bh = b * num_kv_heads + h_kv
+
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, HEAD_DIM_PAD)
+    m_ok = offs_m < seqlen_q
+    q = tl.load(
+        q_ptr + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :],
+        mask=m_ok[:, None], other=0.0,
+    )
+    q_scale = tl.load(q_scale_ptr + bh * num_q_scale_blocks + offs_m // Q_BLOCK, mask=m_ok, other=1.0)
+    row_scale = q_scale * qk_scale_log2
+
+    # Key range: [0, hi) holds every visible key of this tile's rows; [0, full_hi) is visible to all of them.
+    diagonal = seqlen_k - seqlen_q
+    if CAUSAL:
+        hi = tl.maximum(tl.minimum(seqlen_k, start_m + BLOCK_M + diagonal), 0)
+        full_hi = tl.maximum(tl.minimum(seqlen_k, start_m + diagonal + 1), 0) // BLOCK_N * BLOCK_N
+    else:
+        hi = seqlen_k
+        full_hi = seqlen_k // BLOCK_N * BLOCK_N
+
+    k_base = k_ptr + b * stride_kb + h_kv * stride_kh
+    vt_base = vt_ptr + b * stride_vb + h_kv * stride_vh
+    k_scale_base = k_scale_ptr + kv_bh * num_k_scale_blocks
+
+    acc = tl.zeros([BLOCK_M, HEAD_DIM_PAD], dtype=tl.float32)
+    acc_part = tl.zeros([BLOCK_M, HEAD_DIM_PAD], dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    acc, acc_part, l_i, m_i = _attend_kv_tiles(
+        acc, acc_part, l_i, m_i, q, row_scale, offs_m, k_base, vt_base, k_scale_base, stride_kn, stride_vd,
+        0, full_hi, seqlen_k, diagonal,
+        BLOCK_N, HEAD_DIM_PAD, K_BLOCK, CAUSAL, False, P_SCALE, PROMOTE_EVERY,
+    )
+    acc, acc_part, l_i, m_i = _attend_kv_tiles(
+        acc, acc_part, l_i, m_i, q, row_scale, offs_m, k_base, vt_base, k_scale_base, stride_kn, stride_vd,
+        full_hi, hi, seqlen_k, diagonal,
+        BLOCK_N, HEAD_DIM_PAD, K_BLOCK, CAUSAL, True, P_SCALE, PROMOTE_EVERY,
+    )
+    if PROMOTE_EVERY > 1:
+        acc += acc_part
+
+    seen = l_i > 0
+    inv_l = tl.where(seen, 1.0 / (tl.where(seen, l_i, 1.0) * P_SCALE), 0.0)
+    v_scale = tl.load(v_scale_ptr + kv_bh * HEAD_DIM_PAD + offs_d)
+    out = acc * inv_l[:, None] * v_scale[None, :]
+    out_ptrs = out_ptr + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_om + offs_d[None, :]
+    tl.store(out_ptrs, out.to(out_ptr.dtype.element_ty), mask=m_ok[:, None] & (offs_d < HEAD_DIM)[None, :])
+    lse = tl.where(seen, (m_i + tl.math.log2(tl.where(seen, l_i, 1.0))) * LN_2, float("-inf"))
+    tl.store(lse_ptr + bh * seqlen_q + offs_m, lse, mask=m_ok)
+
+
+def attention_forward(
+    qkv: QuantizedQKV,
+    *,
+    causal: bool,
+    softmax_scale: float,
+    p_scale: float,
+    out_dtype: torch.dtype,
+    config: ForwardConfig | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run the forward kernel on quantized inputs.
+
+    Returns ``out (B, Hq, Sq, D)`` in ``out_dtype`` and ``lse (B, Hq, Sq)`` fp32 (natural log).
+    """
+    batch, num_q_heads, seqlen_q, dp = qkv.q.shape
+    num_kv_heads = qkv.k.shape[1]
+    cfg = config or forward_config(dp, qkv.k_block)
+    if qkv.k_block % cfg.block_n:
+        raise ValueError(f"block_n={cfg.block_n} must divide the recipe's k_block={qkv.k_block}")
+    out = torch.empty((batch, num_q_heads, seqlen_q, qkv.head_dim), device=qkv.q.device, dtype=out_dtype)
+    lse = torch.empty((batch, num_q_heads, seqlen_q), device=qkv.q.device, dtype=torch.float32)
+    grid = (triton.cdiv(seqlen_q, cfg.block_m), batch * num_q_heads)
+    _fp8_attention_fwd_kernel[grid](
+        qkv.q, qkv.k, qkv.v_t, qkv.q_scale, qkv.k_scale, qkv.v_scale, out, lse,
+        seqlen_q, qkv.seqlen_k, num_q_heads, num_kv_heads, qkv.q_scale.shape[-1], qkv.k_scale.shape[-1],
+        softmax_scale * LOG2_E,
+        qkv.q.stride(0), qkv.q.stride(1), qkv.q.stride(2),
+        qkv.k.stride(0), qkv.k.stride(1), qkv.k.stride(2),
+        qkv.v_t.stride(0), qkv.v_t.stride(1), qkv.v_t.stride(2),
+        out.stride(0), out.stride(1), out.stride(2),
+        HEAD_DIM=qkv.head_dim, HEAD_DIM_PAD=dp, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+        Q_BLOCK=qkv.q_block, K_BLOCK=qkv.k_block, CAUSAL=causal, P_SCALE=p_scale,
+        PROMOTE_EVERY=cfg.promote_every, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )
+    return out, lse

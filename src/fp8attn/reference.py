@@ -1,0 +1,141 @@
+"""References the kernels are judged against.
+
+* :func:`exact`: float64 attention, the truth.
+* :func:`quantize_emulated`: a recipe's quantization in plain PyTorch, producing the same
+  :class:`~fp8attn.quantize.QuantizedQKV` layout as the Triton quantize kernels.
+* :func:`attention_emulated`: the kernel's arithmetic on quantized inputs in float64, following its
+  key tiling where the numerics depend on it (P is rounded to E4M3 against the running row maximum).
+* :func:`emulate`: both together, the recipe's end-to-end numerics.
+
+Comparing kernel with emulation catches kernel bugs that would hide inside FP8 noise; comparing
+emulation with :func:`exact` measures what the recipe itself costs.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+
+from fp8attn.fp8 import scale_from_amax, to_e4m3
+from fp8attn.kernels.attention_fwd import forward_config
+from fp8attn.quantize import QuantizedQKV, padded_head_dim
+from fp8attn.recipe import Recipe
+
+
+def visible_keys(seqlen_q: int, seqlen_k: int, causal: bool, device: torch.device | str = "cpu") -> torch.Tensor:
+    """``(Sq, Sk)`` bool: which keys each query sees. Causal is bottom-right aligned: ``j <= i + Sk - Sq``."""
+    if not causal:
+        return torch.ones((seqlen_q, seqlen_k), dtype=torch.bool, device=device)
+    i = torch.arange(seqlen_q, device=device)[:, None]
+    j = torch.arange(seqlen_k, device=device)[None, :]
+    return j <= i + (seqlen_k - seqlen_q)
+
+
+def _repeat_kv(x: torch.Tensor, num_q_heads: int) -> torch.Tensor:
+    return x.repeat_interleave(num_q_heads // x.shape[1], dim=1)
+
+
+def exact(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False, scale: float | None = None,
+    return_lse: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Float64 attention. ``q (B, Hq, Sq, D)``, ``k, v (B, Hkv, Sk, D)`` → ``(B, Hq, Sq, D)`` float64.
+
+    Rows that see no key are zero (their log-sum-exp is -inf), as in the kernel.
+    """
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    q64, k64, v64 = q.double(), _repeat_kv(k.double(), q.shape[1]), _repeat_kv(v.double(), q.shape[1])
+    s = (q64 @ k64.transpose(-1, -2)) * scale
+    s = s.masked_fill(~visible_keys(q.shape[2], k.shape[2], causal, q.device), float("-inf"))
+    lse = torch.logsumexp(s, dim=-1)
+    p = torch.exp(s - torch.where(torch.isinf(lse), 0.0, lse)[..., None])
+    out = p @ v64
+    return (out, lse) if return_lse else out
+
+
+def quantize_emulated(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, recipe: Recipe) -> QuantizedQKV:
+    """The recipe's quantization in PyTorch: what :func:`fp8attn.quantize.quantize_qkv` computes."""
+    batch, num_q_heads, seqlen_q, head_dim = q.shape
+    num_kv_heads, seqlen_k = k.shape[1], k.shape[2]
+    dp = padded_head_dim(head_dim)
+    skp = triton.cdiv(seqlen_k, recipe.k_block) * recipe.k_block
+    sqp = triton.cdiv(seqlen_q, recipe.q_block) * recipe.q_block
+
+    def pad(x: torch.Tensor, tokens: int) -> torch.Tensor:
+        out = x.new_zeros((*x.shape[:2], tokens, dp), dtype=torch.float32)
+        out[:, :, : x.shape[2], : x.shape[3]] = x.float()
+        return out
+
+    def blockwise(x: torch.Tensor, block: int) -> tuple[torch.Tensor, torch.Tensor]:
+        blocks = x.unflatten(2, (x.shape[2] // block, block))
+        scale = scale_from_amax(blocks.abs().amax(dim=(-1, -2)))
+        x8 = to_e4m3(blocks * (1.0 / scale)[..., None, None]).flatten(2, 3)
+        return x8, scale
+
+    q8, q_scale = blockwise(pad(q, sqp), recipe.q_block)
+    kf = pad(k, skp)
+    k_mean = None
+    if recipe.smooth_k:
+        k_mean = kf.double().sum(dim=2).div(seqlen_k).float()
+        kf = kf - k_mean[:, :, None, :]
+        kf[:, :, seqlen_k:] = 0.0
+    k8, k_scale = blockwise(kf, recipe.k_block)
+    vf = pad(v, skp)
+    v_scale = scale_from_amax(vf.abs().amax(dim=2))
+    v8 = to_e4m3(vf * (1.0 / v_scale)[:, :, None, :])
+    return QuantizedQKV(
+        q=q8[:, :, :seqlen_q].contiguous(), k=k8, v_t=v8.transpose(-1, -2).contiguous(),
+        q_scale=q_scale, k_scale=k_scale, v_scale=v_scale, k_mean=k_mean,
+        seqlen_q=seqlen_q, seqlen_k=seqlen_k, head_dim=head_dim, q_block=recipe.q_block, k_block=recipe.k_block,
+    )
+
+
+def attention_emulated(
+    qkv: QuantizedQKV, *, causal: bool, scale: float, p_scale: float, block_n: int | None = None,
+) -> torch.Tensor:
+    """The forward kernel's arithmetic in float64 on quantized inputs → ``(B, Hq, Sq, D)`` float64.
+
+    Keys are visited in tiles of ``block_n`` (default: the kernel's own tile for this shape); after each
+    tile the running maximum ``m`` is updated and ``P = exp2(s - m)`` is rounded to E4M3 after scaling
+    by ``p_scale``, exactly where the kernel rounds it. The row sum ``l`` uses the unrounded P.
+    """
+    num_q_heads = qkv.q.shape[1]
+    seqlen_q, seqlen_k = qkv.seqlen_q, qkv.seqlen_k
+    block_n = block_n or forward_config(qkv.q.shape[-1], qkv.k_block).block_n
+    q = qkv.q.double()
+    q_scale = qkv.q_scale.double().repeat_interleave(qkv.q_block, dim=-1)[..., :seqlen_q]
+    k = _repeat_kv(qkv.k.double()[:, :, :seqlen_k], num_q_heads)
+    k_scale = _repeat_kv(qkv.k_scale.double().repeat_interleave(qkv.k_block, dim=-1)[..., :seqlen_k], num_q_heads)
+    v = _repeat_kv(qkv.v_t.double().transpose(-1, -2)[:, :, :seqlen_k], num_q_heads)
+    v_scale = _repeat_kv(qkv.v_scale.double(), num_q_heads)
+
+    s_all = (q @ k.transpose(-1, -2)) * (q_scale * scale * math.log2(math.e))[..., None] * k_scale[..., None, :]
+    s_all = s_all.masked_fill(~visible_keys(seqlen_q, seqlen_k, causal, q.device), float("-inf"))
+    m = torch.full(q.shape[:-1], float("-inf"), dtype=torch.float64, device=q.device)
+    l = torch.zeros_like(m)
+    acc = torch.zeros_like(q)
+    for start in range(0, seqlen_k, block_n):
+        s = s_all[..., start : start + block_n]
+        m_new = torch.maximum(m, s.amax(dim=-1))
+        m_use = torch.where(torch.isinf(m_new), 0.0, m_new)
+        alpha = torch.exp2(m - m_use)
+        p = torch.exp2(s - m_use[..., None])
+        l = l * alpha + p.sum(dim=-1)
+        p8 = to_e4m3((p.float() * p_scale)).double()
+        acc = acc * alpha[..., None] + p8 @ v[:, :, start : start + block_n]
+        m = m_use
+    out = acc * v_scale[:, :, None, :] / (l * p_scale).clamp_min(torch.finfo(torch.float64).tiny)[..., None]
+    return out[..., : qkv.head_dim]
+
+
+def emulate(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, recipe: Recipe, causal: bool = False,
+    scale: float | None = None, block_n: int | None = None,
+) -> torch.Tensor:
+    """The recipe end to end in float64 arithmetic: ``(B, Hq, Sq, D)`` float64."""
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    qkv = quantize_emulated(q, k, v, recipe)
+    return attention_emulated(qkv, causal=causal, scale=scale, p_scale=recipe.p_scale, block_n=block_n)
+
