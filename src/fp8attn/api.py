@@ -51,7 +51,7 @@ def _check_device(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         if not knobs.runtime.interpret:
             raise ValueError(
                 "q is on the CPU, which fp8attn runs only through Triton's interpreter: "
-                "set TRITON_INTERPRET=1 before importing fp8attn, or move the tensors to a CUDA GPU"
+                "set TRITON_INTERPRET=1 before anything imports triton, or move the tensors to a CUDA GPU"
             )
     elif q.device.type == "cuda":
         major, minor = torch.cuda.get_device_capability(q.device)

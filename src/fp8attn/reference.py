@@ -94,8 +94,10 @@ def quantize_emulated(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, recipe:
 
 def attention_emulated(
     qkv: QuantizedQKV, *, causal: bool, scale: float, p_scale: float, block_n: int | None = None,
-) -> torch.Tensor:
-    """The forward kernel's arithmetic in float64 on quantized inputs → ``(B, Hq, Sq, D)`` float64.
+    return_lse: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """The forward kernel's arithmetic in float64 on quantized inputs → ``(B, Hq, Sq, D)`` float64
+    (and the ``(B, Hq, Sq)`` log-sum-exp of the quantized scores with ``return_lse``).
 
     Keys are visited in tiles of ``block_n`` (default: the kernel's own tile for this shape); after each
     tile the running maximum ``m`` is updated and ``P = exp2(s - m)`` is rounded to E4M3 after scaling
@@ -127,15 +129,19 @@ def attention_emulated(
         acc = acc * alpha[..., None] + p8 @ v[:, :, start : start + block_n]
         m = m_use
     out = acc * v_scale[:, :, None, :] / (l * p_scale).clamp_min(torch.finfo(torch.float64).tiny)[..., None]
-    return out[..., : qkv.head_dim]
+    out = out[..., : qkv.head_dim]
+    if not return_lse:
+        return out
+    return out, torch.where(l > 0, (m + torch.log2(l)) * math.log(2.0), float("-inf"))
 
 
 def emulate(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, recipe: Recipe, causal: bool = False,
-    scale: float | None = None, block_n: int | None = None,
-) -> torch.Tensor:
-    """The recipe end to end in float64 arithmetic: ``(B, Hq, Sq, D)`` float64."""
+    scale: float | None = None, block_n: int | None = None, return_lse: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """The recipe end to end in float64 arithmetic: ``(B, Hq, Sq, D)`` float64 (and the log-sum-exp)."""
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     qkv = quantize_emulated(q, k, v, recipe)
-    return attention_emulated(qkv, causal=causal, scale=scale, p_scale=recipe.p_scale, block_n=block_n)
+    return attention_emulated(qkv, causal=causal, scale=scale, p_scale=recipe.p_scale, block_n=block_n,
+                              return_lse=return_lse)
 

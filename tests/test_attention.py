@@ -1,0 +1,114 @@
+"""fp8attn.attention end to end: quantize + kernel against the recipe's emulation and float64."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+import fp8attn
+from fp8attn.metrics import compare
+from fp8attn.recipe import DEFAULT_RECIPE, RECIPES
+from fp8attn.reference import emulate, exact
+from tests.conftest import make_qkv
+
+# The done-when bar of the core issue: the kernel's distance from its own recipe's emulation must be
+# far below the recipe's distance from the truth, so a kernel bug cannot hide inside FP8 noise.
+KERNEL_SHARE_OF_RECIPE_ERROR = 0.25
+
+
+def kernel_error_budget(recipe_err: float, dtype: torch.dtype) -> float:
+    """0.25 × the recipe's own error, but never below the rounding of the output to ``dtype``:
+    with one key (Sk = 1) V's per-channel scaling is exact and the recipe error is ~1e-8."""
+    return max(KERNEL_SHARE_OF_RECIPE_ERROR * recipe_err, torch.finfo(dtype).eps / 2)
+
+SEQLENS = [(1, 1), (1, 257), (17, 130), (130, 17), (257, 257), (130, 257)]
+GRID = [
+    # D, (Sq, Sk), causal, dtype, (Hq, Hkv) — dtype and head layout alternate along the grid
+    (d, s, causal, dtype, heads)
+    for (d, s, causal), dtype, heads in zip(
+        itertools.product([64, 128, 256], SEQLENS, [False, True]),
+        itertools.cycle([torch.float16, torch.bfloat16, torch.bfloat16, torch.float16]),
+        itertools.cycle([(2, 2), (4, 2), (3, 1)]),
+    )
+]
+
+
+def _ids(case):
+    d, (sq, sk), causal, dtype, (hq, hkv) = case
+    return f"D{d}-Sq{sq}-Sk{sk}-{'causal' if causal else 'full'}-{str(dtype)[6:]}-H{hq}/{hkv}"
+
+
+@pytest.mark.parametrize("case", GRID, ids=[_ids(c) for c in GRID])
+def test_kernel_is_far_closer_to_its_emulation_than_the_recipe_is_to_float64(device, gen, poisoned_allocations, case):
+    d, (sq, sk), causal, dtype, (hq, hkv) = case
+    q, k, v = make_qkv(gen, (2 if d == 64 else 1, hq, hkv, sq, sk, d), dtype=dtype, device=device)
+    out = fp8attn.attention(q, k, v, causal=causal)
+    assert out.dtype == dtype and out.shape == q.shape
+    assert out.isfinite().all(), "NaN-poisoned elements left unwritten, or a non-finite result"
+    q, k, v = q.cpu(), k.cpu(), v.cpu()
+    emulated = emulate(q, k, v, recipe=DEFAULT_RECIPE, causal=causal)
+    truth = exact(q, k, v, causal=causal)
+    kernel_err = compare(out, emulated).rel_l2
+    recipe_err = compare(emulated, truth).rel_l2
+    assert kernel_err <= kernel_error_budget(recipe_err, dtype), f"kernel {kernel_err:.3g} vs recipe {recipe_err:.3g}"
+
+
+@pytest.mark.parametrize("head_dim", [8, 32, 40, 96, 160])
+def test_head_dims_that_are_not_64_128_256_work_through_padding(device, gen, head_dim):
+    q, k, v = make_qkv(gen, (1, 2, 1, 70, 90, head_dim), device=device)
+    out = fp8attn.attention(q, k, v, causal=True)
+    emulated = emulate(q.cpu(), k.cpu(), v.cpu(), recipe=DEFAULT_RECIPE, causal=True)
+    truth = exact(q.cpu(), k.cpu(), v.cpu(), causal=True)
+    assert compare(out, emulated).rel_l2 <= KERNEL_SHARE_OF_RECIPE_ERROR * compare(emulated, truth).rel_l2
+
+
+@pytest.mark.parametrize("recipe", list(RECIPES))
+def test_every_recipe_runs_by_name(device, gen, recipe):
+    q, k, v = make_qkv(gen, (1, 2, 2, 40, 150, 64), device=device, kind="k_offset")
+    out = fp8attn.attention(q, k, v, recipe=recipe)
+    emulated = emulate(q.cpu(), k.cpu(), v.cpu(), recipe=RECIPES[recipe])
+    truth = exact(q.cpu(), k.cpu(), v.cpu())
+    assert compare(out, emulated).rel_l2 <= KERNEL_SHARE_OF_RECIPE_ERROR * compare(emulated, truth).rel_l2
+
+
+def test_non_contiguous_inputs_give_the_same_result(device, gen):
+    """(B, S, H, D) tensors viewed as (B, H, S, D), as many models hold them."""
+    q, k, v = make_qkv(gen, (1, 2, 2, 50, 70, 64), device=device)
+    q_t, k_t, v_t = (x.transpose(1, 2).contiguous().transpose(1, 2) for x in (q, k, v))
+    assert not q_t.is_contiguous()
+    torch.testing.assert_close(fp8attn.attention(q_t, k_t, v_t), fp8attn.attention(q, k, v), rtol=0, atol=0)
+
+
+def test_lse_is_the_log_sum_exp_of_scaled_scores(device, gen):
+    q, k, v = make_qkv(gen, (1, 2, 1, 33, 200, 64), device=device)
+    out, lse = fp8attn.attention(q, k, v, causal=True, scale=0.3, return_lse=True)
+    _, lse_emulated = emulate(q.cpu(), k.cpu(), v.cpu(), recipe=DEFAULT_RECIPE, causal=True, scale=0.3,
+                              return_lse=True)
+    assert lse.dtype == torch.float32 and lse.shape == (1, 2, 33)
+    torch.testing.assert_close(lse.cpu().double(), lse_emulated, rtol=0, atol=1e-4)
+
+
+def test_custom_scale_matches_float64(device, gen):
+    q, k, v = make_qkv(gen, (1, 2, 2, 64, 64, 64), device=device)
+    out = fp8attn.attention(q, k, v, scale=0.05)
+    assert compare(out, exact(q.cpu(), k.cpu(), v.cpu(), scale=0.05)).rel_l2 < 0.06
+
+
+def test_backward_raises_instead_of_silently_returning_no_gradient(device, gen):
+    q, k, v = make_qkv(gen, (1, 1, 1, 16, 16, 64), device=device)
+    q.requires_grad_(True)
+    out = fp8attn.attention(q, k, v)
+    with pytest.raises(NotImplementedError, match="no backward"):
+        out.sum().backward()
+
+
+def test_custom_op_has_a_fake_implementation_for_torch_compile():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        q = torch.empty(2, 4, 10, 64, dtype=torch.bfloat16)
+        k = torch.empty(2, 2, 12, 64, dtype=torch.bfloat16)
+        out, lse = torch.ops.fp8attn.attention(q, k, k, True, 0.125, 128, 128, True, 448.0)
+    assert out.shape == q.shape and out.dtype == q.dtype and lse.shape == (2, 4, 10) and lse.dtype == torch.float32
