@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
-import zlib
 import random
+import zlib
 
-import fp8attn  # noqa: F401, I001  (first: it turns on Triton's interpreter on machines without a GPU)
 import pytest
 import torch
 from triton import knobs
+
+import fp8attn  # noqa: F401  (first: it turns on Triton's interpreter on machines without a GPU)
 
 SESSION_SEED = int(os.environ.get("FP8ATTN_SEED", random.SystemRandom().randrange(2**31)))
 HAS_CUDA = torch.cuda.is_available()

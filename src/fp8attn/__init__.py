@@ -14,16 +14,16 @@ import torch as _torch
 if "TRITON_INTERPRET" not in _os.environ and "triton" not in _sys.modules and not _torch.cuda.is_available():
     _os.environ["TRITON_INTERPRET"] = "1"
 
-from triton import knobs as _knobs  # noqa: E402
+from triton import knobs as _knobs
 
 if _knobs.runtime.interpret:
     from fp8attn import _interpreter
 
     _interpreter.install()
 
-from fp8attn.api import attention, attention_prequantized  # noqa: E402
-from fp8attn.metrics import ErrorReport, compare  # noqa: E402
-from fp8attn.recipe import Recipe, recipes  # noqa: E402
+from fp8attn.api import attention, attention_prequantized
+from fp8attn.metrics import ErrorReport, compare
+from fp8attn.recipe import Recipe, recipes
 
 __all__ = ["ErrorReport", "Recipe", "attention", "attention_prequantized", "compare", "recipes"]
 __version__ = "0.1.0"

@@ -36,7 +36,7 @@ def _as_torch(bits: np.ndarray, dtype: tl.dtype) -> torch.Tensor:
 def _convert_float(data: np.ndarray, src: tl.dtype, dst: tl.dtype, rounding_mode):
     if src not in _TORCH_FP8 and dst not in _TORCH_FP8:
         return _triton_convert_float(data, src, dst, rounding_mode)
-    if src not in _TORCH_FP8 and src not in _TORCH_FLOAT or dst not in _TORCH_FP8 and dst not in _TORCH_FLOAT:
+    if (src not in _TORCH_FP8 and src not in _TORCH_FLOAT) or (dst not in _TORCH_FP8 and dst not in _TORCH_FLOAT):
         return _triton_convert_float(data, src, dst, rounding_mode)
     value = _as_torch(data, src)
     if dst in _TORCH_FP8:

@@ -22,13 +22,14 @@ import triton
 import triton.language as tl
 
 from fp8attn.fp8 import E4M3, E4M3_MAX
+from fp8attn.kernels.launch import Launch
 from fp8attn.recipe import Recipe
 
 # Tokens one stats program reduces; the partials it writes are summed by every K/V block program,
 # so chunks are made larger for long sequences to keep that sum short.
 _STATS_MIN_CHUNK = 256
 _STATS_MAX_CHUNKS = 32
-_STATS_TILE = 64
+_STATS_TILE_ELEMENTS = 4096  # tokens per stats tile = this / padded head dim: ~128 registers a thread, no spills
 
 E4M3_MAX_F32: tl.constexpr = tl.constexpr(E4M3_MAX)
 
@@ -181,46 +182,71 @@ def _stats_chunk(seqlen_k: int) -> int:
     return chunk
 
 
+def allocate_quantized(
+    batch: int, num_q_heads: int, num_kv_heads: int, seqlen_q: int, seqlen_k: int, head_dim: int,
+    recipe: Recipe, device: torch.device | str,
+) -> QuantizedQKV:
+    """Uninitialised buffers in the kernel layout (see :class:`QuantizedQKV`)."""
+    dp = padded_head_dim(head_dim)
+    skp = triton.cdiv(seqlen_k, recipe.k_block) * recipe.k_block
+
+    def empty(*shape: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return torch.empty(shape, device=device, dtype=dtype)
+
+    return QuantizedQKV(
+        q=empty(batch, num_q_heads, seqlen_q, dp, dtype=E4M3),
+        k=empty(batch, num_kv_heads, skp, dp, dtype=E4M3),
+        v_t=empty(batch, num_kv_heads, dp, skp, dtype=E4M3),
+        q_scale=empty(batch, num_q_heads, triton.cdiv(seqlen_q, recipe.q_block)),
+        k_scale=empty(batch, num_kv_heads, skp // recipe.k_block),
+        v_scale=empty(batch, num_kv_heads, dp),
+        k_mean=empty(batch, num_kv_heads, dp) if recipe.smooth_k else None,
+        seqlen_q=seqlen_q, seqlen_k=seqlen_k, head_dim=head_dim, q_block=recipe.q_block, k_block=recipe.k_block,
+    )
+
+
+def quantize_launches(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, recipe: Recipe, out: QuantizedQKV,
+) -> tuple[Launch, Launch]:
+    """The two launches that fill ``out``: the K/V statistics pass, then the fused quantize pass."""
+    batch, num_q_heads, seqlen_q, head_dim = q.shape
+    num_kv_heads, seqlen_k = k.shape[1], k.shape[2]
+    dp, skp = out.k.shape[-1], out.k.shape[2]
+    chunk = _stats_chunk(seqlen_k)
+    num_chunks = triton.cdiv(seqlen_k, chunk)
+    k_sum = torch.empty((batch * num_kv_heads, num_chunks, dp), device=q.device, dtype=torch.float32)
+    v_amax = torch.empty_like(k_sum)
+    stats = Launch(
+        _kv_stats_kernel, (num_chunks, batch * num_kv_heads),
+        (k, v, k_sum, v_amax, seqlen_k, num_kv_heads, *k.stride(), *v.stride()),
+        dict(CHUNK=chunk, TILE=_STATS_TILE_ELEMENTS // dp, HEAD_DIM=head_dim, HEAD_DIM_PAD=dp,
+             SMOOTH_K=recipe.smooth_k),
+        dict(num_warps=8, num_stages=2),
+    )
+    num_q_programs = batch * num_q_heads * out.q_scale.shape[-1]
+    num_kv_programs = batch * num_kv_heads * (skp // recipe.k_block)
+    quantize = Launch(
+        _quantize_qkv_kernel, (num_q_programs + num_kv_programs,),
+        (
+            q, k, v, out.q, out.k, out.v_t, out.q_scale, out.k_scale, out.v_scale,
+            out.k_mean if out.k_mean is not None else k_sum, k_sum, v_amax,
+            seqlen_q, seqlen_k, skp, num_q_heads, num_kv_heads, num_chunks, num_q_programs,
+            *q.stride(), *k.stride(), *v.stride(),
+        ),
+        dict(Q_BLOCK=recipe.q_block, K_BLOCK=recipe.k_block, HEAD_DIM=head_dim, HEAD_DIM_PAD=dp,
+             SMOOTH_K=recipe.smooth_k),
+        dict(num_warps=8),
+    )
+    return stats, quantize
+
+
 def quantize_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, recipe: Recipe) -> QuantizedQKV:
     """Quantize fp16/bf16 ``q (B, Hq, Sq, D)``, ``k, v (B, Hkv, Sk, D)`` by ``recipe``.
 
     Inputs may have any strides. Arguments are assumed checked (see :mod:`fp8attn.api`).
     """
     batch, num_q_heads, seqlen_q, head_dim = q.shape
-    num_kv_heads, seqlen_k = k.shape[1], k.shape[2]
-    dp = padded_head_dim(head_dim)
-    skp = triton.cdiv(seqlen_k, recipe.k_block) * recipe.k_block
-    dev = q.device
-
-    q8 = torch.empty((batch, num_q_heads, seqlen_q, dp), device=dev, dtype=E4M3)
-    k8 = torch.empty((batch, num_kv_heads, skp, dp), device=dev, dtype=E4M3)
-    vt8 = torch.empty((batch, num_kv_heads, dp, skp), device=dev, dtype=E4M3)
-    num_q_blocks = triton.cdiv(seqlen_q, recipe.q_block)
-    q_scale = torch.empty((batch, num_q_heads, num_q_blocks), device=dev, dtype=torch.float32)
-    k_scale = torch.empty((batch, num_kv_heads, skp // recipe.k_block), device=dev, dtype=torch.float32)
-    v_scale = torch.empty((batch, num_kv_heads, dp), device=dev, dtype=torch.float32)
-    k_mean = torch.empty((batch, num_kv_heads, dp), device=dev, dtype=torch.float32) if recipe.smooth_k else None
-
-    chunk = _stats_chunk(seqlen_k)
-    num_chunks = triton.cdiv(seqlen_k, chunk)
-    k_sum = torch.empty((batch * num_kv_heads, num_chunks, dp), device=dev, dtype=torch.float32)
-    v_amax = torch.empty_like(k_sum)
-    _kv_stats_kernel[(num_chunks, batch * num_kv_heads)](
-        k, v, k_sum, v_amax, seqlen_k, num_kv_heads, *k.stride(), *v.stride(),
-        CHUNK=chunk, TILE=_STATS_TILE, HEAD_DIM=head_dim, HEAD_DIM_PAD=dp, SMOOTH_K=recipe.smooth_k,
-        num_warps=4,
-    )
-    num_q_programs = batch * num_q_heads * num_q_blocks
-    num_kv_programs = batch * num_kv_heads * (skp // recipe.k_block)
-    _quantize_qkv_kernel[(num_q_programs + num_kv_programs,)](
-        q, k, v, q8, k8, vt8, q_scale, k_scale, v_scale, k_mean if k_mean is not None else k_sum,
-        k_sum, v_amax,
-        seqlen_q, seqlen_k, skp, num_q_heads, num_kv_heads, num_chunks, num_q_programs,
-        *q.stride(), *k.stride(), *v.stride(),
-        Q_BLOCK=recipe.q_block, K_BLOCK=recipe.k_block, HEAD_DIM=head_dim, HEAD_DIM_PAD=dp,
-        SMOOTH_K=recipe.smooth_k, num_warps=8,
-    )
-    return QuantizedQKV(
-        q=q8, k=k8, v_t=vt8, q_scale=q_scale, k_scale=k_scale, v_scale=v_scale, k_mean=k_mean,
-        seqlen_q=seqlen_q, seqlen_k=seqlen_k, head_dim=head_dim, q_block=recipe.q_block, k_block=recipe.k_block,
-    )
+    out = allocate_quantized(batch, num_q_heads, k.shape[1], seqlen_q, k.shape[2], head_dim, recipe, q.device)
+    for launch in quantize_launches(q, k, v, recipe, out):
+        launch.run()
+    return out

@@ -125,7 +125,7 @@ def attention_emulated(
         alpha = torch.exp2(m - m_use)
         p = torch.exp2(s - m_use[..., None])
         l = l * alpha + p.sum(dim=-1)
-        p8 = to_e4m3((p.float() * p_scale)).double()
+        p8 = to_e4m3(p.float() * p_scale).double()
         acc = acc * alpha[..., None] + p8 @ v[:, :, start : start + block_n]
         m = m_use
     out = acc * v_scale[:, :, None, :] / (l * p_scale).clamp_min(torch.finfo(torch.float64).tiny)[..., None]

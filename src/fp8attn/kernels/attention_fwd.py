@@ -26,6 +26,7 @@ import torch
 import triton
 import triton.language as tl
 
+from fp8attn.kernels.launch import Launch
 from fp8attn.quantize import QuantizedQKV
 
 LOG2_E = math.log2(math.e)
@@ -44,9 +45,13 @@ class ForwardConfig:
 
 
 def forward_config(head_dim_pad: int, k_block: int) -> ForwardConfig:
-    """The tile configuration used for a padded head dimension (one definition for kernel and emulation)."""
+    """The tile configuration used for a padded head dimension (one definition for kernel and emulation).
+
+    Chosen so that no configuration spills registers on sm_90 (``fp8attn inspect`` shows it).
+    """
     block_n = min(128 if head_dim_pad <= 128 else 64, k_block)
-    return ForwardConfig(block_m=128, block_n=block_n, num_warps=8 if head_dim_pad >= 128 else 4, num_stages=3)
+    return ForwardConfig(block_m=128, block_n=block_n, num_warps=8, num_stages=3,
+                         promote_every=0 if head_dim_pad > 128 else 1)
 
 
 @triton.jit
@@ -160,6 +165,30 @@ def _fp8_attention_fwd_kernel(
     tl.store(lse_ptr + bh * seqlen_q + offs_m, lse, mask=m_ok)
 
 
+def forward_launch(
+    qkv: QuantizedQKV, out: torch.Tensor, lse: torch.Tensor, *, causal: bool, softmax_scale: float, p_scale: float,
+    config: ForwardConfig | None = None,
+) -> Launch:
+    """The forward kernel's launch for ``qkv`` writing ``out (B, Hq, Sq, D)`` and ``lse (B, Hq, Sq)``."""
+    batch, num_q_heads, seqlen_q, dp = qkv.q.shape
+    cfg = config or forward_config(dp, qkv.k_block)
+    if qkv.k_block % cfg.block_n:
+        raise ValueError(f"block_n={cfg.block_n} must divide the recipe's k_block={qkv.k_block}")
+    args = (
+        qkv.q, qkv.k, qkv.v_t, qkv.q_scale, qkv.k_scale, qkv.v_scale, out, lse,
+        seqlen_q, qkv.seqlen_k, num_q_heads, qkv.k.shape[1], qkv.q_scale.shape[-1], qkv.k_scale.shape[-1],
+        softmax_scale * LOG2_E,
+        *qkv.q.stride()[:3], *qkv.k.stride()[:3], *qkv.v_t.stride()[:3], *out.stride()[:3],
+    )
+    constexprs = dict(
+        HEAD_DIM=qkv.head_dim, HEAD_DIM_PAD=dp, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+        Q_BLOCK=qkv.q_block, K_BLOCK=qkv.k_block, CAUSAL=causal, P_SCALE=p_scale, PROMOTE_EVERY=cfg.promote_every,
+    )
+    grid = (triton.cdiv(seqlen_q, cfg.block_m), batch * num_q_heads)
+    return Launch(_fp8_attention_fwd_kernel, grid, args, constexprs,
+                  dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages))
+
+
 def attention_forward(
     qkv: QuantizedQKV,
     *,
@@ -173,24 +202,8 @@ def attention_forward(
 
     Returns ``out (B, Hq, Sq, D)`` in ``out_dtype`` and ``lse (B, Hq, Sq)`` fp32 (natural log).
     """
-    batch, num_q_heads, seqlen_q, dp = qkv.q.shape
-    num_kv_heads = qkv.k.shape[1]
-    cfg = config or forward_config(dp, qkv.k_block)
-    if qkv.k_block % cfg.block_n:
-        raise ValueError(f"block_n={cfg.block_n} must divide the recipe's k_block={qkv.k_block}")
+    batch, num_q_heads, seqlen_q, _ = qkv.q.shape
     out = torch.empty((batch, num_q_heads, seqlen_q, qkv.head_dim), device=qkv.q.device, dtype=out_dtype)
     lse = torch.empty((batch, num_q_heads, seqlen_q), device=qkv.q.device, dtype=torch.float32)
-    grid = (triton.cdiv(seqlen_q, cfg.block_m), batch * num_q_heads)
-    _fp8_attention_fwd_kernel[grid](
-        qkv.q, qkv.k, qkv.v_t, qkv.q_scale, qkv.k_scale, qkv.v_scale, out, lse,
-        seqlen_q, qkv.seqlen_k, num_q_heads, num_kv_heads, qkv.q_scale.shape[-1], qkv.k_scale.shape[-1],
-        softmax_scale * LOG2_E,
-        qkv.q.stride(0), qkv.q.stride(1), qkv.q.stride(2),
-        qkv.k.stride(0), qkv.k.stride(1), qkv.k.stride(2),
-        qkv.v_t.stride(0), qkv.v_t.stride(1), qkv.v_t.stride(2),
-        out.stride(0), out.stride(1), out.stride(2),
-        HEAD_DIM=qkv.head_dim, HEAD_DIM_PAD=dp, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
-        Q_BLOCK=qkv.q_block, K_BLOCK=qkv.k_block, CAUSAL=causal, P_SCALE=p_scale,
-        PROMOTE_EVERY=cfg.promote_every, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-    )
+    forward_launch(qkv, out, lse, causal=causal, softmax_scale=softmax_scale, p_scale=p_scale, config=config).run()
     return out, lse

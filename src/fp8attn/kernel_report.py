@@ -1,0 +1,194 @@
+"""What the compiler made of fp8attn's kernels: registers, spills, shared memory and matrix instructions.
+
+Kernels are compiled ahead of time for a chosen GPU architecture (default sm_90, Hopper) from the very
+:class:`~fp8attn.kernels.launch.Launch` the library runs, and their SASS is read with the
+``cuobjdump`` that ships with Triton. No GPU is needed, so the check that the attention kernel issues
+FP8 wgmma (``QGMMA``) rather than a slower path runs in CI too.
+
+``python -m fp8attn.kernel_report`` (or ``fp8attn inspect``) prints one row per kernel and shape.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+# Matrix instructions worth counting: FP8 wgmma, fp16/bf16 wgmma, Ampere-style mma, integer mma;
+# local-memory traffic (spills): LDL/STL.
+_OPCODES = ("QGMMA", "HGMMA", "HMMA", "IGMMA", "IMMA", "LDL", "STL")
+_TRITON_DTYPES = {
+    torch.float8_e4m3fn: "fp8e4nv", torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32",
+    torch.int8: "i8", torch.int32: "i32",
+}
+
+
+@dataclass(frozen=True)
+class KernelReport:
+    """One compiled kernel: its resources and instruction counts."""
+
+    kernel: str
+    shape: str
+    arch: int
+    registers: int
+    stack_bytes: int
+    shared_bytes: int
+    num_warps: int
+    num_stages: int
+    opcodes: dict[str, int]
+
+    @property
+    def spills(self) -> int:
+        return self.opcodes.get("LDL", 0) + self.opcodes.get("STL", 0)
+
+
+def _tool(name: str) -> str:
+    import triton.backends.nvidia as nvidia
+
+    bundled = Path(nvidia.__file__).parent / "bin" / name
+    found = str(bundled) if bundled.exists() else shutil.which(name)
+    if not found:
+        raise FileNotFoundError(f"{name} not found in Triton's bundled tools or on PATH")
+    return found
+
+
+def _signature(launch) -> tuple[dict[str, str], dict[tuple[int], list]]:
+    """Triton signature and divisibility attributes, as the runtime would specialize this launch."""
+    names = [n for n in launch.kernel.arg_names if n not in launch.constexprs]
+    signature, attrs = {}, {}
+    for i, (name, value) in enumerate(zip(names, launch.args, strict=True)):
+        if isinstance(value, torch.Tensor):
+            signature[name] = "*" + _TRITON_DTYPES[value.dtype]
+            attrs[(i,)] = [["tt.divisibility", 16]]
+        elif isinstance(value, bool):
+            signature[name] = "i1"
+        elif isinstance(value, int):
+            signature[name] = "i32" if -(2**31) <= value < 2**31 else "i64"
+            if value % 16 == 0:
+                attrs[(i,)] = [["tt.divisibility", 16]]
+        elif isinstance(value, float):
+            signature[name] = "fp32"
+        else:
+            raise TypeError(f"argument {name}: cannot derive a Triton type from {type(value).__name__}")
+    for name in launch.constexprs:
+        signature[name] = "constexpr"
+    return signature, attrs
+
+
+def compile_offline(launch, arch: int = 90):
+    """Compile ``launch`` for ``sm_<arch>`` without a GPU. Needs kernels that are not interpreted."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    if not hasattr(launch.kernel, "cache_key"):
+        raise RuntimeError("kernels are in Triton's interpreter (TRITON_INTERPRET=1): compile in a process without it")
+    signature, attrs = _signature(launch)
+    source = ASTSource(launch.kernel, signature, constexprs=dict(launch.constexprs), attrs=attrs)
+    return triton.compile(source, target=GPUTarget("cuda", arch, 32), options=dict(launch.options))
+
+
+def read_cubin(cubin: bytes, kernel: str, shape: str, arch: int, num_warps: int, num_stages: int,
+               shared_bytes: int) -> KernelReport:
+    """Registers and stack (``cuobjdump -res-usage``) and opcode counts (``cuobjdump -sass``) of one cubin;
+    ``shared_bytes`` is Triton's dynamic shared memory (the cubin's own figure counts only static use)."""
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        usage = subprocess.run([_tool("cuobjdump"), "-res-usage", f.name], capture_output=True, text=True, check=True)
+        sass = subprocess.run([_tool("cuobjdump"), "-sass", f.name], capture_output=True, text=True, check=True)
+    resources = dict(re.findall(r"(REG|STACK):(\d+)", usage.stdout))
+    counts = Counter(re.findall(r"\b(" + "|".join(_OPCODES) + r")\b", sass.stdout))
+    return KernelReport(
+        kernel=kernel, shape=shape, arch=arch, registers=int(resources.get("REG", 0)),
+        stack_bytes=int(resources.get("STACK", 0)), shared_bytes=shared_bytes,
+        num_warps=num_warps, num_stages=num_stages, opcodes={op: counts.get(op, 0) for op in _OPCODES},
+    )
+
+
+def report_launch(launch, shape: str, arch: int = 90, compiled=None) -> KernelReport:
+    """Compile (unless ``compiled`` is given, e.g. a kernel the GPU runtime built) and read one launch."""
+    compiled = compiled or compile_offline(launch, arch)
+    return read_cubin(compiled.asm["cubin"], launch.kernel.__name__, shape, arch, launch.options.get("num_warps", 4),
+                      launch.options.get("num_stages", 3), compiled.metadata.shared)
+
+
+def library_launches(batch: int, heads: int, kv_heads: int, seqlen: int, head_dim: int, causal: bool,
+                     recipe_name: str = "e4m3", dtype: torch.dtype = torch.bfloat16):
+    """The launches one :func:`fp8attn.attention` call makes for this shape, on meta tensors."""
+    from fp8attn.kernels.attention_fwd import forward_launch
+    from fp8attn.quantize import allocate_quantized, quantize_launches
+    from fp8attn.recipe import RECIPES
+
+    recipe = RECIPES[recipe_name]
+    q = torch.empty(batch, heads, seqlen, head_dim, device="meta", dtype=dtype)
+    k = torch.empty(batch, kv_heads, seqlen, head_dim, device="meta", dtype=dtype)
+    qkv = allocate_quantized(batch, heads, kv_heads, seqlen, seqlen, head_dim, recipe, "meta")
+    stats, quantize = quantize_launches(q, k, k, recipe, qkv)
+    out = torch.empty_like(q)
+    lse = torch.empty(batch, heads, seqlen, device="meta", dtype=torch.float32)
+    forward = forward_launch(qkv, out, lse, causal=causal, softmax_scale=head_dim**-0.5, p_scale=recipe.p_scale)
+    return [stats, quantize, forward]
+
+
+DEFAULT_SHAPES = [(4, 16, 16, 4096, d, c) for d in (64, 128, 256) for c in (False, True)]
+
+
+def collect(shapes=DEFAULT_SHAPES, arch: int = 90, only: str = "") -> list[KernelReport]:
+    """Reports for every launch of every shape whose kernel name contains ``only``
+    (run in a process where Triton is not interpreting)."""
+    reports = []
+    for b, h, hkv, s, d, causal in shapes:
+        label = f"B{b} H{h}/{hkv} S{s} D{d}{' causal' if causal else ''}"
+        for launch in library_launches(b, h, hkv, s, d, causal):
+            if only in launch.kernel.__name__:
+                reports.append(report_launch(launch, label, arch))
+    return reports
+
+
+def collect_in_subprocess(arch: int = 90, only: str = "") -> list[KernelReport]:
+    """:func:`collect` in a fresh Python with the interpreter off, for callers running under TRITON_INTERPRET=1."""
+    env = {**os.environ, "TRITON_INTERPRET": "0"}
+    cmd = [sys.executable, "-m", "fp8attn.kernel_report", "--json", "--arch", str(arch), "--only", only]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
+    return [KernelReport(**r) for r in json.loads(done.stdout)]
+
+
+def format_table(reports: list[KernelReport]) -> str:
+    head = f"{'kernel':<28} {'shape':<26} {'warps':>5} {'stages':>6} {'regs':>5} {'stack':>6} {'smem':>7} " + " ".join(
+        f"{op:>6}" for op in _OPCODES)
+    rows = [head, "-" * len(head)]
+    for r in reports:
+        rows.append(f"{r.kernel:<28} {r.shape:<26} {r.num_warps:>5} {r.num_stages:>6} {r.registers:>5} "
+                    f"{r.stack_bytes:>6} {r.shared_bytes:>7} " + " ".join(f"{r.opcodes[op]:>6}" for op in _OPCODES))
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="fp8attn inspect", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--arch", type=int, default=90, help="SM architecture to compile for (default 90, Hopper)")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--only", default="", help="only kernels whose name contains this, e.g. 'attention'")
+    args = parser.parse_args(argv)
+    from triton import knobs
+
+    if knobs.runtime.interpret:
+        reports = collect_in_subprocess(args.arch, args.only)
+    else:
+        reports = collect(arch=args.arch, only=args.only)
+    print(json.dumps([asdict(r) for r in reports]) if args.json else format_table(reports))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,54 @@
+"""What the compiler makes of the kernels: FP8 wgmma (QGMMA) for both matmuls, no register spills.
+
+The offline check compiles the library's own launches for sm_90 with Triton's bundled ptxas and reads
+the SASS with its bundled cuobjdump, so it runs without a GPU (in CI). On a GPU, the check reads the
+cubins the runtime actually built and launched.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from tests.conftest import HAS_CUDA, INTERPRETED, make_qkv
+
+import fp8attn
+from fp8attn.kernel_report import collect, collect_in_subprocess, read_cubin
+from fp8attn.kernels.attention_fwd import _fp8_attention_fwd_kernel
+
+
+def _assert_fp8_tensor_core_kernel(report) -> None:
+    assert report.opcodes["QGMMA"] > 0, f"no FP8 wgmma in {report}"
+    assert report.opcodes["HGMMA"] == report.opcodes["HMMA"] == 0, f"a 16-bit matmul path in {report}"
+    assert report.spills == 0 and report.stack_bytes == 0, f"register spills in {report}"
+
+
+def test_attention_kernel_compiled_offline_for_sm90_uses_fp8_wgmma_without_spills():
+    reports = collect_in_subprocess(arch=90, only="attention") if INTERPRETED else collect(arch=90, only="attention")
+    assert len(reports) == 6  # D 64/128/256, causal and not
+    for report in reports:
+        _assert_fp8_tensor_core_kernel(report)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_CUDA or INTERPRETED, reason="no CUDA GPU (reads the cubins the runtime built)")
+def test_kernels_the_gpu_ran_use_fp8_wgmma_without_spills(gen):
+    for d in (64, 128, 256):
+        q, k, v = make_qkv(gen, (1, 2, 2, 300, 300, d), device="cuda")
+        fp8attn.attention(q, k, v, causal=d == 128)
+    torch.cuda.synchronize()
+    compiled = list(_fp8_attention_fwd_kernel.device_caches[torch.cuda.current_device()][0].values())
+    assert len(compiled) >= 3
+    for kernel in compiled:
+        report = read_cubin(kernel.asm["cubin"], "_fp8_attention_fwd_kernel", "as launched", 90,
+                            kernel.metadata.num_warps, kernel.metadata.num_stages, kernel.metadata.shared)
+        print(report)
+        assert kernel.n_spills == 0
+        _assert_fp8_tensor_core_kernel(report)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_CUDA or INTERPRETED, reason="needs a CUDA machine without the interpreter")
+def test_cpu_tensors_without_the_interpreter_raise_a_clear_error():
+    q = torch.randn(1, 1, 4, 64).half()
+    with pytest.raises(ValueError, match="q is on the CPU, which fp8attn runs only through Triton's interpreter"):
+        fp8attn.attention(q, q, q)
