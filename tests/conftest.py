@@ -6,11 +6,16 @@ import os
 import random
 import zlib
 
-import pytest
 import torch
+
+if not torch.cuda.is_available():
+    # Triton reads this when it is first imported: before any test module imports triton.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest
 from triton import knobs
 
-import fp8attn  # noqa: F401  (first: it turns on Triton's interpreter on machines without a GPU)
+import fp8attn  # noqa: F401
 
 SESSION_SEED = int(os.environ.get("FP8ATTN_SEED", random.SystemRandom().randrange(2**31)))
 HAS_CUDA = torch.cuda.is_available()

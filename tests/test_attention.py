@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 import torch
-from tests.conftest import make_qkv
+from tests.conftest import HAS_CUDA, INTERPRETED, make_qkv
 
 import fp8attn
 from fp8attn.metrics import compare
@@ -83,7 +83,7 @@ def test_non_contiguous_inputs_give_the_same_result(device, gen):
 
 def test_lse_is_the_log_sum_exp_of_scaled_scores(device, gen):
     q, k, v = make_qkv(gen, (1, 2, 1, 33, 200, 64), device=device)
-    out, lse = fp8attn.attention(q, k, v, causal=True, scale=0.3, return_lse=True)
+    _, lse = fp8attn.attention(q, k, v, causal=True, scale=0.3, return_lse=True)
     _, lse_emulated = emulate(q.cpu(), k.cpu(), v.cpu(), recipe=DEFAULT_RECIPE, causal=True, scale=0.3,
                               return_lse=True)
     assert lse.dtype == torch.float32 and lse.shape == (1, 2, 33)
@@ -112,3 +112,11 @@ def test_custom_op_has_a_fake_implementation_for_torch_compile():
         k = torch.empty(2, 2, 12, 64, dtype=torch.bfloat16)
         out, lse = torch.ops.fp8attn.attention(q, k, k, True, 0.125, 128, 128, True, 448.0)
     assert out.shape == q.shape and out.dtype == q.dtype and lse.shape == (2, 4, 10) and lse.dtype == torch.float32
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_CUDA or INTERPRETED, reason="no CUDA GPU (torch.compile of the custom op)")
+def test_torch_compile_traces_the_custom_op_without_graph_breaks(gen):
+    q, k, v = make_qkv(gen, (1, 4, 2, 100, 300, 64), device="cuda", dtype=torch.bfloat16)
+    compiled = torch.compile(lambda q, k, v: fp8attn.attention(q * 1.0, k, v, causal=True), fullgraph=True)
+    torch.testing.assert_close(compiled(q, k, v), fp8attn.attention(q, k, v, causal=True), rtol=0, atol=0)

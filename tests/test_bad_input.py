@@ -14,7 +14,8 @@ def _qkv(shape_q=(1, 2, 8, 64), shape_kv=(1, 2, 8, 64), dtype=torch.float16):
 
 CASES = [
     # (description, call, exception, message pattern)
-    ("q not a tensor", lambda q, k, v: fp8attn.attention(q.tolist(), k, v), TypeError, "q must be a torch.Tensor, got list"),
+    ("q not a tensor", lambda q, k, v: fp8attn.attention(q.tolist(), k, v), TypeError,
+     "q must be a torch.Tensor, got list"),
     ("float32 q", lambda q, k, v: fp8attn.attention(q.float(), k, v), TypeError,
      r"q must have dtype torch.float16 or torch.bfloat16, got torch.float32"),
     ("mixed dtypes", lambda q, k, v: fp8attn.attention(q, k.bfloat16(), v), TypeError,
@@ -35,11 +36,14 @@ CASES = [
      NotImplementedError, "head_dim must be a multiple of 8 from 8 to 256, got 300"),
     ("head dim 20", lambda q, k, v: fp8attn.attention(*(torch.randn(1, 1, 4, 20).half() for _ in range(3))),
      NotImplementedError, "head_dim must be a multiple of 8 from 8 to 256, got 20"),
-    ("nan scale", lambda q, k, v: fp8attn.attention(q, k, v, scale=float("nan")), ValueError, "scale must be finite, got nan"),
-    ("inf scale", lambda q, k, v: fp8attn.attention(q, k, v, scale=float("inf")), ValueError, "scale must be finite, got inf"),
+    ("nan scale", lambda q, k, v: fp8attn.attention(q, k, v, scale=float("nan")), ValueError,
+     "scale must be finite, got nan"),
+    ("inf scale", lambda q, k, v: fp8attn.attention(q, k, v, scale=float("inf")), ValueError,
+     "scale must be finite, got inf"),
     ("string scale", lambda q, k, v: fp8attn.attention(q, k, v, scale="0.1"), TypeError,
      "scale must be a real number or None, got str"),
-    ("causal not bool", lambda q, k, v: fp8attn.attention(q, k, v, causal=1), TypeError, "causal must be a bool, got int"),
+    ("causal not bool", lambda q, k, v: fp8attn.attention(q, k, v, causal=1), TypeError,
+     "causal must be a bool, got int"),
     ("unknown recipe", lambda q, k, v: fp8attn.attention(q, k, v, recipe="int4"), ValueError,
      r"recipe must be one of \['e4m3', 'e4m3-unsmoothed'\] or a fp8attn.Recipe, got 'int4'"),
     ("meta device", lambda q, k, v: fp8attn.attention(q.to("meta"), k.to("meta"), v.to("meta")), ValueError,
@@ -71,7 +75,7 @@ def test_bad_input_raises_a_clear_error(call, exc, pattern):
 
 
 def test_bad_recipe_fields_are_rejected():
-    with pytest.raises(ValueError, match="Recipe.k_block must be a power of two >= 16, got 100"):
+    with pytest.raises(ValueError, match=r"Recipe\.k_block must be a power of two >= 16, got 100"):
         fp8attn.Recipe(name="x", k_block=100)
     with pytest.raises(ValueError, match=r"Recipe.p_scale must lie in \(0, 448.0\], got 500"):
         fp8attn.Recipe(name="x", p_scale=500)

@@ -29,7 +29,8 @@ _UINT_VIEW = {8: torch.uint8, 16: torch.int16, 32: torch.int32}
 
 def _as_torch(bits: np.ndarray, dtype: tl.dtype) -> torch.Tensor:
     width = dtype.primitive_bitwidth
-    raw = torch.from_numpy(np.ascontiguousarray(bits).view(f"uint{width}").view(f"int{width}" if width > 8 else "uint8"))
+    signed = f"int{width}" if width > 8 else "uint8"  # torch has no uint16/uint32 views to reinterpret
+    raw = torch.from_numpy(np.ascontiguousarray(bits).view(f"uint{width}").view(signed))
     return raw.view(_TORCH_FP8.get(dtype) or _TORCH_FLOAT[dtype])
 
 

@@ -12,6 +12,7 @@ under ``torch.compile``. There is no backward yet: calling ``backward`` through 
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 
@@ -43,6 +44,11 @@ def _check_tensor(name: str, x: object) -> torch.Tensor:
     return x
 
 
+@functools.cache
+def _capability(device: torch.device) -> tuple[int, int]:
+    return torch.cuda.get_device_capability(device)
+
+
 def _check_device(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
     for name, x in (("k", k), ("v", v)):
         if x.device != q.device:
@@ -54,7 +60,7 @@ def _check_device(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
                 "set TRITON_INTERPRET=1 before anything imports triton, or move the tensors to a CUDA GPU"
             )
     elif q.device.type == "cuda":
-        major, minor = torch.cuda.get_device_capability(q.device)
+        major, minor = _capability(q.device)
         if (major, minor) < (8, 9) and not knobs.runtime.interpret:
             raise NotImplementedError(
                 f"q is on a GPU of compute capability {major}.{minor}; FP8 tensor cores need 8.9 (Ada) or 9.0 (Hopper)"
@@ -112,28 +118,39 @@ def _check_inputs(q: object, k: object, v: object, causal: object, scale: object
 
 
 def _check_descale(name: str, x: object, batch: int, heads: int, device: torch.device) -> torch.Tensor:
+    """Shape and dtype of one descale; returns it as a ``(batch, heads)`` float32 view on ``device``."""
     if isinstance(x, numbers.Real) and not isinstance(x, bool):
-        x = torch.tensor(float(x), dtype=torch.float32)
+        if not (math.isfinite(x) and x > 0):
+            raise ValueError(f"{name} must be finite and positive, got {x}")
+        x = torch.full((), float(x), dtype=torch.float32, device=device)
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a float32 tensor or a number, got {type(x).__name__}")
     if x.dtype != torch.float32:
         raise TypeError(f"{name} must be float32, got {x.dtype}")
     if x.shape not in ((), (1,), (batch, heads)):
-        raise ValueError(f"{name} must have shape (), (1,) or (batch, heads) = ({batch}, {heads}), got {tuple(x.shape)}")
+        raise ValueError(
+            f"{name} must have shape (), (1,) or (batch, heads) = ({batch}, {heads}), got {tuple(x.shape)}"
+        )
     x = x.to(device=device)
-    # Checking the values costs one host sync, which CUDA-graph capture forbids: skip it while capturing.
-    capturing = device.type == "cuda" and torch.cuda.is_current_stream_capturing()
-    if not capturing and not bool((x.isfinite() & (x > 0)).all()):
-        raise ValueError(f"{name} must be finite and positive, got {x.cpu().tolist()}")
     return x.reshape(()).expand(batch, heads) if x.dim() < 2 else x
+
+
+def _check_descale_values(descales: dict[str, torch.Tensor]) -> None:
+    """Finite and positive: one host sync for all descales, skipped while a CUDA graph is being captured."""
+    first = next(iter(descales.values()))
+    if first.device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+        return
+    ok = torch.stack([((x > 0) & x.isfinite()).all() for x in descales.values()])
+    if not bool(ok.all()):
+        name, x = next((n, x) for (n, x), good in zip(descales.items(), ok.tolist(), strict=True) if not good)
+        raise ValueError(f"{name} must be finite and positive, got {x.unique().cpu().tolist()}")
 
 
 # --------------------------------------------------------------------------------------------------
 # Custom ops.
 
 
-@torch.library.custom_op("fp8attn::attention", mutates_args=())
-def _attention_op(
+def _attention_impl(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, scale: float,
     q_block: int, k_block: int, smooth_k: bool, p_scale: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -142,13 +159,15 @@ def _attention_op(
     return attention_forward(qkv, causal=causal, softmax_scale=scale, p_scale=p_scale, out_dtype=q.dtype)
 
 
+_attention_op = torch.library.custom_op("fp8attn::attention", _attention_impl, mutates_args=())
+
+
 @_attention_op.register_fake
 def _(q, k, v, causal, scale, q_block, k_block, smooth_k, p_scale):
     return q.new_empty(q.shape), q.new_empty(q.shape[:3], dtype=torch.float32)
 
 
-@torch.library.custom_op("fp8attn::attention_prequantized", mutates_args=())
-def _attention_prequantized_op(
+def _attention_prequantized_impl(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     q_descale: torch.Tensor, k_descale: torch.Tensor, v_descale: torch.Tensor,
     causal: bool, scale: float, out_dtype: torch.dtype,
@@ -158,17 +177,48 @@ def _attention_prequantized_op(
                              out_dtype=out_dtype)
 
 
+_attention_prequantized_op = torch.library.custom_op(
+    "fp8attn::attention_prequantized", _attention_prequantized_impl, mutates_args=()
+)
+
+
 @_attention_prequantized_op.register_fake
 def _(q, k, v, q_descale, k_descale, v_descale, causal, scale, out_dtype):
     return q.new_empty(q.shape, dtype=out_dtype), q.new_empty(q.shape[:3], dtype=torch.float32)
 
 
+_NO_BACKWARD = "fp8attn has no backward pass yet: use it for inference (forward only)"
+
+
 def _no_backward(ctx, *grads):
-    raise NotImplementedError("fp8attn has no backward pass yet: use it for inference (forward only)")
+    raise NotImplementedError(_NO_BACKWARD)
 
 
 for _op in (_attention_op, _attention_prequantized_op):
     _op.register_autograd(_no_backward, setup_context=lambda ctx, inputs, output: None)
+
+
+class _ForwardOnly(torch.autograd.Function):
+    """Eager-mode stand-in for the ops' autograd registration: joins the graph, raises in backward."""
+
+    @staticmethod
+    def forward(ctx, out: torch.Tensor, *inputs: torch.Tensor) -> torch.Tensor:
+        return out
+
+    @staticmethod
+    def backward(ctx, *grads):
+        raise NotImplementedError(_NO_BACKWARD)
+
+
+def _dispatch(op, impl, inputs: tuple[torch.Tensor, ...], *args) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run through the custom op while torch.compile traces; otherwise call the implementation directly,
+    which saves the op dispatcher's host time on every eager call."""
+    if torch.compiler.is_compiling():
+        return op(*inputs, *args)
+    out, lse = impl(*inputs, *args)
+    if torch.is_grad_enabled() and any(x.requires_grad for x in inputs):
+        out = _ForwardOnly.apply(out, *inputs)
+    return out, lse
 
 
 def _kernel_layout(
@@ -247,7 +297,8 @@ def attention(
     r = resolve_recipe(recipe)
     if not isinstance(return_lse, bool):
         raise TypeError(f"return_lse must be a bool, got {type(return_lse).__name__}")
-    out, lse = _attention_op(q, k, v, causal, scale, r.q_block, r.k_block, r.smooth_k, r.p_scale)
+    out, lse = _dispatch(_attention_op, _attention_impl, (q, k, v), causal, scale, r.q_block, r.k_block,
+                         r.smooth_k, r.p_scale)
     return (out, lse) if return_lse else out
 
 
@@ -263,6 +314,7 @@ def attention_prequantized(
     scale: float | None = None,
     out_dtype: torch.dtype = torch.bfloat16,
     return_lse: bool = False,
+    validate_descales: bool = True,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Attention on inputs that are already E4M3, for callers with FP8 activations or KV caches.
 
@@ -276,6 +328,8 @@ def attention_prequantized(
         k_descale, v_descale: float32 of shape ``()``/``(1,)`` or ``(B, Hkv)``, or a number.
         causal, scale, return_lse: as in :func:`attention`.
         out_dtype: ``torch.bfloat16`` or ``torch.float16``.
+        validate_descales: check that descale tensors are finite and positive. This costs one host
+            sync per call (skipped during CUDA-graph capture); pass False on a hot path.
 
     Returns:
         ``out (B, Hq, Sq, D)`` in ``out_dtype`` (and ``lse (B, Hq, Sq)`` float32 with ``return_lse``).
@@ -287,5 +341,8 @@ def attention_prequantized(
     q_descale = _check_descale("q_descale", q_descale, batch, num_q_heads, q.device)
     k_descale = _check_descale("k_descale", k_descale, batch, num_kv_heads, q.device)
     v_descale = _check_descale("v_descale", v_descale, batch, num_kv_heads, q.device)
-    out, lse = _attention_prequantized_op(q, k, v, q_descale, k_descale, v_descale, causal, scale, out_dtype)
+    if validate_descales:
+        _check_descale_values({"q_descale": q_descale, "k_descale": k_descale, "v_descale": v_descale})
+    out, lse = _dispatch(_attention_prequantized_op, _attention_prequantized_impl,
+                         (q, k, v, q_descale, k_descale, v_descale), causal, scale, out_dtype)
     return (out, lse) if return_lse else out

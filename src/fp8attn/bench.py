@@ -49,7 +49,8 @@ import re
 import statistics
 import sys
 import time
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
@@ -279,7 +280,23 @@ def build_fp8attn_prequant(x: Inputs) -> Runner:
 
     (q8, qd), (k8, kd), (v8, vd) = (_quantize_per_head(t) for t in (x.q, x.k, x.v))
     causal, out_dtype = x.shape.causal, x.q.dtype
-    return Runner(lambda: fp8attn.attention_prequantized(q8, k8, v8, qd, kd, vd, causal=causal, out_dtype=out_dtype))
+    return Runner(lambda: fp8attn.attention_prequantized(q8, k8, v8, qd, kd, vd, causal=causal, out_dtype=out_dtype,
+                                                         validate_descales=False))
+
+
+@contextlib.contextmanager
+def _sdpa_context(backend_name: str | None) -> Iterator[None]:
+    """Pin SDPA to one backend (none: PyTorch chooses) and silence its per-backend "not used because"
+    warnings: a backend that cannot run raises "No available kernel", which is reported instead."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        if backend_name is None:
+            yield
+            return
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        with sdpa_kernel(getattr(SDPBackend, backend_name)):
+            yield
 
 
 def _sdpa_builder(backend_name: str | None) -> Callable[[Inputs], Runner]:
@@ -293,13 +310,8 @@ def _sdpa_builder(backend_name: str | None) -> Callable[[Inputs], Runner]:
         kwargs: dict[str, Any] = {"is_causal": s.causal, "scale": x.scale}
         if s.Hq != s.Hkv:
             kwargs["enable_gqa"] = True
-        context: Callable[[], AbstractContextManager[Any]] = contextlib.nullcontext
-        if backend_name is not None:
-            from torch.nn.attention import SDPBackend, sdpa_kernel
-
-            backend = getattr(SDPBackend, backend_name)
-            context = lambda: sdpa_kernel(backend)  # noqa: E731
-        return Runner(lambda: F.scaled_dot_product_attention(x.q, x.k, x.v, **kwargs), context=context)
+        return Runner(lambda: F.scaled_dot_product_attention(x.q, x.k, x.v, **kwargs),
+                      context=lambda: _sdpa_context(backend_name))
 
     return build
 

@@ -57,8 +57,8 @@ def exact(
 
 def quantize_emulated(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, recipe: Recipe) -> QuantizedQKV:
     """The recipe's quantization in PyTorch: what :func:`fp8attn.quantize.quantize_qkv` computes."""
-    batch, num_q_heads, seqlen_q, head_dim = q.shape
-    num_kv_heads, seqlen_k = k.shape[1], k.shape[2]
+    seqlen_q, head_dim = q.shape[2], q.shape[3]
+    seqlen_k = k.shape[2]
     dp = padded_head_dim(head_dim)
     skp = triton.cdiv(seqlen_k, recipe.k_block) * recipe.k_block
     sqp = triton.cdiv(seqlen_q, recipe.q_block) * recipe.q_block

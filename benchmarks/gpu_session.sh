@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# One pass on a GPU machine: the test suite with compiled kernels, the kernel report, the demo,
+# and whichever studies are named. Usage: bash benchmarks/gpu_session.sh [tests] [demo] [study] [bench-quick] [bench]
+# Results go to $OUT (default ./out). Peers' wheels, if present in .whl/, are installed to /tmp/site.
+set -uo pipefail
+OUT=${OUT:-out}
+mkdir -p "$OUT"
+export PYTHONPATH="$PWD/src:$PWD" PYTHONUNBUFFERED=1
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH="$PYTHONPATH:/tmp/site"
+fi
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw,power.limit --format=csv | tee "$OUT/gpu.txt"
+python3 -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__)" \
+  | tee -a "$OUT/gpu.txt"
+for step in "$@"; do
+  echo "=== $step"
+  case $step in
+    tests) timeout 480 python3 -m pytest tests -q -p no:cacheprovider -ra 2>&1 | tee "$OUT/pytest.log" \
+             | grep -v "^SKIPPED" | tail -30 ;;
+    inspect) python3 -m fp8attn.kernel_report 2>&1 | tee "$OUT/kernel_report.txt" ;;
+    demo) python3 -m fp8attn.cli demo 2>&1 | tee "$OUT/demo.txt" ;;
+    study) timeout 300 python3 benchmarks/promotion_study.py --out "$OUT" 2>&1 | tail -20 ;;
+    bench-quick) timeout 300 python3 -m fp8attn.bench --quick --out "$OUT" 2>&1 | tail -60 ;;
+    bench) timeout 560 python3 -m fp8attn.bench --out "$OUT" 2>&1 | tail -80 ;;
+  esac
+done
