@@ -20,6 +20,7 @@ for step in "$@"; do
              | grep -v "^SKIPPED" | tail -30 ;;
     inspect) python3 -m fp8attn.kernel_report 2>&1 | tee "$OUT/kernel_report.txt" ;;
     demo) python3 -m fp8attn.cli demo 2>&1 | tee "$OUT/demo.txt" ;;
+    profile) python3 benchmarks/host_profile.py 2>&1 | tee "$OUT/host_profile.txt" | head -45 ;;
     study) timeout 300 python3 benchmarks/promotion_study.py --out "$OUT" 2>&1 | tail -20 ;;
     bench-quick) timeout 300 python3 -m fp8attn.bench --quick --out "$OUT" 2>&1 | tail -60 ;;
     bench) timeout 560 python3 -m fp8attn.bench --out "$OUT" 2>&1 | tail -80 ;;

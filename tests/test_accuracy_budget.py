@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from tests.conftest import make_qkv
 
 import fp8attn
 from fp8attn.metrics import compare
 from fp8attn.reference import exact
+from tests.conftest import make_qkv
 
 
 @pytest.mark.parametrize("head_dim", [64, 128])

@@ -6,12 +6,12 @@ import itertools
 
 import pytest
 import torch
-from tests.conftest import HAS_CUDA, INTERPRETED, make_qkv
 
 import fp8attn
 from fp8attn.metrics import compare
 from fp8attn.recipe import DEFAULT_RECIPE, RECIPES
 from fp8attn.reference import emulate, exact
+from tests.conftest import HAS_CUDA, INTERPRETED, make_qkv
 
 # The done-when bar of the core issue: the kernel's distance from its own recipe's emulation must be
 # far below the recipe's distance from the truth, so a kernel bug cannot hide inside FP8 noise.

@@ -6,12 +6,12 @@ import dataclasses
 
 import pytest
 import torch
-from tests.conftest import make_qkv
 
 from fp8attn.kernels.attention_fwd import attention_forward, forward_config
 from fp8attn.metrics import compare
 from fp8attn.recipe import DEFAULT_RECIPE
 from fp8attn.reference import attention_emulated, exact, quantize_emulated
+from tests.conftest import make_qkv
 
 # Far below FP8's own error (~5e-2 on these inputs): what is left is fp32 vs float64 arithmetic,
 # the GPU's approximate exp2 and the final rounding to fp16.

@@ -6,10 +6,13 @@ import pytest
 import torch
 
 import fp8attn
+from tests.conftest import INTERPRETED
+
+DEVICE = "cpu" if INTERPRETED else "cuda"  # where valid inputs would run: errors must come from the argument
 
 
 def _qkv(shape_q=(1, 2, 8, 64), shape_kv=(1, 2, 8, 64), dtype=torch.float16):
-    return torch.randn(shape_q).to(dtype), torch.randn(shape_kv).to(dtype), torch.randn(shape_kv).to(dtype)
+    return tuple(torch.randn(s).to(device=DEVICE, dtype=dtype) for s in (shape_q, shape_kv, shape_kv))
 
 
 CASES = [
@@ -32,9 +35,9 @@ CASES = [
      "q's head count must be a multiple of k's .* got 3 and 2"),
     ("empty sequence", lambda q, k, v: fp8attn.attention(q, k[:, :, :0], v[:, :, :0]), ValueError,
      "k seqlen must be at least 1, got 0"),
-    ("head dim 300", lambda q, k, v: fp8attn.attention(*(torch.randn(1, 1, 4, 300).half() for _ in range(3))),
+    ("head dim 300", lambda q, k, v: fp8attn.attention(*_qkv((1, 1, 4, 300), (1, 1, 4, 300))),
      NotImplementedError, "head_dim must be a multiple of 8 from 8 to 256, got 300"),
-    ("head dim 20", lambda q, k, v: fp8attn.attention(*(torch.randn(1, 1, 4, 20).half() for _ in range(3))),
+    ("head dim 20", lambda q, k, v: fp8attn.attention(*_qkv((1, 1, 4, 20), (1, 1, 4, 20))),
      NotImplementedError, "head_dim must be a multiple of 8 from 8 to 256, got 20"),
     ("nan scale", lambda q, k, v: fp8attn.attention(q, k, v, scale=float("nan")), ValueError,
      "scale must be finite, got nan"),
@@ -49,7 +52,7 @@ CASES = [
     ("meta device", lambda q, k, v: fp8attn.attention(q.to("meta"), k.to("meta"), v.to("meta")), ValueError,
      "q is on meta; fp8attn runs on CUDA GPUs"),
     ("devices differ", lambda q, k, v: fp8attn.attention(q, k.to("meta"), v), ValueError,
-     "k is on meta but q is on cpu; all inputs must share one device"),
+     f"k is on meta but q is on {DEVICE}"),
     ("prequantized given fp16", lambda q, k, v: fp8attn.attention_prequantized(q, k, v, 1.0, 1.0, 1.0), TypeError,
      "q must have dtype torch.float8_e4m3fn, got torch.float16"),
     ("negative descale", lambda q, k, v: fp8attn.attention_prequantized(
@@ -61,6 +64,9 @@ CASES = [
     ("float64 descale", lambda q, k, v: fp8attn.attention_prequantized(
         *(x.to(torch.float8_e4m3fn) for x in (q, k, v)), torch.ones((), dtype=torch.float64), 1.0, 1.0), TypeError,
      "q_descale must be float32, got torch.float64"),
+    ("nan descale tensor", lambda q, k, v: fp8attn.attention_prequantized(
+        *(x.to(torch.float8_e4m3fn) for x in (q, k, v)), 1.0, 1.0, torch.full((1, 2), float("nan"), device=DEVICE)),
+     ValueError, r"v_descale must be finite and positive, got \[nan\]"),
     ("float32 out_dtype", lambda q, k, v: fp8attn.attention_prequantized(
         *(x.to(torch.float8_e4m3fn) for x in (q, k, v)), 1.0, 1.0, 1.0, out_dtype=torch.float32), TypeError,
      "out_dtype must be torch.float16 or torch.bfloat16, got torch.float32"),

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import pytest
-from tests.conftest import make_qkv
 
 import fp8attn
 from fp8attn.quantize import quantize_qkv
 from fp8attn.recipe import DEFAULT_RECIPE
 from fp8attn.reference import exact
+from tests.conftest import make_qkv
 
 SHAPE = (1, 2, 2, 200, 300, 64)
 

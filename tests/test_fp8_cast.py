@@ -10,9 +10,9 @@ import pytest
 import torch
 import triton
 import triton.language as tl
-from tests.conftest import INTERPRETED
 
 from fp8attn.fp8 import E4M3, E4M3_MAX, to_e4m3
+from tests.conftest import INTERPRETED
 
 
 @triton.jit

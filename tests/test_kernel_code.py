@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tests.conftest import HAS_CUDA, INTERPRETED, make_qkv
 
 import fp8attn
 from fp8attn.kernel_report import collect, collect_in_subprocess, read_cubin
 from fp8attn.kernels.attention_fwd import _fp8_attention_fwd_kernel
+from tests.conftest import HAS_CUDA, INTERPRETED, make_qkv
 
 
 def _assert_fp8_tensor_core_kernel(report) -> None:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tests.conftest import make_qkv
 
 import fp8attn
 from fp8attn.api import _kernel_layout
 from fp8attn.fp8 import scale_from_amax, to_e4m3
 from fp8attn.metrics import compare
 from fp8attn.reference import attention_emulated, exact
+from tests.conftest import make_qkv
 
 
 def _quantize_per_head(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

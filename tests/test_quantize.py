@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tests.conftest import make_qkv
 
 from fp8attn.fp8 import E4M3_MAX
 from fp8attn.quantize import quantize_qkv
 from fp8attn.recipe import RECIPES
 from fp8attn.reference import quantize_emulated
+from tests.conftest import make_qkv
 
 SHAPES = [  # (B, Hq, Hkv, Sq, Sk, D)
     (1, 2, 1, 1, 17, 64),

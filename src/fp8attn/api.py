@@ -143,7 +143,7 @@ def _check_descale_values(descales: dict[str, torch.Tensor]) -> None:
     ok = torch.stack([((x > 0) & x.isfinite()).all() for x in descales.values()])
     if not bool(ok.all()):
         name, x = next((n, x) for (n, x), good in zip(descales.items(), ok.tolist(), strict=True) if not good)
-        raise ValueError(f"{name} must be finite and positive, got {x.unique().cpu().tolist()}")
+        raise ValueError(f"{name} must be finite and positive, got {x.flatten()[:8].cpu().tolist()}")
 
 
 # --------------------------------------------------------------------------------------------------

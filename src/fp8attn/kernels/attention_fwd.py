@@ -12,9 +12,10 @@ Causal masking is bottom-right aligned (query ``i`` sees keys ``j <= i + Sk - Sq
 key gets zeros and a log-sum-exp of -inf. Key tiles fully inside the visible range run without masks;
 only the tiles that cross ``Sk`` or the diagonal apply them.
 
-Hopper's FP8 wgmma accumulates in reduced precision, so the P·V partial sums are promoted to an fp32
-accumulator every ``PROMOTE_EVERY`` key tiles (``0``: never, the whole row accumulates in the wgmma
-accumulator).
+Hopper's FP8 wgmma accumulates in reduced precision. Two knobs bound how far it runs unpromoted:
+the P·V partial sums are added to an fp32 accumulator every ``PROMOTE_EVERY`` key tiles (``0``: never,
+the whole row accumulates in the wgmma accumulator), and ``QK_IMPRECISE_ACC`` / ``PV_IMPRECISE_ACC``
+are ``tl.dot``'s ``max_num_imprecise_acc`` inside one tile (None: Triton's default, no promotion).
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ class ForwardConfig:
     num_warps: int
     num_stages: int
     promote_every: int = 1
+    qk_imprecise_acc: int | None = None
+    pv_imprecise_acc: int | None = None
 
 
 def forward_config(head_dim_pad: int, k_block: int) -> ForwardConfig:
@@ -61,6 +64,7 @@ def _attend_kv_tiles(
     lo, hi, seqlen_k, diagonal,
     BLOCK_N: tl.constexpr, HEAD_DIM_PAD: tl.constexpr, K_BLOCK: tl.constexpr,
     CAUSAL: tl.constexpr, MASKED: tl.constexpr, P_SCALE: tl.constexpr, PROMOTE_EVERY: tl.constexpr,
+    QK_IMPRECISE_ACC: tl.constexpr, PV_IMPRECISE_ACC: tl.constexpr,
 ):
     offs_n0 = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM_PAD)
@@ -68,7 +72,7 @@ def _attend_kv_tiles(
         offs_n = start_n + offs_n0
         k = tl.load(k_base + offs_n[:, None] * stride_kn + offs_d[None, :])
         k_scale = tl.load(k_scale_base + start_n // K_BLOCK)
-        s = tl.dot(q, tl.trans(k)) * (row_scale * k_scale)[:, None]
+        s = tl.dot(q, tl.trans(k), max_num_imprecise_acc=QK_IMPRECISE_ACC) * (row_scale * k_scale)[:, None]
         if MASKED:
             visible = offs_n[None, :] < seqlen_k
             if CAUSAL:
@@ -83,12 +87,12 @@ def _attend_kv_tiles(
         p8 = (p * P_SCALE).to(tl.float8e4nv)
         v = tl.trans(tl.load(vt_base + offs_d[:, None] * stride_vd + offs_n[None, :]))
         if PROMOTE_EVERY == 0:
-            acc = tl.dot(p8, v, acc * alpha[:, None])
+            acc = tl.dot(p8, v, acc * alpha[:, None], max_num_imprecise_acc=PV_IMPRECISE_ACC)
         elif PROMOTE_EVERY == 1:
-            acc = acc * alpha[:, None] + tl.dot(p8, v)
+            acc = acc * alpha[:, None] + tl.dot(p8, v, max_num_imprecise_acc=PV_IMPRECISE_ACC)
         else:
             acc = acc * alpha[:, None]
-            acc_part = tl.dot(p8, v, acc_part * alpha[:, None])
+            acc_part = tl.dot(p8, v, acc_part * alpha[:, None], max_num_imprecise_acc=PV_IMPRECISE_ACC)
             if (start_n // BLOCK_N) % PROMOTE_EVERY == PROMOTE_EVERY - 1:
                 acc += acc_part
                 acc_part = tl.zeros_like(acc_part)
@@ -106,7 +110,7 @@ def _fp8_attention_fwd_kernel(
     stride_ob, stride_oh, stride_om,
     HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     Q_BLOCK: tl.constexpr, K_BLOCK: tl.constexpr, CAUSAL: tl.constexpr, P_SCALE: tl.constexpr,
-    PROMOTE_EVERY: tl.constexpr,
+    PROMOTE_EVERY: tl.constexpr, QK_IMPRECISE_ACC: tl.constexpr, PV_IMPRECISE_ACC: tl.constexpr,
 ):
     start_m = tl.program_id(0) * BLOCK_M
     bh = tl.program_id(1)
@@ -145,12 +149,12 @@ def _fp8_attention_fwd_kernel(
     acc, acc_part, l_i, m_i = _attend_kv_tiles(
         acc, acc_part, l_i, m_i, q, row_scale, offs_m, k_base, vt_base, k_scale_base, stride_kn, stride_vd,
         0, full_hi, seqlen_k, diagonal,
-        BLOCK_N, HEAD_DIM_PAD, K_BLOCK, CAUSAL, False, P_SCALE, PROMOTE_EVERY,
+        BLOCK_N, HEAD_DIM_PAD, K_BLOCK, CAUSAL, False, P_SCALE, PROMOTE_EVERY, QK_IMPRECISE_ACC, PV_IMPRECISE_ACC,
     )
     acc, acc_part, l_i, m_i = _attend_kv_tiles(
         acc, acc_part, l_i, m_i, q, row_scale, offs_m, k_base, vt_base, k_scale_base, stride_kn, stride_vd,
         full_hi, hi, seqlen_k, diagonal,
-        BLOCK_N, HEAD_DIM_PAD, K_BLOCK, CAUSAL, True, P_SCALE, PROMOTE_EVERY,
+        BLOCK_N, HEAD_DIM_PAD, K_BLOCK, CAUSAL, True, P_SCALE, PROMOTE_EVERY, QK_IMPRECISE_ACC, PV_IMPRECISE_ACC,
     )
     if PROMOTE_EVERY > 1:
         acc += acc_part
@@ -183,6 +187,7 @@ def forward_launch(
     constexprs = dict(
         HEAD_DIM=qkv.head_dim, HEAD_DIM_PAD=dp, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
         Q_BLOCK=qkv.q_block, K_BLOCK=qkv.k_block, CAUSAL=causal, P_SCALE=p_scale, PROMOTE_EVERY=cfg.promote_every,
+        QK_IMPRECISE_ACC=cfg.qk_imprecise_acc, PV_IMPRECISE_ACC=cfg.pv_imprecise_acc,
     )
     grid = (triton.cdiv(seqlen_q, cfg.block_m), batch * num_q_heads)
     return Launch(_fp8_attention_fwd_kernel, grid, args, constexprs,
