@@ -66,7 +66,7 @@ CASES = [
      "q_descale must be float32, got torch.float64"),
     ("nan descale tensor", lambda q, k, v: fp8attn.attention_prequantized(
         *(x.to(torch.float8_e4m3fn) for x in (q, k, v)), 1.0, 1.0, torch.full((1, 2), float("nan"), device=DEVICE)),
-     ValueError, r"v_descale must be finite and positive, got \[nan\]"),
+     ValueError, r"v_descale must be finite and positive, got \[nan, nan\]"),
     ("float32 out_dtype", lambda q, k, v: fp8attn.attention_prequantized(
         *(x.to(torch.float8_e4m3fn) for x in (q, k, v)), 1.0, 1.0, 1.0, out_dtype=torch.float32), TypeError,
      "out_dtype must be torch.float16 or torch.bfloat16, got torch.float32"),
