@@ -11,11 +11,15 @@ from fp8attn.kernels.attention_fwd import attention_forward, forward_config
 from fp8attn.metrics import compare
 from fp8attn.recipe import DEFAULT_RECIPE
 from fp8attn.reference import attention_emulated, exact, quantize_emulated
-from tests.conftest import make_qkv
+from tests.conftest import INTERPRETED, make_qkv
 
-# Far below FP8's own error (~5e-2 on these inputs): what is left is fp32 vs float64 arithmetic,
-# the GPU's approximate exp2 and the final rounding to fp16.
-KERNEL_VS_EMULATION = 2e-3
+# The emulation accumulates exactly. The interpreter's kernel differs from it only by fp32 arithmetic
+# and the final rounding to fp16. On Hopper, FP8 wgmma also accumulates in reduced precision: on an
+# H100 that alone moved the output by 0.3-0.8 % (docs/measurements/promotion_study_h100_run2.json:
+# forcing fp32 promotion every 32 products brought it to 0.22-0.29 %). Both bounds stay far below the
+# recipe's own error (~5 %), and a kernel bug (a wrong scale, tile or mask) moves the output by more.
+KERNEL_VS_EMULATION = 2e-3 if INTERPRETED else 1e-2
+LSE_VS_EMULATION = 1e-4 if INTERPRETED else 2e-3
 
 
 def _run(device, gen, shape, causal, promote_every=None, dtype=torch.float16):
@@ -43,7 +47,7 @@ def test_kernel_matches_emulation_on_the_same_fp8_inputs(device, gen, poisoned_a
     _, lse_exact = exact(q, k, v, causal=causal, return_lse=True)
     seen = lse_exact.isfinite()
     assert torch.equal(lse.isfinite(), seen), "rows without visible keys must have lse = -inf, all others finite"
-    torch.testing.assert_close(lse[seen].double(), want_lse[seen], rtol=0, atol=1e-4)
+    torch.testing.assert_close(lse[seen].double(), want_lse[seen], rtol=0, atol=LSE_VS_EMULATION)
 
 
 @pytest.mark.parametrize("promote_every", [0, 1, 2, 3])
