@@ -10,6 +10,8 @@ import pytest
 import torch
 import triton
 import triton.language as tl
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fp8attn.fp8 import E4M3, E4M3_MAX, to_e4m3
 from tests.conftest import INTERPRETED
@@ -85,3 +87,11 @@ def test_triton_interpreter_cast_is_wrong_without_the_fix():
     bits = _interpreter._triton_convert_float(np.array([-125.66], dtype=np.float32), tl.float32, tl.float8e4nv,
                                                _interpreter.interpreter._ir.ROUNDING_MODE.RTNE)
     assert torch.from_numpy(bits.astype(np.uint8)).view(E4M3).float().item() == -64.0
+
+
+@given(st.lists(st.floats(width=32, allow_nan=False), min_size=1, max_size=256))
+@settings(max_examples=40, deadline=None)
+def test_kernel_cast_matches_torch_on_arbitrary_floats(values):
+    device = "cpu" if INTERPRETED else "cuda"
+    x = torch.tensor(values, dtype=torch.float32, device=device)
+    assert torch.equal(_kernel_cast(x).cpu().view(torch.uint8), to_e4m3(x.cpu()).view(torch.uint8))
