@@ -44,9 +44,10 @@ def accuracy(d: int, s: int, variant: tuple, gen: torch.Generator) -> float:
     qkv = quantize_qkv(q, k, v, DEFAULT_RECIPE)
     cfg = _config(d, variant)
     # fp32 output, so the output's own rounding does not hide the accumulator's.
-    out, _ = attention_forward(qkv, causal=False, softmax_scale=d**-0.5, p_scale=DEFAULT_RECIPE.p_scale,
+    out, _ = attention_forward(qkv, causal=False, softmax_scale=d**-0.5, p_scale=DEFAULT_RECIPE.p_multiplier,
                                out_dtype=torch.float32, config=cfg)
-    want = attention_emulated(qkv, causal=False, scale=d**-0.5, p_scale=DEFAULT_RECIPE.p_scale, block_n=cfg.block_n)
+    want = attention_emulated(qkv, causal=False, scale=d**-0.5, p_scale=DEFAULT_RECIPE.p_multiplier,
+                              block_n=cfg.block_n)
     return compare(out, want).rel_l2
 
 
@@ -55,9 +56,11 @@ def speed(d: int, s: int, variant: tuple, causal: bool) -> float:
     q, k, v = (torch.randn(b, h, s, d, device="cuda", dtype=torch.bfloat16) for _ in range(3))
     qkv = quantize_qkv(q, k, v, DEFAULT_RECIPE)
     cfg = _config(d, variant)
-    ms = triton.testing.do_bench(lambda: attention_forward(qkv, causal=causal, softmax_scale=d**-0.5,
-                                                           p_scale=DEFAULT_RECIPE.p_scale, out_dtype=torch.bfloat16,
-                                                           config=cfg), return_mode="median")
+    def run() -> None:
+        attention_forward(qkv, causal=causal, softmax_scale=d**-0.5, p_scale=DEFAULT_RECIPE.p_multiplier,
+                          out_dtype=torch.bfloat16, config=cfg)
+
+    ms = triton.testing.do_bench(run, return_mode="median")
     flops = 4 * b * h * s * s * d * (0.5 if causal else 1.0)
     return flops / (ms * 1e-3) / 1e12
 

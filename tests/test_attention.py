@@ -111,7 +111,8 @@ def test_custom_op_has_a_fake_implementation_for_torch_compile():
     with FakeTensorMode():
         q = torch.empty(2, 4, 10, 64, dtype=torch.bfloat16)
         k = torch.empty(2, 2, 12, 64, dtype=torch.bfloat16)
-        out, lse = torch.ops.fp8attn.attention(q, k, k, True, 0.125, 128, 128, True, 448.0)
+        out, lse = torch.ops.fp8attn.attention(q, k, k, True, 0.125, "e4m3", "e4m3", 128, 128, True, False, False,
+                                               448.0)
     assert out.shape == q.shape and out.dtype == q.dtype and lse.shape == (2, 4, 10) and lse.dtype == torch.float32
 
 

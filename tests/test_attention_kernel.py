@@ -31,9 +31,9 @@ def _run(device, gen, shape, causal, promote_every=None, dtype=torch.float16):
     if promote_every is not None:
         cfg = dataclasses.replace(cfg, promote_every=promote_every)
     scale = shape[-1] ** -0.5
-    out, lse = attention_forward(qkv_dev, causal=causal, softmax_scale=scale, p_scale=DEFAULT_RECIPE.p_scale,
+    out, lse = attention_forward(qkv_dev, causal=causal, softmax_scale=scale, p_scale=DEFAULT_RECIPE.p_multiplier,
                                  out_dtype=dtype, config=cfg)
-    want, want_lse = attention_emulated(qkv, causal=causal, scale=scale, p_scale=DEFAULT_RECIPE.p_scale,
+    want, want_lse = attention_emulated(qkv, causal=causal, scale=scale, p_scale=DEFAULT_RECIPE.p_multiplier,
                                         block_n=cfg.block_n, return_lse=True)
     return out.cpu(), lse.cpu(), want, want_lse, (q, k, v)
 

@@ -48,7 +48,7 @@ CASES = [
     ("causal not bool", lambda q, k, v: fp8attn.attention(q, k, v, causal=1), TypeError,
      "causal must be a bool, got int"),
     ("unknown recipe", lambda q, k, v: fp8attn.attention(q, k, v, recipe="int4"), ValueError,
-     r"recipe must be one of \['e4m3', 'e4m3-unsmoothed'\] or a fp8attn.Recipe, got 'int4'"),
+     r"recipe must be one of \['e4m3', .*'int8'.*\] or a fp8attn.Recipe, got 'int4'"),
     ("meta device", lambda q, k, v: fp8attn.attention(q.to("meta"), k.to("meta"), v.to("meta")), ValueError,
      "q is on meta; fp8attn runs on CUDA GPUs"),
     ("devices differ", lambda q, k, v: fp8attn.attention(q, k.to("meta"), v), ValueError,
@@ -83,5 +83,11 @@ def test_bad_input_raises_a_clear_error(call, exc, pattern):
 def test_bad_recipe_fields_are_rejected():
     with pytest.raises(ValueError, match=r"Recipe\.k_block must be a power of two >= 16, got 100"):
         fp8attn.Recipe(name="x", k_block=100)
+    with pytest.raises(ValueError, match=r"Recipe\.q_block must be a power of two from 1 to 128, got 256"):
+        fp8attn.Recipe(name="x", q_block=256)
+    with pytest.raises(ValueError, match=r"Recipe\.qk_format must be one of \('e4m3', 'int8'\), got 'int4'"):
+        fp8attn.Recipe(name="x", qk_format="int4")
+    with pytest.raises(ValueError, match=r"Recipe\.pv_format must be one of \('e4m3', 'fp16'\), got 'bf16'"):
+        fp8attn.Recipe(name="x", pv_format="bf16")
     with pytest.raises(ValueError, match=r"Recipe.p_scale must lie in \(0, 448.0\], got 500"):
         fp8attn.Recipe(name="x", p_scale=500)

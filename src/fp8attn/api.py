@@ -152,9 +152,11 @@ def _check_descale_values(descales: dict[str, torch.Tensor]) -> None:
 
 def _attention_impl(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, scale: float,
-    q_block: int, k_block: int, smooth_k: bool, p_scale: float,
+    qk_format: str, pv_format: str, q_block: int, k_block: int, smooth_k: bool, smooth_v: bool, hadamard: bool,
+    p_scale: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    recipe = Recipe(name="custom-op", q_block=q_block, k_block=k_block, smooth_k=smooth_k, p_scale=p_scale)
+    recipe = Recipe(name="custom-op", qk_format=qk_format, pv_format=pv_format, q_block=q_block, k_block=k_block,
+                    smooth_k=smooth_k, smooth_v=smooth_v, hadamard=hadamard, p_scale=p_scale)
     qkv = quantize_qkv(q, k, v, recipe)
     return attention_forward(qkv, causal=causal, softmax_scale=scale, p_scale=p_scale, out_dtype=q.dtype)
 
@@ -163,7 +165,7 @@ _attention_op = torch.library.custom_op("fp8attn::attention", _attention_impl, m
 
 
 @_attention_op.register_fake
-def _(q, k, v, causal, scale, q_block, k_block, smooth_k, p_scale):
+def _(q, k, v, causal, scale, qk_format, pv_format, q_block, k_block, smooth_k, smooth_v, hadamard, p_scale):
     return q.new_empty(q.shape), q.new_empty(q.shape[:3], dtype=torch.float32)
 
 
@@ -173,7 +175,7 @@ def _attention_prequantized_impl(
     causal: bool, scale: float, out_dtype: torch.dtype,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     qkv = _kernel_layout(q, k, v, q_descale, k_descale, v_descale)
-    return attention_forward(qkv, causal=causal, softmax_scale=scale, p_scale=DEFAULT_RECIPE.p_scale,
+    return attention_forward(qkv, causal=causal, softmax_scale=scale, p_scale=DEFAULT_RECIPE.p_multiplier,
                              out_dtype=out_dtype)
 
 
@@ -252,7 +254,7 @@ def _kernel_layout(
         q=q, k=k, v_t=v_t,
         q_scale=q_descale[..., None].expand(batch, num_q_heads, num_q_blocks).contiguous(),
         k_scale=k_descale[..., None].expand(batch, num_kv_heads, skp // k_block).contiguous(),
-        v_scale=v_scale, k_mean=None,
+        v_scale=v_scale, k_mean=None, v_mean=None,
         seqlen_q=seqlen_q, seqlen_k=seqlen_k, head_dim=head_dim, q_block=q_block, k_block=k_block,
     )
 
@@ -297,8 +299,8 @@ def attention(
     r = resolve_recipe(recipe)
     if not isinstance(return_lse, bool):
         raise TypeError(f"return_lse must be a bool, got {type(return_lse).__name__}")
-    out, lse = _dispatch(_attention_op, _attention_impl, (q, k, v), causal, scale, r.q_block, r.k_block,
-                         r.smooth_k, r.p_scale)
+    out, lse = _dispatch(_attention_op, _attention_impl, (q, k, v), causal, scale, r.qk_format, r.pv_format,
+                         r.q_block, r.k_block, r.smooth_k, r.smooth_v, r.hadamard, r.p_multiplier)
     return (out, lse) if return_lse else out
 
 

@@ -1,4 +1,4 @@
-"""The E4M3 format as fp8attn uses it: one definition shared by kernels, references and tests."""
+"""The 8-bit formats as fp8attn uses them: one definition shared by kernels, references and tests."""
 
 from __future__ import annotations
 
@@ -17,7 +17,14 @@ def to_e4m3(x: torch.Tensor) -> torch.Tensor:
     return x.clamp(-E4M3_MAX, E4M3_MAX).to(E4M3)
 
 
-def scale_from_amax(amax: torch.Tensor) -> torch.Tensor:
-    """fp32 scale that maps ``amax`` onto 448; exactly 1.0 where ``amax`` is 0 (an all-zero block)."""
+def to_int8(x: torch.Tensor) -> torch.Tensor:
+    """Round an already-scaled fp32 tensor to int8: half away from zero, clamped to ±127."""
+    rounded = torch.where(x >= 0, torch.floor(x + 0.5), torch.ceil(x - 0.5))
+    return rounded.clamp(-127, 127).to(torch.int8)
+
+
+def scale_from_amax(amax: torch.Tensor, qmax: float = E4M3_MAX) -> torch.Tensor:
+    """fp32 scale that maps ``amax`` onto ``qmax`` (448 for E4M3, 127 for INT8); exactly 1.0 where
+    ``amax`` is 0 (an all-zero block)."""
     amax = amax.float()
-    return torch.where(amax > 0, amax / E4M3_MAX, torch.ones_like(amax))
+    return torch.where(amax > 0, amax / qmax, torch.ones_like(amax))

@@ -137,7 +137,7 @@ def library_launches(batch: int, heads: int, kv_heads: int, seqlen: int, head_di
     stats, quantize = quantize_launches(q, k, k, recipe, qkv)
     out = torch.empty_like(q)
     lse = torch.empty(batch, heads, seqlen, device="meta", dtype=torch.float32)
-    forward = forward_launch(qkv, out, lse, causal=causal, softmax_scale=head_dim**-0.5, p_scale=recipe.p_scale)
+    forward = forward_launch(qkv, out, lse, causal=causal, softmax_scale=head_dim**-0.5, p_scale=recipe.p_multiplier)
     return [stats, quantize, forward]
 
 

@@ -1,13 +1,13 @@
-"""Quantization of fp16/bf16 Q, K, V into the E4M3 layout the attention kernel reads.
+"""Quantization of fp16/bf16 Q, K, V into the layout the attention kernel reads.
 
 Two launches:
 
-1. ``_kv_stats_kernel`` reduces K's per-channel sum (for smoothing) and V's per-channel amax over
-   chunks of tokens, writing one partial per chunk (deterministic: no atomics).
-2. ``_quantize_qkv_kernel`` is one launch over Q blocks and K/V blocks. Each Q program scales one
-   block of ``q_block`` tokens; each K/V program reduces the partials, smooths and scales one block
-   of ``k_block`` keys and writes that block of V transposed (``[D, Sk]``), the K-major layout FP8
-   P·V needs on Hopper.
+1. ``_kv_stats_kernel`` reduces, per channel over chunks of tokens, K's sum (for smoothing) and V's
+   sum, max and min (for V smoothing and V's scale), one partial per chunk (deterministic: no atomics).
+2. ``_quantize_qkv_kernel`` is one launch over Q tiles and K/V blocks. Each Q program rotates (with
+   the recipe's Hadamard option) and scales a tile of 128 query tokens in blocks of ``q_block``; each
+   K/V program reduces the partials, then rotates, smooths and scales one block of ``k_block`` keys,
+   and writes the same tokens of V transposed (``[D, Sk]``), the K-major layout P·V needs on Hopper.
 
 The kernel layout (:class:`QuantizedQKV`) pads the head dimension to a power of two and the key
 length to a multiple of ``k_block``, with zeros, so the attention kernel's K/V loads need no masks.
@@ -15,35 +15,41 @@ length to a multiple of ``k_block``, with zeros, so the attention kernel's K/V l
 
 from __future__ import annotations
 
+import functools
+import math
 from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
+from triton import knobs
 
 from fp8attn.fp8 import E4M3, E4M3_MAX
 from fp8attn.kernels.launch import Launch
-from fp8attn.recipe import Recipe
+from fp8attn.recipe import MAX_Q_BLOCK, Recipe
 
 # Tokens one stats program reduces; the partials it writes are summed by every K/V block program,
 # so chunks are made larger for long sequences to keep that sum short.
 _STATS_MIN_CHUNK = 256
 _STATS_MAX_CHUNKS = 32
 _STATS_TILE_ELEMENTS = 4096  # tokens per stats tile = this / padded head dim: ~128 registers a thread, no spills
-
+_NUM_STATS = 4  # K sum, V sum, V max, V min
+NUM_STATS: tl.constexpr = tl.constexpr(_NUM_STATS)
 E4M3_MAX_F32: tl.constexpr = tl.constexpr(E4M3_MAX)
 
 
 @dataclass(frozen=True)
 class QuantizedQKV:
-    """Q, K, V in E4M3 plus the fp32 scales that undo the quantization.
+    """Q, K, V in 8 bits (V in fp16 for fp16-P·V recipes) plus the fp32 scales that undo it.
 
     Shapes (``Dp`` = head dim padded to a power of two, ``Skp`` = Sk padded to ``k_block``):
-        q: ``(B, Hq, Sq, Dp)`` E4M3; q_scale: ``(B, Hq, ceil(Sq / q_block))``.
-        k: ``(B, Hkv, Skp, Dp)`` E4M3, smoothed when the recipe says so; k_scale: ``(B, Hkv, Skp / k_block)``.
-        v_t: ``(B, Hkv, Dp, Skp)`` E4M3, V transposed; v_scale: ``(B, Hkv, Dp)``.
-        k_mean: ``(B, Hkv, Dp)`` fp32, what was subtracted from K (zeros when not smoothed), or None.
-    Padding is zero in the E4M3 tensors and 1.0 in the scales.
+        q: ``(B, Hq, Sq, Dp)`` E4M3 or int8; q_scale: ``(B, Hq, ceil(Sq / q_block))``.
+        k: ``(B, Hkv, Skp, Dp)`` like q, smoothed when the recipe says so; k_scale: ``(B, Hkv, Skp / k_block)``.
+        v_t: ``(B, Hkv, Dp, Skp)`` E4M3 or fp16, V transposed; v_scale: ``(B, Hkv, Dp)``.
+        k_mean, v_mean: ``(B, Hkv, Dp)`` fp32, what was subtracted from K (rotated with it) and V,
+            or None where the recipe does not smooth.
+    Q and K are Hadamard-rotated when the recipe says so. Padding is zero in the quantized tensors
+    and 1.0 in the scales.
     """
 
     q: torch.Tensor
@@ -53,6 +59,7 @@ class QuantizedQKV:
     k_scale: torch.Tensor
     v_scale: torch.Tensor
     k_mean: torch.Tensor | None
+    v_mean: torch.Tensor | None
     seqlen_q: int
     seqlen_k: int
     head_dim: int
@@ -65,9 +72,23 @@ def padded_head_dim(head_dim: int) -> int:
     return max(32, triton.next_power_of_2(head_dim))
 
 
+@functools.cache
+def hadamard_matrix(n: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """The ``(n, n)`` Sylvester Hadamard matrix of ±1 (``n`` a power of two); H·Hᵀ = n·I."""
+    h = torch.ones((1, 1), dtype=torch.float64)
+    while h.shape[0] < n:
+        h = torch.cat([torch.cat([h, h], dim=1), torch.cat([h, -h], dim=1)])
+    return h.to(dtype=dtype, device=device)
+
+
+def hadamard_scale(head_dim_pad: int) -> float:
+    """The fp32 factor that makes the rotation orthogonal: 1/sqrt(Dp)."""
+    return float(torch.tensor(1.0 / math.sqrt(head_dim_pad), dtype=torch.float32))
+
+
 @triton.jit
 def _kv_stats_kernel(
-    k_ptr, v_ptr, k_sum_ptr, v_amax_ptr,
+    k_ptr, v_ptr, stats_ptr,
     seqlen_k, num_kv_heads,
     stride_kb, stride_kh, stride_kt, stride_kd,
     stride_vb, stride_vh, stride_vt, stride_vd,
@@ -84,7 +105,9 @@ def _kv_stats_kernel(
     k_base = k_ptr + b * stride_kb + h * stride_kh + offs_d[None, :] * stride_kd
     v_base = v_ptr + b * stride_vb + h * stride_vh + offs_d[None, :] * stride_vd
     k_sum = tl.zeros([HEAD_DIM_PAD], dtype=tl.float32)
-    v_amax = tl.zeros([HEAD_DIM_PAD], dtype=tl.float32)
+    v_sum = tl.zeros([HEAD_DIM_PAD], dtype=tl.float32)
+    v_max = tl.full([HEAD_DIM_PAD], float("-inf"), dtype=tl.float32)
+    v_min = tl.full([HEAD_DIM_PAD], float("inf"), dtype=tl.float32)
     end = tl.minimum((chunk + 1) * CHUNK, seqlen_k)
     for start in tl.range(chunk * CHUNK, end, TILE):
         offs_t = start + tl.arange(0, TILE)
@@ -93,49 +116,90 @@ def _kv_stats_kernel(
             k = tl.load(k_base + offs_t[:, None] * stride_kt, mask=ok, other=0.0).to(tl.float32)
             k_sum += tl.sum(k, axis=0)
         v = tl.load(v_base + offs_t[:, None] * stride_vt, mask=ok, other=0.0).to(tl.float32)
-        v_amax = tl.maximum(v_amax, tl.max(tl.abs(v), axis=0))
-    out = (bh * num_chunks + chunk) * HEAD_DIM_PAD + offs_d
-    tl.store(k_sum_ptr + out, k_sum)
-    tl.store(v_amax_ptr + out, v_amax)
+        v_sum += tl.sum(v, axis=0)
+        v_max = tl.maximum(v_max, tl.max(tl.where(ok, v, float("-inf")), axis=0))
+        v_min = tl.minimum(v_min, tl.min(tl.where(ok, v, float("inf")), axis=0))
+    out = stats_ptr + ((bh * num_chunks + chunk) * NUM_STATS) * HEAD_DIM_PAD + offs_d
+    tl.store(out, k_sum)
+    tl.store(out + HEAD_DIM_PAD, v_sum)
+    tl.store(out + 2 * HEAD_DIM_PAD, tl.where(d_ok, v_max, 0.0))
+    tl.store(out + 3 * HEAD_DIM_PAD, tl.where(d_ok, v_min, 0.0))
+
 
 
 @triton.jit
-def _scale_from_amax(amax):
-    """amax / 448 in fp32, exactly 1.0 for an all-zero block (mirrors fp8attn.fp8.scale_from_amax)."""
-    return tl.where(amax > 0, tl.math.div_rn(amax, E4M3_MAX_F32), 1.0)
+def _scale_from_amax(amax, QMAX: tl.constexpr):
+    """amax / QMAX in fp32, exactly 1.0 for an all-zero block (mirrors fp8attn.fp8.scale_from_amax)."""
+    return tl.where(amax > 0, tl.math.div_rn(amax, QMAX), 1.0)
+
+
+@triton.jit
+def _to_8bit(x, INT8: tl.constexpr):
+    """Round an already-scaled fp32 tile: E4M3 (nearest even, saturating) or int8 (half away from zero)."""
+    if INT8:
+        r = tl.where(x >= 0, tl.math.floor(x + 0.5), tl.math.ceil(x - 0.5))
+        return tl.minimum(tl.maximum(r, -127.0), 127.0).to(tl.int8)
+    else:
+        return x.to(tl.float8e4nv)
+
+
+@triton.jit
+def _load_rotated(ptrs, mask, h_ptr, rot_scale, HEAD_DIM_PAD: tl.constexpr, HADAMARD: tl.constexpr,
+                  DOT_IN_FP32: tl.constexpr):
+    """Load a ``[T, Dp]`` tile as fp32, times the normalised Hadamard matrix when HADAMARD.
+
+    The ±1 matrix makes every product exact; the accumulation is fp32 either way (on tensor cores in
+    the input dtype, or, under the interpreter, which cannot multiply bf16, in fp32).
+    """
+    x = tl.load(ptrs, mask=mask, other=0.0)
+    if HADAMARD:
+        offs = tl.arange(0, HEAD_DIM_PAD)
+        h = tl.load(h_ptr + offs[:, None] * HEAD_DIM_PAD + offs[None, :])
+        if DOT_IN_FP32:
+            x = tl.dot(x.to(tl.float32), h.to(tl.float32), input_precision="ieee")
+        else:
+            x = tl.dot(x, h)
+        return x * rot_scale
+    else:
+        return x.to(tl.float32)
 
 
 @triton.jit
 def _quantize_qkv_kernel(
-    q_ptr, k_ptr, v_ptr,
-    q8_ptr, k8_ptr, vt8_ptr, q_scale_ptr, k_scale_ptr, v_scale_ptr, k_mean_ptr,
-    k_sum_ptr, v_amax_ptr,
-    seqlen_q, seqlen_k, seqlen_k_pad, num_q_heads, num_kv_heads, num_chunks, num_q_programs,
+    q_ptr, k_ptr, v_ptr, h_ptr,
+    q8_ptr, k8_ptr, vt_ptr, q_scale_ptr, k_scale_ptr, v_scale_ptr, k_mean_ptr, v_mean_ptr, stats_ptr,
+    seqlen_q, seqlen_k, seqlen_k_pad, num_q_heads, num_kv_heads, num_chunks, num_q_programs, rot_scale,
     stride_qb, stride_qh, stride_qt, stride_qd,
     stride_kb, stride_kh, stride_kt, stride_kd,
     stride_vb, stride_vh, stride_vt, stride_vd,
-    Q_BLOCK: tl.constexpr, K_BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr,
-    SMOOTH_K: tl.constexpr,
+    Q_TILE: tl.constexpr, Q_BLOCK: tl.constexpr, K_BLOCK: tl.constexpr,
+    HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr,
+    QK_INT8: tl.constexpr, QK_MAX: tl.constexpr, V_FP16: tl.constexpr,
+    SMOOTH_K: tl.constexpr, SMOOTH_V: tl.constexpr, HADAMARD: tl.constexpr, DOT_IN_FP32: tl.constexpr,
 ):
     pid = tl.program_id(0)
     offs_d = tl.arange(0, HEAD_DIM_PAD)
     d_ok = offs_d < HEAD_DIM
     if pid < num_q_programs:
-        # One block of Q_BLOCK query tokens: a single scale over the block.
-        num_blocks = tl.cdiv(seqlen_q, Q_BLOCK)
-        bh = pid // num_blocks
-        block = pid % num_blocks
+        # One tile of Q_TILE query tokens, one scale per Q_BLOCK of them.
+        num_tiles = tl.cdiv(seqlen_q, Q_TILE)
+        bh = pid // num_tiles
+        tile = pid % num_tiles
         b = bh // num_q_heads
         h = bh % num_q_heads
-        offs_t = block * Q_BLOCK + tl.arange(0, Q_BLOCK)
+        offs_t = tile * Q_TILE + tl.arange(0, Q_TILE)
         t_ok = offs_t < seqlen_q
         ptrs = q_ptr + b * stride_qb + h * stride_qh + offs_t[:, None] * stride_qt + offs_d[None, :] * stride_qd
-        x = tl.load(ptrs, mask=t_ok[:, None] & d_ok[None, :], other=0.0).to(tl.float32)
-        scale = _scale_from_amax(tl.max(tl.abs(x)))
-        x8 = (x * tl.math.div_rn(1.0, scale)).to(tl.float8e4nv)
-        out = q8_ptr + (bh * seqlen_q + offs_t[:, None]) * HEAD_DIM_PAD + offs_d[None, :]
-        tl.store(out, x8, mask=t_ok[:, None])
-        tl.store(q_scale_ptr + bh * num_blocks + block, scale)
+        x = _load_rotated(ptrs, t_ok[:, None] & d_ok[None, :], h_ptr, rot_scale, HEAD_DIM_PAD, HADAMARD, DOT_IN_FP32)
+        row_amax = tl.max(tl.abs(x), axis=1)
+        block_scale = _scale_from_amax(tl.max(tl.reshape(row_amax, (Q_TILE // Q_BLOCK, Q_BLOCK)), axis=1), QK_MAX)
+        block_inv = tl.math.div_rn(tl.full(block_scale.shape, 1.0, tl.float32), block_scale)
+        row_inv = tl.reshape(tl.broadcast_to(block_inv[:, None], (Q_TILE // Q_BLOCK, Q_BLOCK)), (Q_TILE,))
+        x8 = _to_8bit(x * row_inv[:, None], QK_INT8)
+        tl.store(q8_ptr + (bh * seqlen_q + offs_t[:, None]) * HEAD_DIM_PAD + offs_d[None, :], x8, mask=t_ok[:, None])
+        num_blocks = tl.cdiv(seqlen_q, Q_BLOCK)
+        offs_blk = tile * (Q_TILE // Q_BLOCK) + tl.arange(0, Q_TILE // Q_BLOCK)
+        tl.store(q_scale_ptr + bh * num_blocks + offs_blk, block_scale, mask=offs_blk < num_blocks)
     else:
         # One block of K_BLOCK keys and the same tokens of V. Rows past seqlen_k are written as zeros.
         kv_pid = pid - num_q_programs
@@ -146,33 +210,54 @@ def _quantize_qkv_kernel(
         h = bh % num_kv_heads
         offs_t = block * K_BLOCK + tl.arange(0, K_BLOCK)
         ok = (offs_t < seqlen_k)[:, None] & d_ok[None, :]
-        stats = (bh * num_chunks) * HEAD_DIM_PAD + offs_d
-        v_amax = tl.zeros([HEAD_DIM_PAD], dtype=tl.float32)
+        stats = stats_ptr + (bh * num_chunks) * NUM_STATS * HEAD_DIM_PAD + offs_d
         k_sum = tl.zeros([HEAD_DIM_PAD], dtype=tl.float32)
+        v_sum = tl.zeros([HEAD_DIM_PAD], dtype=tl.float32)
+        v_max = tl.full([HEAD_DIM_PAD], float("-inf"), dtype=tl.float32)
+        v_min = tl.full([HEAD_DIM_PAD], float("inf"), dtype=tl.float32)
         for c in range(num_chunks):
-            v_amax = tl.maximum(v_amax, tl.load(v_amax_ptr + stats + c * HEAD_DIM_PAD))
-            if SMOOTH_K:
-                k_sum += tl.load(k_sum_ptr + stats + c * HEAD_DIM_PAD)
+            k_sum += tl.load(stats + c * NUM_STATS * HEAD_DIM_PAD)
+            v_sum += tl.load(stats + (c * NUM_STATS + 1) * HEAD_DIM_PAD)
+            v_max = tl.maximum(v_max, tl.load(stats + (c * NUM_STATS + 2) * HEAD_DIM_PAD))
+            v_min = tl.minimum(v_min, tl.load(stats + (c * NUM_STATS + 3) * HEAD_DIM_PAD))
 
         k_ptrs = k_ptr + b * stride_kb + h * stride_kh + offs_t[:, None] * stride_kt + offs_d[None, :] * stride_kd
-        k = tl.load(k_ptrs, mask=ok, other=0.0).to(tl.float32)
+        k = _load_rotated(k_ptrs, ok, h_ptr, rot_scale, HEAD_DIM_PAD, HADAMARD, DOT_IN_FP32)
         if SMOOTH_K:
             k_mean = k_sum / seqlen_k
-            k = tl.where(ok, k - k_mean[None, :], 0.0)
-        k_scale = _scale_from_amax(tl.max(tl.abs(k)))
-        k8 = (k * tl.math.div_rn(1.0, k_scale)).to(tl.float8e4nv)
+            if HADAMARD:
+                hf = tl.load(h_ptr + offs_d[:, None] * HEAD_DIM_PAD + offs_d[None, :]).to(tl.float32)
+                k_mean = tl.sum(k_mean[:, None] * hf, axis=0) * rot_scale
+            # Rows past seqlen_k stay zero; padded channels do not when the rotation filled them.
+            k = tl.where((offs_t < seqlen_k)[:, None], k - k_mean[None, :], 0.0)
+        k_scale = _scale_from_amax(tl.max(tl.abs(k)), QK_MAX)
+        k8 = _to_8bit(k * tl.math.div_rn(1.0, k_scale), QK_INT8)
         tl.store(k8_ptr + (bh * seqlen_k_pad + offs_t[:, None]) * HEAD_DIM_PAD + offs_d[None, :], k8)
         tl.store(k_scale_ptr + bh * num_blocks + block, k_scale)
 
-        v_scale = _scale_from_amax(v_amax)
         v_ptrs = v_ptr + b * stride_vb + h * stride_vh + offs_t[:, None] * stride_vt + offs_d[None, :] * stride_vd
         v = tl.load(v_ptrs, mask=ok, other=0.0).to(tl.float32)
-        v8 = (v * tl.math.div_rn(1.0, v_scale)[None, :]).to(tl.float8e4nv)
-        tl.store(vt8_ptr + (bh * HEAD_DIM_PAD + offs_d[None, :]) * seqlen_k_pad + offs_t[:, None], v8)
+        v_mean = v_sum / seqlen_k
+        if SMOOTH_V:
+            # max |v - mean| is reached at the channel's max or min (rounding is monotonic).
+            v_amax = tl.maximum(v_max - v_mean, v_mean - v_min)
+            v = tl.where(ok, v - v_mean[None, :], 0.0)
+        else:
+            v_amax = tl.maximum(v_max, -v_min)
+        v_scale = _scale_from_amax(v_amax, E4M3_MAX_F32)
+        v = v * tl.math.div_rn(tl.full(v_scale.shape, 1.0, tl.float32), v_scale)[None, :]
+        if V_FP16:
+            vq = v.to(tl.float16)
+        else:
+            vq = v.to(tl.float8e4nv)
+        tl.store(vt_ptr + (bh * HEAD_DIM_PAD + offs_d[None, :]) * seqlen_k_pad + offs_t[:, None], vq)
         if block == 0:
             tl.store(v_scale_ptr + bh * HEAD_DIM_PAD + offs_d, v_scale)
             if SMOOTH_K:
                 tl.store(k_mean_ptr + bh * HEAD_DIM_PAD + offs_d, k_mean)
+            if SMOOTH_V:
+                tl.store(v_mean_ptr + bh * HEAD_DIM_PAD + offs_d, v_mean)
+
 
 
 def _stats_chunk(seqlen_k: int) -> int:
@@ -189,18 +274,20 @@ def allocate_quantized(
     """Uninitialised buffers in the kernel layout (see :class:`QuantizedQKV`)."""
     dp = padded_head_dim(head_dim)
     skp = triton.cdiv(seqlen_k, recipe.k_block) * recipe.k_block
+    qk_dtype = torch.int8 if recipe.qk_format == "int8" else E4M3
 
     def empty(*shape: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         return torch.empty(shape, device=device, dtype=dtype)
 
     return QuantizedQKV(
-        q=empty(batch, num_q_heads, seqlen_q, dp, dtype=E4M3),
-        k=empty(batch, num_kv_heads, skp, dp, dtype=E4M3),
-        v_t=empty(batch, num_kv_heads, dp, skp, dtype=E4M3),
+        q=empty(batch, num_q_heads, seqlen_q, dp, dtype=qk_dtype),
+        k=empty(batch, num_kv_heads, skp, dp, dtype=qk_dtype),
+        v_t=empty(batch, num_kv_heads, dp, skp, dtype=torch.float16 if recipe.pv_format == "fp16" else E4M3),
         q_scale=empty(batch, num_q_heads, triton.cdiv(seqlen_q, recipe.q_block)),
         k_scale=empty(batch, num_kv_heads, skp // recipe.k_block),
         v_scale=empty(batch, num_kv_heads, dp),
         k_mean=empty(batch, num_kv_heads, dp) if recipe.smooth_k else None,
+        v_mean=empty(batch, num_kv_heads, dp) if recipe.smooth_v else None,
         seqlen_q=seqlen_q, seqlen_k=seqlen_k, head_dim=head_dim, q_block=recipe.q_block, k_block=recipe.k_block,
     )
 
@@ -214,30 +301,32 @@ def quantize_launches(
     dp, skp = out.k.shape[-1], out.k.shape[2]
     chunk = _stats_chunk(seqlen_k)
     num_chunks = triton.cdiv(seqlen_k, chunk)
-    k_sum = torch.empty((batch * num_kv_heads, num_chunks, dp), device=q.device, dtype=torch.float32)
-    v_amax = torch.empty_like(k_sum)
-    stats = Launch(
+    stats = torch.empty((batch * num_kv_heads, num_chunks, _NUM_STATS, dp), device=q.device, dtype=torch.float32)
+    stats_launch = Launch(
         _kv_stats_kernel, (num_chunks, batch * num_kv_heads),
-        (k, v, k_sum, v_amax, seqlen_k, num_kv_heads, *k.stride(), *v.stride()),
+        (k, v, stats, seqlen_k, num_kv_heads, *k.stride(), *v.stride()),
         dict(CHUNK=chunk, TILE=_STATS_TILE_ELEMENTS // dp, HEAD_DIM=head_dim, HEAD_DIM_PAD=dp,
              SMOOTH_K=recipe.smooth_k),
         dict(num_warps=8, num_stages=2),
     )
-    num_q_programs = batch * num_q_heads * out.q_scale.shape[-1]
+    num_q_programs = batch * num_q_heads * triton.cdiv(seqlen_q, MAX_Q_BLOCK)
     num_kv_programs = batch * num_kv_heads * (skp // recipe.k_block)
-    quantize = Launch(
+    hadamard = hadamard_matrix(dp, q.dtype, q.device) if recipe.hadamard else stats
+    quantize_launch = Launch(
         _quantize_qkv_kernel, (num_q_programs + num_kv_programs,),
         (
-            q, k, v, out.q, out.k, out.v_t, out.q_scale, out.k_scale, out.v_scale,
-            out.k_mean if out.k_mean is not None else k_sum, k_sum, v_amax,
-            seqlen_q, seqlen_k, skp, num_q_heads, num_kv_heads, num_chunks, num_q_programs,
+            q, k, v, hadamard, out.q, out.k, out.v_t, out.q_scale, out.k_scale, out.v_scale,
+            out.k_mean if out.k_mean is not None else stats, out.v_mean if out.v_mean is not None else stats, stats,
+            seqlen_q, seqlen_k, skp, num_q_heads, num_kv_heads, num_chunks, num_q_programs, hadamard_scale(dp),
             *q.stride(), *k.stride(), *v.stride(),
         ),
-        dict(Q_BLOCK=recipe.q_block, K_BLOCK=recipe.k_block, HEAD_DIM=head_dim, HEAD_DIM_PAD=dp,
-             SMOOTH_K=recipe.smooth_k),
+        dict(Q_TILE=MAX_Q_BLOCK, Q_BLOCK=recipe.q_block, K_BLOCK=recipe.k_block, HEAD_DIM=head_dim,
+             HEAD_DIM_PAD=dp, QK_INT8=recipe.qk_format == "int8", QK_MAX=recipe.qk_max,
+             V_FP16=recipe.pv_format == "fp16", SMOOTH_K=recipe.smooth_k, SMOOTH_V=recipe.smooth_v,
+             HADAMARD=recipe.hadamard, DOT_IN_FP32=bool(knobs.runtime.interpret)),
         dict(num_warps=8),
     )
-    return stats, quantize
+    return stats_launch, quantize_launch
 
 
 def quantize_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, recipe: Recipe) -> QuantizedQKV:

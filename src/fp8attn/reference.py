@@ -18,9 +18,9 @@ import math
 import torch
 import triton
 
-from fp8attn.fp8 import scale_from_amax, to_e4m3
+from fp8attn.fp8 import scale_from_amax, to_e4m3, to_int8
 from fp8attn.kernels.attention_fwd import forward_config
-from fp8attn.quantize import QuantizedQKV, padded_head_dim
+from fp8attn.quantize import QuantizedQKV, hadamard_matrix, hadamard_scale, padded_head_dim
 from fp8attn.recipe import Recipe
 
 
@@ -62,32 +62,44 @@ def quantize_emulated(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, recipe:
     dp = padded_head_dim(head_dim)
     skp = triton.cdiv(seqlen_k, recipe.k_block) * recipe.k_block
     sqp = triton.cdiv(seqlen_q, recipe.q_block) * recipe.q_block
+    to_qk = to_int8 if recipe.qk_format == "int8" else to_e4m3
+    hadamard = hadamard_matrix(dp, torch.float64, q.device)
+    rot_scale = hadamard_scale(dp)
 
     def pad(x: torch.Tensor, tokens: int) -> torch.Tensor:
         out = x.new_zeros((*x.shape[:2], tokens, dp), dtype=torch.float32)
         out[:, :, : x.shape[2], : x.shape[3]] = x.float()
         return out
 
+    def rotate(x: torch.Tensor) -> torch.Tensor:
+        return (x.double() @ hadamard).float() * rot_scale if recipe.hadamard else x
+
     def blockwise(x: torch.Tensor, block: int) -> tuple[torch.Tensor, torch.Tensor]:
         blocks = x.unflatten(2, (x.shape[2] // block, block))
-        scale = scale_from_amax(blocks.abs().amax(dim=(-1, -2)))
-        x8 = to_e4m3(blocks * (1.0 / scale)[..., None, None]).flatten(2, 3)
+        scale = scale_from_amax(blocks.abs().amax(dim=(-1, -2)), recipe.qk_max)
+        x8 = to_qk(blocks * (1.0 / scale)[..., None, None]).flatten(2, 3)
         return x8, scale
 
-    q8, q_scale = blockwise(pad(q, sqp), recipe.q_block)
-    kf = pad(k, skp)
+    q8, q_scale = blockwise(rotate(pad(q, sqp)), recipe.q_block)
+    kf = rotate(pad(k, skp))
     k_mean = None
     if recipe.smooth_k:
-        k_mean = kf.double().sum(dim=2).div(seqlen_k).float()
+        k_mean = rotate(pad(k, skp).double().sum(dim=2, keepdim=True).div(seqlen_k).float())[:, :, 0]
         kf = kf - k_mean[:, :, None, :]
         kf[:, :, seqlen_k:] = 0.0
     k8, k_scale = blockwise(kf, recipe.k_block)
     vf = pad(v, skp)
+    v_mean = None
+    if recipe.smooth_v:
+        v_mean = vf.double().sum(dim=2).div(seqlen_k).float()
+        vf = vf - v_mean[:, :, None, :]
+        vf[:, :, seqlen_k:] = 0.0
     v_scale = scale_from_amax(vf.abs().amax(dim=2))
-    v8 = to_e4m3(vf * (1.0 / v_scale)[:, :, None, :])
+    vf = vf * (1.0 / v_scale)[:, :, None, :]
+    vq = vf.half() if recipe.pv_format == "fp16" else to_e4m3(vf)
     return QuantizedQKV(
-        q=q8[:, :, :seqlen_q].contiguous(), k=k8, v_t=v8.transpose(-1, -2).contiguous(),
-        q_scale=q_scale, k_scale=k_scale, v_scale=v_scale, k_mean=k_mean,
+        q=q8[:, :, :seqlen_q].contiguous(), k=k8, v_t=vq.transpose(-1, -2).contiguous(),
+        q_scale=q_scale, k_scale=k_scale, v_scale=v_scale, k_mean=k_mean, v_mean=v_mean,
         seqlen_q=seqlen_q, seqlen_k=seqlen_k, head_dim=head_dim, q_block=recipe.q_block, k_block=recipe.k_block,
     )
 
@@ -125,10 +137,15 @@ def attention_emulated(
         alpha = torch.exp2(m - m_use)
         p = torch.exp2(s - m_use[..., None])
         l = l * alpha + p.sum(dim=-1)
-        p8 = to_e4m3(p.float() * p_scale).double()
-        acc = acc * alpha[..., None] + p8 @ v[:, :, start : start + block_n]
+        if qkv.v_t.dtype == torch.float16:
+            p_rounded = (p.float() * p_scale).half().double()
+        else:
+            p_rounded = to_e4m3(p.float() * p_scale).double()
+        acc = acc * alpha[..., None] + p_rounded @ v[:, :, start : start + block_n]
         m = m_use
     out = acc * v_scale[:, :, None, :] / (l * p_scale).clamp_min(torch.finfo(torch.float64).tiny)[..., None]
+    if qkv.v_mean is not None:
+        out = torch.where((l > 0)[..., None], out + _repeat_kv(qkv.v_mean.double(), num_q_heads)[:, :, None, :], 0.0)
     out = out[..., : qkv.head_dim]
     if not return_lse:
         return out
@@ -142,6 +159,6 @@ def emulate(
     """The recipe end to end in float64 arithmetic: ``(B, Hq, Sq, D)`` float64 (and the log-sum-exp)."""
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     qkv = quantize_emulated(q, k, v, recipe)
-    return attention_emulated(qkv, causal=causal, scale=scale, p_scale=recipe.p_scale, block_n=block_n,
+    return attention_emulated(qkv, causal=causal, scale=scale, p_scale=recipe.p_multiplier, block_n=block_n,
                               return_lse=return_lse)
 

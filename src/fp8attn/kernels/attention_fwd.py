@@ -68,7 +68,7 @@ def _attend_kv_tiles(
     lo, hi, seqlen_k, diagonal,
     BLOCK_N: tl.constexpr, HEAD_DIM_PAD: tl.constexpr, K_BLOCK: tl.constexpr,
     CAUSAL: tl.constexpr, MASKED: tl.constexpr, P_SCALE: tl.constexpr, PROMOTE_EVERY: tl.constexpr,
-    QK_IMPRECISE_ACC: tl.constexpr, PV_IMPRECISE_ACC: tl.constexpr,
+    QK_IMPRECISE_ACC: tl.constexpr, PV_IMPRECISE_ACC: tl.constexpr, QK_INT8: tl.constexpr, PV_FP16: tl.constexpr,
 ):
     offs_n0 = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM_PAD)
@@ -76,7 +76,11 @@ def _attend_kv_tiles(
         offs_n = start_n + offs_n0
         k = tl.load(k_base + offs_n[:, None] * stride_kn + offs_d[None, :])
         k_scale = tl.load(k_scale_base + start_n // K_BLOCK)
-        s = tl.dot(q, tl.trans(k), max_num_imprecise_acc=QK_IMPRECISE_ACC) * (row_scale * k_scale)[:, None]
+        if QK_INT8:
+            qk = tl.dot(q, tl.trans(k)).to(tl.float32)  # exact int32 accumulation
+        else:
+            qk = tl.dot(q, tl.trans(k), max_num_imprecise_acc=QK_IMPRECISE_ACC)
+        s = qk * (row_scale * k_scale)[:, None]
         if MASKED:
             visible = offs_n[None, :] < seqlen_k
             if CAUSAL:
@@ -88,13 +92,17 @@ def _attend_kv_tiles(
         alpha = tl.math.exp2(m_i - m_use)
         p = tl.math.exp2(s - m_use[:, None])
         l_i = l_i * alpha + tl.sum(p, axis=1)
-        p8 = (p * P_SCALE).to(tl.float8e4nv)
         v = tl.trans(tl.load(vt_base + offs_d[:, None] * stride_vd + offs_n[None, :]))
-        if PROMOTE_EVERY == 0:
+        if PV_FP16:
+            acc = tl.dot(p.to(tl.float16), v, acc * alpha[:, None])  # fp16 wgmma accumulates in fp32
+        elif PROMOTE_EVERY == 0:
+            p8 = (p * P_SCALE).to(tl.float8e4nv)
             acc = tl.dot(p8, v, acc * alpha[:, None], max_num_imprecise_acc=PV_IMPRECISE_ACC)
         elif PROMOTE_EVERY == 1:
+            p8 = (p * P_SCALE).to(tl.float8e4nv)
             acc = acc * alpha[:, None] + tl.dot(p8, v, max_num_imprecise_acc=PV_IMPRECISE_ACC)
         else:
+            p8 = (p * P_SCALE).to(tl.float8e4nv)
             acc = acc * alpha[:, None]
             acc_part = tl.dot(p8, v, acc_part * alpha[:, None], max_num_imprecise_acc=PV_IMPRECISE_ACC)
             if (start_n // BLOCK_N) % PROMOTE_EVERY == PROMOTE_EVERY - 1:
@@ -106,7 +114,7 @@ def _attend_kv_tiles(
 
 @triton.jit
 def _fp8_attention_fwd_kernel(
-    q_ptr, k_ptr, vt_ptr, q_scale_ptr, k_scale_ptr, v_scale_ptr, out_ptr, lse_ptr,
+    q_ptr, k_ptr, vt_ptr, q_scale_ptr, k_scale_ptr, v_scale_ptr, v_mean_ptr, out_ptr, lse_ptr,
     seqlen_q, seqlen_k, num_q_heads, num_kv_heads, num_q_scale_blocks, num_k_scale_blocks, qk_scale_log2,
     stride_qb, stride_qh, stride_qm,
     stride_kb, stride_kh, stride_kn,
@@ -115,6 +123,7 @@ def _fp8_attention_fwd_kernel(
     HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     Q_BLOCK: tl.constexpr, K_BLOCK: tl.constexpr, CAUSAL: tl.constexpr, P_SCALE: tl.constexpr,
     PROMOTE_EVERY: tl.constexpr, QK_IMPRECISE_ACC: tl.constexpr, PV_IMPRECISE_ACC: tl.constexpr,
+    QK_INT8: tl.constexpr, PV_FP16: tl.constexpr, SMOOTH_V: tl.constexpr,
 ):
     start_m = tl.program_id(0) * BLOCK_M
     bh = tl.program_id(1)
@@ -154,11 +163,13 @@ def _fp8_attention_fwd_kernel(
         acc, acc_part, l_i, m_i, q, row_scale, offs_m, k_base, vt_base, k_scale_base, stride_kn, stride_vd,
         0, full_hi, seqlen_k, diagonal,
         BLOCK_N, HEAD_DIM_PAD, K_BLOCK, CAUSAL, False, P_SCALE, PROMOTE_EVERY, QK_IMPRECISE_ACC, PV_IMPRECISE_ACC,
+        QK_INT8, PV_FP16,
     )
     acc, acc_part, l_i, m_i = _attend_kv_tiles(
         acc, acc_part, l_i, m_i, q, row_scale, offs_m, k_base, vt_base, k_scale_base, stride_kn, stride_vd,
         full_hi, hi, seqlen_k, diagonal,
         BLOCK_N, HEAD_DIM_PAD, K_BLOCK, CAUSAL, True, P_SCALE, PROMOTE_EVERY, QK_IMPRECISE_ACC, PV_IMPRECISE_ACC,
+        QK_INT8, PV_FP16,
     )
     if PROMOTE_EVERY > 1:
         acc += acc_part
@@ -167,6 +178,10 @@ def _fp8_attention_fwd_kernel(
     inv_l = tl.where(seen, 1.0 / (tl.where(seen, l_i, 1.0) * P_SCALE), 0.0)
     v_scale = tl.load(v_scale_ptr + kv_bh * HEAD_DIM_PAD + offs_d)
     out = acc * inv_l[:, None] * v_scale[None, :]
+    if SMOOTH_V:
+        # Softmax rows sum to one, so V's mean comes back whole (rows that saw no key stay zero).
+        v_mean = tl.load(v_mean_ptr + kv_bh * HEAD_DIM_PAD + offs_d)
+        out = tl.where(seen[:, None], out + v_mean[None, :], 0.0)
     out_ptrs = out_ptr + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_om + offs_d[None, :]
     tl.store(out_ptrs, out.to(out_ptr.dtype.element_ty), mask=m_ok[:, None] & (offs_d < HEAD_DIM)[None, :])
     lse = tl.where(seen, (m_i + tl.math.log2(tl.where(seen, l_i, 1.0))) * LN_2, float("-inf"))
@@ -183,7 +198,8 @@ def forward_launch(
     if qkv.k_block % cfg.block_n:
         raise ValueError(f"block_n={cfg.block_n} must divide the recipe's k_block={qkv.k_block}")
     args = (
-        qkv.q, qkv.k, qkv.v_t, qkv.q_scale, qkv.k_scale, qkv.v_scale, out, lse,
+        qkv.q, qkv.k, qkv.v_t, qkv.q_scale, qkv.k_scale, qkv.v_scale,
+        qkv.v_mean if qkv.v_mean is not None else qkv.v_scale, out, lse,
         seqlen_q, qkv.seqlen_k, num_q_heads, qkv.k.shape[1], qkv.q_scale.shape[-1], qkv.k_scale.shape[-1],
         softmax_scale * LOG2_E,
         *qkv.q.stride()[:3], *qkv.k.stride()[:3], *qkv.v_t.stride()[:3], *out.stride()[:3],
@@ -192,6 +208,7 @@ def forward_launch(
         HEAD_DIM=qkv.head_dim, HEAD_DIM_PAD=dp, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
         Q_BLOCK=qkv.q_block, K_BLOCK=qkv.k_block, CAUSAL=causal, P_SCALE=p_scale, PROMOTE_EVERY=cfg.promote_every,
         QK_IMPRECISE_ACC=cfg.qk_imprecise_acc, PV_IMPRECISE_ACC=cfg.pv_imprecise_acc,
+        QK_INT8=qkv.q.dtype == torch.int8, PV_FP16=qkv.v_t.dtype == torch.float16, SMOOTH_V=qkv.v_mean is not None,
     )
     grid = (triton.cdiv(seqlen_q, cfg.block_m), batch * num_q_heads)
     return Launch(_fp8_attention_fwd_kernel, grid, args, constexprs,
