@@ -16,6 +16,7 @@ import pytest
 from triton import knobs
 
 import fp8attn  # noqa: F401
+from fp8attn.inputs import synthetic_qkv
 
 SESSION_SEED = int(os.environ.get("FP8ATTN_SEED", random.SystemRandom().randrange(2**31)))
 HAS_CUDA = torch.cuda.is_available()
@@ -50,25 +51,8 @@ def gen(request) -> torch.Generator:
 
 
 def make_qkv(gen, shape, *, dtype=torch.float16, device="cpu", kind="randn"):
-    """Random ``q (B, Hq, Sq, D)``, ``k, v (B, Hkv, Sk, D)`` drawn on the CPU, then moved to ``device``.
-
-    ``kind``: "randn"; "k_offset" (K + 8·N(0, 1) per head and channel, as real LLM keys have);
-    "outliers" (FA3's N(0, 1) + N(0, 100)·Bernoulli(0.001)); "sharp" (Q × 3).
-    """
-    batch, hq, hkv, sq, sk, d = shape
-    q = torch.randn(batch, hq, sq, d, generator=gen)
-    k = torch.randn(batch, hkv, sk, d, generator=gen)
-    v = torch.randn(batch, hkv, sk, d, generator=gen)
-    if kind == "k_offset":
-        k = k + 8 * torch.randn(batch, hkv, 1, d, generator=gen)
-    elif kind == "outliers":
-        q, k, v = (x + 10 * torch.randn(x.shape, generator=gen) * (torch.rand(x.shape, generator=gen) < 1e-3)
-                   for x in (q, k, v))
-    elif kind == "sharp":
-        q = 3 * q
-    elif kind != "randn":
-        raise ValueError(kind)
-    return tuple(x.to(dtype=dtype, device=device) for x in (q, k, v))
+    """Random ``q (B, Hq, Sq, D)``, ``k, v (B, Hkv, Sk, D)``: see :func:`fp8attn.inputs.synthetic_qkv`."""
+    return synthetic_qkv(kind, shape, gen, dtype=dtype, device=device)
 
 
 @pytest.fixture

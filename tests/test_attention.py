@@ -41,15 +41,17 @@ def _ids(case):
     return f"D{d}-Sq{sq}-Sk{sk}-{'causal' if causal else 'full'}-{str(dtype)[6:]}-H{hq}/{hkv}"
 
 
+@pytest.mark.parametrize("recipe", list(RECIPES))
 @pytest.mark.parametrize("case", GRID, ids=[_ids(c) for c in GRID])
-def test_kernel_is_far_closer_to_its_emulation_than_the_recipe_is_to_float64(device, gen, poisoned_allocations, case):
+def test_kernel_is_far_closer_to_its_emulation_than_the_recipe_is_to_float64(device, gen, poisoned_allocations, case,
+                                                                              recipe):
     d, (sq, sk), causal, dtype, (hq, hkv) = case
     q, k, v = make_qkv(gen, (2 if d == 64 else 1, hq, hkv, sq, sk, d), dtype=dtype, device=device)
-    out = fp8attn.attention(q, k, v, causal=causal)
+    out = fp8attn.attention(q, k, v, causal=causal, recipe=recipe)
     assert out.dtype == dtype and out.shape == q.shape
     assert out.isfinite().all(), "NaN-poisoned elements left unwritten, or a non-finite result"
     q, k, v = q.cpu(), k.cpu(), v.cpu()
-    emulated = emulate(q, k, v, recipe=DEFAULT_RECIPE, causal=causal)
+    emulated = emulate(q, k, v, recipe=RECIPES[recipe], causal=causal)
     truth = exact(q, k, v, causal=causal)
     kernel_err = compare(out, emulated).rel_l2
     recipe_err = compare(emulated, truth).rel_l2

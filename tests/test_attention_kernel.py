@@ -9,7 +9,7 @@ import torch
 
 from fp8attn.kernels.attention_fwd import attention_forward, forward_config
 from fp8attn.metrics import compare
-from fp8attn.recipe import DEFAULT_RECIPE
+from fp8attn.recipe import DEFAULT_RECIPE, RECIPES
 from fp8attn.reference import attention_emulated, exact, quantize_emulated
 from tests.conftest import INTERPRETED, make_qkv
 
@@ -22,26 +22,29 @@ KERNEL_VS_EMULATION = 2e-3 if INTERPRETED else 1e-2
 LSE_VS_EMULATION = 1e-4 if INTERPRETED else 2e-3
 
 
-def _run(device, gen, shape, causal, promote_every=None, dtype=torch.float16):
+def _run(device, gen, shape, causal, promote_every=None, dtype=torch.float16, recipe=DEFAULT_RECIPE):
     q, k, v = make_qkv(gen, shape, dtype=dtype)
-    qkv = quantize_emulated(q, k, v, DEFAULT_RECIPE)
+    qkv = quantize_emulated(q, k, v, recipe)
     qkv_dev = dataclasses.replace(qkv, **{f: getattr(qkv, f).to(device) for f in
-                                          ("q", "k", "v_t", "q_scale", "k_scale", "v_scale")})
+                                          ("q", "k", "v_t", "q_scale", "k_scale", "v_scale", "v_mean")
+                                          if getattr(qkv, f) is not None})
     cfg = forward_config(qkv.q.shape[-1], qkv.k_block)
     if promote_every is not None:
         cfg = dataclasses.replace(cfg, promote_every=promote_every)
     scale = shape[-1] ** -0.5
-    out, lse = attention_forward(qkv_dev, causal=causal, softmax_scale=scale, p_scale=DEFAULT_RECIPE.p_multiplier,
+    out, lse = attention_forward(qkv_dev, causal=causal, softmax_scale=scale, p_scale=recipe.p_multiplier,
                                  out_dtype=dtype, config=cfg)
-    want, want_lse = attention_emulated(qkv, causal=causal, scale=scale, p_scale=DEFAULT_RECIPE.p_multiplier,
+    want, want_lse = attention_emulated(qkv, causal=causal, scale=scale, p_scale=recipe.p_multiplier,
                                         block_n=cfg.block_n, return_lse=True)
     return out.cpu(), lse.cpu(), want, want_lse, (q, k, v)
 
 
+@pytest.mark.parametrize("recipe", list(RECIPES))
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("shape", [(1, 2, 2, 130, 257, 64), (1, 2, 1, 257, 130, 128), (1, 1, 1, 64, 64, 256)], ids=str)
-def test_kernel_matches_emulation_on_the_same_fp8_inputs(device, gen, poisoned_allocations, shape, causal):
-    out, lse, want, want_lse, (q, k, v) = _run(device, gen, shape, causal)
+def test_kernel_matches_emulation_on_the_same_quantized_inputs(device, gen, poisoned_allocations, shape, causal,
+                                                                recipe):
+    out, lse, want, want_lse, (q, k, v) = _run(device, gen, shape, causal, recipe=RECIPES[recipe])
     assert out.isfinite().all(), "unwritten (NaN-poisoned) or non-finite output"
     assert compare(out, want).rel_l2 <= KERNEL_VS_EMULATION
     _, lse_exact = exact(q, k, v, causal=causal, return_lse=True)
