@@ -22,11 +22,27 @@ def _assert_fp8_tensor_core_kernel(report) -> None:
     assert report.spills == 0 and report.stack_bytes == 0, f"register spills in {report}"
 
 
+def _offline(recipe: str) -> list:
+    if INTERPRETED:
+        return collect_in_subprocess(arch=90, only="attention", recipe=recipe)
+    return collect(arch=90, only="attention", recipe=recipe)
+
+
 def test_attention_kernel_compiled_offline_for_sm90_uses_fp8_wgmma_without_spills():
-    reports = collect_in_subprocess(arch=90, only="attention") if INTERPRETED else collect(arch=90, only="attention")
+    reports = _offline("e4m3")
     assert len(reports) == 6  # D 64/128/256, causal and not
     for report in reports:
         _assert_fp8_tensor_core_kernel(report)
+
+
+@pytest.mark.parametrize(("recipe", "qk_op", "pv_op"), [("int8-hadamard-vsmooth", "IGMMA", "QGMMA"),
+                                                         ("int8-fp16pv", "IGMMA", "HGMMA")])
+def test_recipes_compile_to_their_tensor_core_instructions(recipe, qk_op, pv_op):
+    """INT8 Q·Kᵀ must be int8 wgmma (IGMMA), fp16 P·V fp16 wgmma (HGMMA): no fallback to mma.sync."""
+    for report in _offline(recipe):
+        assert report.opcodes[qk_op] > 0 and report.opcodes[pv_op] > 0, report
+        assert report.opcodes["HMMA"] == report.opcodes["IMMA"] == 0, report
+        assert report.spills == 0, report
 
 
 @pytest.mark.gpu

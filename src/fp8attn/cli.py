@@ -1,4 +1,4 @@
-"""The ``fp8attn`` command: ``demo``, ``bench``, ``inspect``."""
+"""The ``fp8attn`` command: ``demo``, ``bench``, ``accuracy``, ``inspect``."""
 
 from __future__ import annotations
 
@@ -73,6 +73,11 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("demo", help="correctness vs float64 (and speed vs PyTorch SDPA on a GPU)").set_defaults(run=demo)
     sub.add_parser("bench", help="benchmark against peers (see fp8attn bench --help)", add_help=False)
     sub.add_parser("inspect", help="registers, spills and QGMMA counts of the compiled kernels", add_help=False)
+    sub.add_parser("accuracy", help="every recipe's error against float64 on hard inputs", add_help=False)
+    if argv and argv[0] == "accuracy":
+        from fp8attn import accuracy
+
+        return accuracy.main(argv[1:])
     if argv and argv[0] == "bench":
         from fp8attn import bench
 

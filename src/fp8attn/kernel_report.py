@@ -144,22 +144,23 @@ def library_launches(batch: int, heads: int, kv_heads: int, seqlen: int, head_di
 DEFAULT_SHAPES = [(4, 16, 16, 4096, d, c) for d in (64, 128, 256) for c in (False, True)]
 
 
-def collect(shapes=DEFAULT_SHAPES, arch: int = 90, only: str = "") -> list[KernelReport]:
+def collect(shapes=DEFAULT_SHAPES, arch: int = 90, only: str = "", recipe: str = "e4m3") -> list[KernelReport]:
     """Reports for every launch of every shape whose kernel name contains ``only``
     (run in a process where Triton is not interpreting)."""
     reports = []
     for b, h, hkv, s, d, causal in shapes:
-        label = f"B{b} H{h}/{hkv} S{s} D{d}{' causal' if causal else ''}"
-        for launch in library_launches(b, h, hkv, s, d, causal):
+        label = f"{recipe} B{b} H{h}/{hkv} S{s} D{d}{' causal' if causal else ''}"
+        for launch in library_launches(b, h, hkv, s, d, causal, recipe):
             if only in launch.kernel.__name__:
                 reports.append(report_launch(launch, label, arch))
     return reports
 
 
-def collect_in_subprocess(arch: int = 90, only: str = "") -> list[KernelReport]:
+def collect_in_subprocess(arch: int = 90, only: str = "", recipe: str = "e4m3") -> list[KernelReport]:
     """:func:`collect` in a fresh Python with the interpreter off, for callers running under TRITON_INTERPRET=1."""
     env = {**os.environ, "TRITON_INTERPRET": "0"}
-    cmd = [sys.executable, "-m", "fp8attn.kernel_report", "--json", "--arch", str(arch), "--only", only]
+    cmd = [sys.executable, "-m", "fp8attn.kernel_report", "--json", "--arch", str(arch), "--only", only,
+           "--recipe", recipe]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
     return [KernelReport(**r) for r in json.loads(done.stdout)]
 
@@ -179,13 +180,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--arch", type=int, default=90, help="SM architecture to compile for (default 90, Hopper)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--only", default="", help="only kernels whose name contains this, e.g. 'attention'")
+    parser.add_argument("--recipe", default="e4m3", help="the recipe whose kernels to compile (default e4m3)")
     args = parser.parse_args(argv)
     from triton import knobs
 
     if knobs.runtime.interpret:
-        reports = collect_in_subprocess(args.arch, args.only)
+        reports = collect_in_subprocess(args.arch, args.only, args.recipe)
     else:
-        reports = collect(arch=args.arch, only=args.only)
+        reports = collect(arch=args.arch, only=args.only, recipe=args.recipe)
     print(json.dumps([asdict(r) for r in reports]) if args.json else format_table(reports))
     return 0
 

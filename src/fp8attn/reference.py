@@ -13,6 +13,7 @@ emulation with :func:`exact` measures what the recipe itself costs.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
@@ -101,6 +102,27 @@ def quantize_emulated(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, recipe:
         q=q8[:, :, :seqlen_q].contiguous(), k=k8, v_t=vq.transpose(-1, -2).contiguous(),
         q_scale=q_scale, k_scale=k_scale, v_scale=v_scale, k_mean=k_mean, v_mean=v_mean,
         seqlen_q=seqlen_q, seqlen_k=seqlen_k, head_dim=head_dim, q_block=recipe.q_block, k_block=recipe.k_block,
+    )
+
+
+def quantize_per_tensor_emulated(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> QuantizedQKV:
+    """The cuDNN/TransformerEngine-style baseline: one E4M3 scale per tensor for each of Q, K and V,
+    no smoothing, in the kernel layout (the same scale repeated in every block), P scaled by 448."""
+    per_block = Recipe(name="per-tensor", smooth_k=False)
+    qkv = quantize_emulated(q, k, v, per_block)
+
+    def requantize(x: torch.Tensor, tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+        xf = torch.zeros((*x.shape[:2], tokens, qkv.q.shape[-1]), dtype=torch.float32, device=x.device)
+        xf[:, :, : x.shape[2], : x.shape[3]] = x.float()
+        scale = scale_from_amax(xf.abs().amax())
+        return to_e4m3(xf * (1.0 / scale)), scale
+
+    q8, q_scale = requantize(q, q.shape[2])
+    k8, k_scale = requantize(k, qkv.k.shape[2])
+    v8, v_scale = requantize(v, qkv.k.shape[2])
+    return dataclasses.replace(
+        qkv, q=q8, k=k8, v_t=v8.transpose(-1, -2).contiguous(), q_scale=q_scale.expand_as(qkv.q_scale),
+        k_scale=k_scale.expand_as(qkv.k_scale), v_scale=v_scale.expand_as(qkv.v_scale), k_mean=None,
     )
 
 
