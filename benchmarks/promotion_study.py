@@ -25,7 +25,7 @@ import triton
 from fp8attn.kernels.attention_fwd import attention_forward, forward_config
 from fp8attn.metrics import compare
 from fp8attn.quantize import padded_head_dim, quantize_qkv
-from fp8attn.recipe import DEFAULT_RECIPE
+from fp8attn.recipe import E4M3_BLOCK as RECIPE  # the study was run on the "e4m3" recipe
 from fp8attn.reference import attention_emulated
 
 VARIANTS = [  # (promote_every, qk max_num_imprecise_acc, pv max_num_imprecise_acc)
@@ -35,18 +35,18 @@ VARIANTS = [  # (promote_every, qk max_num_imprecise_acc, pv max_num_imprecise_a
 
 def _config(d: int, variant: tuple) -> object:
     pe, qk, pv = variant
-    return dataclasses.replace(forward_config(padded_head_dim(d), DEFAULT_RECIPE.k_block), promote_every=pe,
+    return dataclasses.replace(forward_config(padded_head_dim(d), RECIPE.k_block), promote_every=pe,
                                qk_imprecise_acc=qk, pv_imprecise_acc=pv)
 
 
 def accuracy(d: int, s: int, variant: tuple, gen: torch.Generator) -> float:
     q, k, v = (torch.randn(1, 2, s, d, generator=gen).to("cuda", torch.bfloat16) for _ in range(3))
-    qkv = quantize_qkv(q, k, v, DEFAULT_RECIPE)
+    qkv = quantize_qkv(q, k, v, RECIPE)
     cfg = _config(d, variant)
     # fp32 output, so the output's own rounding does not hide the accumulator's.
-    out, _ = attention_forward(qkv, causal=False, softmax_scale=d**-0.5, p_scale=DEFAULT_RECIPE.p_multiplier,
+    out, _ = attention_forward(qkv, causal=False, softmax_scale=d**-0.5, p_scale=RECIPE.p_multiplier,
                                out_dtype=torch.float32, config=cfg)
-    want = attention_emulated(qkv, causal=False, scale=d**-0.5, p_scale=DEFAULT_RECIPE.p_multiplier,
+    want = attention_emulated(qkv, causal=False, scale=d**-0.5, p_scale=RECIPE.p_multiplier,
                               block_n=cfg.block_n)
     return compare(out, want).rel_l2
 
@@ -54,10 +54,10 @@ def accuracy(d: int, s: int, variant: tuple, gen: torch.Generator) -> float:
 def speed(d: int, s: int, variant: tuple, causal: bool) -> float:
     b, h = 16384 // s, 2048 // d
     q, k, v = (torch.randn(b, h, s, d, device="cuda", dtype=torch.bfloat16) for _ in range(3))
-    qkv = quantize_qkv(q, k, v, DEFAULT_RECIPE)
+    qkv = quantize_qkv(q, k, v, RECIPE)
     cfg = _config(d, variant)
     def run() -> None:
-        attention_forward(qkv, causal=causal, softmax_scale=d**-0.5, p_scale=DEFAULT_RECIPE.p_multiplier,
+        attention_forward(qkv, causal=causal, softmax_scale=d**-0.5, p_scale=RECIPE.p_multiplier,
                           out_dtype=torch.bfloat16, config=cfg)
 
     ms = triton.testing.do_bench(run, return_mode="median")

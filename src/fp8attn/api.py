@@ -23,9 +23,11 @@ from triton import knobs
 from fp8attn.fp8 import E4M3
 from fp8attn.kernels.attention_fwd import attention_forward
 from fp8attn.quantize import QuantizedQKV, padded_head_dim, quantize_qkv
-from fp8attn.recipe import DEFAULT_RECIPE, Recipe, resolve_recipe
+from fp8attn.recipe import E4M3_BLOCK, Recipe, resolve_recipe
 
 MAX_HEAD_DIM = 256
+# Caller-quantized E4M3 inputs are laid out like the "e4m3" recipe's (scale blocks, P's factor).
+_PREQUANTIZED_LAYOUT = E4M3_BLOCK
 _INPUT_DTYPES = (torch.float16, torch.bfloat16)
 _INT32_LIMIT = 2**31 - 1
 
@@ -175,7 +177,7 @@ def _attention_prequantized_impl(
     causal: bool, scale: float, out_dtype: torch.dtype,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     qkv = _kernel_layout(q, k, v, q_descale, k_descale, v_descale)
-    return attention_forward(qkv, causal=causal, softmax_scale=scale, p_scale=DEFAULT_RECIPE.p_multiplier,
+    return attention_forward(qkv, causal=causal, softmax_scale=scale, p_scale=_PREQUANTIZED_LAYOUT.p_multiplier,
                              out_dtype=out_dtype)
 
 
@@ -234,7 +236,7 @@ def _kernel_layout(
     """
     batch, num_q_heads, seqlen_q, head_dim = q.shape
     num_kv_heads, seqlen_k = k.shape[1], k.shape[2]
-    q_block, k_block = DEFAULT_RECIPE.q_block, DEFAULT_RECIPE.k_block
+    q_block, k_block = _PREQUANTIZED_LAYOUT.q_block, _PREQUANTIZED_LAYOUT.k_block
     dp = padded_head_dim(head_dim)
     skp = triton.cdiv(seqlen_k, k_block) * k_block
     if dp != head_dim or q.stride(-1) != 1:
@@ -285,7 +287,8 @@ def attention(
             (possible when ``Sq > Sk``) gets an output of zeros and a log-sum-exp of ``-inf``.
         scale: softmax scale; ``1 / sqrt(D)`` when None.
         recipe: how q, k, v and P are quantized: a name from :func:`fp8attn.recipes` or a
-            :class:`fp8attn.Recipe`; the default is ``"e4m3"``.
+            :class:`fp8attn.Recipe`; the default is ``"int8-hadamard-vsmooth"`` (INT8 Q·Kᵀ with
+            per-token Q scales, Hadamard-rotated and smoothed K, smoothed E4M3 V, E4M3 P).
         return_lse: also return the log-sum-exp of each row's scaled scores.
 
     Returns:

@@ -10,6 +10,7 @@ import torch
 
 import fp8attn
 from fp8attn.metrics import compare
+from fp8attn.recipe import DEFAULT_RECIPE
 from fp8attn.reference import exact
 
 MISSION_SHAPE = (1, 8, 512, 64)  # B, H, S, D
@@ -23,9 +24,10 @@ def _inputs(shape: tuple[int, int, int, int], device: str, seed: int = 0) -> tup
 
 def _accuracy_lines(q, k, v) -> list[str]:
     truth = exact(q.cpu(), k.cpu(), v.cpu())
-    lines = [f"  fp8attn (E4M3, recipe 'e4m3')  vs float64: {compare(fp8attn.attention(q, k, v), truth)}"]
+    lines = [f"  fp8attn, recipe {name!r:<24} vs float64: {compare(fp8attn.attention(q, k, v, recipe=name), truth)}"
+             for name in (DEFAULT_RECIPE.name, "e4m3")]
     sdpa = torch.nn.functional.scaled_dot_product_attention(q, k, v)
-    lines.append(f"  PyTorch SDPA (fp16)            vs float64: {compare(sdpa, truth)}")
+    lines.append(f"  PyTorch SDPA (fp16){'':<22} vs float64: {compare(sdpa, truth)}")
     return lines
 
 
@@ -56,7 +58,7 @@ def demo(_: argparse.Namespace) -> int:
     print(f"GPU: {torch.cuda.get_device_name()}; shape (B, H, S, D) = {MISSION_SHAPE}, fp16 inputs")
     print("Accuracy:")
     print("\n".join(_accuracy_lines(q, k, v)))
-    print("Speed (quantization included for fp8attn):")
+    print(f"Speed (recipe {DEFAULT_RECIPE.name!r}, quantization included for fp8attn):")
     sdpa = lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v)  # noqa: E731
     ours = lambda: fp8attn.attention(q, k, v)  # noqa: E731
     for label, device_time in (("device time, do_bench median", True), ("eager host loop, per call", False)):

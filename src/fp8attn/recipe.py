@@ -108,7 +108,9 @@ RECIPES: dict[str, Recipe] = {
         Recipe(name="int8-fp16pv", qk_format="int8", pv_format="fp16", q_block=1),
     )
 }
-DEFAULT_RECIPE = E4M3_BLOCK
+DEFAULT_RECIPE = RECIPES["int8-hadamard-vsmooth"]
+"""The default: the most accurate recipe at 8-bit tensor-core rate (docs/accuracy.md has the measurements
+and the speed it costs against "e4m3")."""
 
 
 def recipes() -> dict[str, Recipe]:
