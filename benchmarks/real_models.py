@@ -65,7 +65,7 @@ from fp8attn import reference
 from fp8attn.fp8 import E4M3_MAX
 from fp8attn.integrations import transformers as fp8hf
 from fp8attn.metrics import compare
-from fp8attn.recipe import RECIPES
+from fp8attn.recipe import DEFAULT_RECIPE, RECIPES
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 BASELINE = "per-tensor"
@@ -357,7 +357,7 @@ def run_minilm(args: argparse.Namespace, text: str, result: dict) -> list[fp8hf.
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--recipes", default="e4m3,e4m3-unsmoothed", help="comma-separated recipe names")
+    parser.add_argument("--recipes", default=f"{DEFAULT_RECIPE.name},e4m3", help="comma-separated recipe names")
     parser.add_argument("--max-tokens", type=int, default=256, help="SmolLM2 tokens (per-layer and perplexity)")
     parser.add_argument("--layers", default="all", help="'all' or N layers spread evenly (per-layer metrics only)")
     parser.add_argument("--sentences", type=int, default=32, help="MiniLM sentences")
