@@ -1,12 +1,17 @@
-"""FP8 flash-attention forward: E4M3 Q·Kᵀ and P·V on tensor cores, online softmax in fp32.
+"""8-bit flash-attention forward: Q·Kᵀ and P·V on tensor cores, online softmax in fp32.
+
+The recipe picks the operand types at compile time from the quantized tensors: Q·Kᵀ in E4M3 (QGMMA)
+or INT8 with exact int32 sums (IGMMA); P·V in E4M3 (QGMMA) or fp16 (HGMMA); V's mean added back in
+the epilogue when the recipe smoothed V.
 
 One program computes ``BLOCK_M`` query rows of one (batch, query head) against all visible keys,
 streamed in tiles of ``BLOCK_N``. The scales are folded into existing arithmetic:
 
 * the exp2 argument: ``s = (q8·k8ᵀ) · (q_scale · softmax_scale · log2 e) · k_scale``, one multiply per
   score (``k_scale`` is one scalar per key tile because ``BLOCK_N`` divides the recipe's ``k_block``);
-* P: ``p = exp2(s - m)`` in [0, 1] is multiplied by the recipe's ``p_scale`` and rounded to E4M3;
-* the epilogue: ``out = acc · v_scale / (p_scale · l)``, with ``v_scale`` one value per channel.
+* P: ``p = exp2(s - m)`` in [0, 1] is multiplied by the recipe's ``p_scale`` and rounded to E4M3
+  (or to fp16, with ``p_scale`` 1);
+* the epilogue: ``out = acc · v_scale / (p_scale · l) (+ v_mean)``, ``v_scale`` one value per channel.
 
 Causal masking is bottom-right aligned (query ``i`` sees keys ``j <= i + Sk - Sq``); a row that sees no
 key gets zeros and a log-sum-exp of -inf. Key tiles fully inside the visible range run without masks;
