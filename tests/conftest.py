@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import random
 import zlib
+from pathlib import Path
 
 import torch
 
@@ -18,6 +19,7 @@ from triton import knobs
 import fp8attn  # noqa: F401
 from fp8attn.inputs import synthetic_qkv
 
+ROOT = Path(__file__).resolve().parents[1]
 SESSION_SEED = int(os.environ.get("FP8ATTN_SEED", random.SystemRandom().randrange(2**31)))
 HAS_CUDA = torch.cuda.is_available()
 INTERPRETED = bool(knobs.runtime.interpret)

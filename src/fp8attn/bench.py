@@ -905,6 +905,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="file stem of the JSON and PNG (default: from the GPU name, e.g. h100)")
     p.add_argument("--plot-only", type=Path, metavar="JSON",
                    help="redraw the table and the plot (next to the JSON) from a saved JSON; no GPU needed")
+    p.add_argument("--gate", type=Path, metavar="JSON",
+                   help="regression gate: re-run fp8attn on the shapes and methods of a committed results file "
+                        "(same GPU kind) and exit 1 if any figure is more than 10%% below it")
     return p
 
 
@@ -923,6 +926,58 @@ def plan(args: argparse.Namespace) -> list[tuple[Shape, tuple[str, ...]]]:
     if "custom" in suites:
         jobs += [(Shape(*dims, c, args.dtype, "custom"), default) for dims in args.shape for c in causals]
     return jobs
+
+
+GATE_PROVIDERS = ("fp8attn", "fp8attn-prequant")
+GATE_TOLERANCE = 0.10  # a change that slows fp8attn by more than 10 % does not merge
+
+
+def _record_key(r: Record) -> tuple:
+    return (r.provider, r.method, r.B, r.Hq, r.Hkv, r.Sq, r.Sk, r.D, r.causal, r.dtype)
+
+
+def gate_failures(committed: Sequence[Record], fresh: Sequence[Record],
+                  tolerance: float = GATE_TOLERANCE) -> list[str]:
+    """One line per committed fp8attn figure that ``fresh`` misses or undercuts by more than ``tolerance``."""
+    fresh_by_key = {_record_key(r): r for r in fresh}
+    failures = []
+    for old in committed:
+        if old.provider not in GATE_PROVIDERS:
+            continue
+        label = f"{old.provider} {old.method} {Shape(*_record_key(old)[2:], suite=old.suite).label()}"
+        new = fresh_by_key.get(_record_key(old))
+        if new is None:
+            failures.append(f"missing: {label} (committed {old.tflops:.1f} TFLOP/s)")
+        elif new.tflops < (1 - tolerance) * old.tflops:
+            failures.append(f"slower: {label}: {new.tflops:.1f} TFLOP/s vs committed {old.tflops:.1f} "
+                            f"({new.tflops / old.tflops:.2f}×)")
+    return failures
+
+
+def run_gate(path: Path, cfg: TimingConfig) -> int:
+    """Re-measure fp8attn on every shape and method of a committed results file; 1 if any figure regressed."""
+    meta, committed = load_json(path)
+    gpu = torch.cuda.get_device_name()
+    if meta.get("gpu") != gpu:
+        print(f"fp8attn bench --gate: {path} was measured on {meta.get('gpu')!r}, this is {gpu!r}; "
+              "compare on the same GPU kind", file=sys.stderr)
+        return 2
+    jobs: dict[tuple, set[str]] = {}
+    for r in committed:
+        if r.provider in GATE_PROVIDERS:
+            shape = Shape(r.B, r.Hq, r.Hkv, r.Sq, r.Sk, r.D, r.causal, r.dtype, r.suite)
+            jobs.setdefault(shape, set()).add(r.method)
+    fresh: list[Record] = []
+    with make_reporter(len(jobs) * len(GATE_PROVIDERS)) as reporter:
+        for shape, methods in jobs.items():
+            fresh += measure_shape(shape, sorted(methods), GATE_PROVIDERS, cfg, reporter)
+    report(fresh, gpu)
+    failures = gate_failures(committed, fresh)
+    for line in failures:
+        print(line)
+    print(f"gate: {len(failures)} of the committed fp8attn figures regressed by more than {GATE_TOLERANCE:.0%}"
+          if failures else f"gate: every fp8attn figure within {GATE_TOLERANCE:.0%} of {path}")
+    return 1 if failures else 0
 
 
 def run_plot_only(path: Path) -> int:
@@ -946,6 +1001,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("fp8attn bench: CUDA is not available; the benchmark needs an NVIDIA GPU "
               "(only --plot-only works without one)", file=sys.stderr)
         return 2
+    if args.gate is not None:
+        return run_gate(args.gate, TimingConfig(rep_ms=args.rep_ms, calls=args.calls, repeats=args.repeats))
 
     gpu = torch.cuda.get_device_name()
     stem = args.name or gpu_slug(gpu)

@@ -1,0 +1,35 @@
+"""The benchmark's pure parts: FLOP counting and the regression gate's comparison (no GPU needed)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from fp8attn.bench import Record, attention_flops, gate_failures, load_json
+from tests.conftest import ROOT
+
+
+def test_causal_flops_count_only_visible_pairs():
+    assert attention_flops(1, 1, 4, 4, 8, causal=False) == 4 * 16 * 8
+    assert attention_flops(1, 1, 4, 4, 8, causal=True) == 4 * (1 + 2 + 3 + 4) * 8
+    # bottom-right: with Sq < Sk the first query already sees Sk - Sq + 1 keys
+    assert attention_flops(1, 1, 2, 5, 8, causal=True) == 4 * (4 + 5) * 8
+
+
+def _record(provider: str, tflops: float, **kw) -> Record:
+    base = dict(provider=provider, method="do_bench", B=2, Hq=16, Hkv=16, Sq=8192, Sk=8192, D=128, causal=False,
+                dtype="bf16", median_ms=1.0, tflops=tflops, suite="sweep")
+    return Record(**{**base, **kw})
+
+
+def test_gate_flags_fp8attn_figures_more_than_10_percent_below_the_committed_ones():
+    committed = [_record("fp8attn", 500.0), _record("fp8attn-prequant", 520.0, D=64), _record("cudnn-fp8", 900.0)]
+    fresh = [_record("fp8attn", 455.0), _record("fp8attn-prequant", 460.0, D=64)]  # 0.91× passes, 0.88× fails
+    failures = gate_failures(committed, fresh)
+    assert len(failures) == 1 and failures[0].startswith("slower: fp8attn-prequant do_bench B2 H16 S8k D64")
+    assert gate_failures(committed, fresh[1:]) [0].startswith("missing: fp8attn do_bench")
+
+
+def test_gate_passes_the_committed_results_against_themselves():
+    _, records = load_json(ROOT / "benchmarks" / "results" / "h100-quick.json")
+    assert any(r.provider == "fp8attn" for r in records)
+    assert gate_failures(records, [dataclasses.replace(r) for r in records]) == []
