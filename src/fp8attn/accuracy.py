@@ -41,6 +41,30 @@ def _run_recipe(name: str, q, k, v, causal: bool, use_kernel: bool) -> torch.Ten
     return emulate(q.cpu(), k.cpu(), v.cpu(), recipe=RECIPES[name], causal=causal)
 
 
+PEERS = ("cudnn-fp8", "sage1")
+
+
+def _peers(q, k, v, shape, causal: bool, truth: torch.Tensor) -> dict:
+    """cuDNN's FP8 SDPA and SageAttention on the same inputs, through ``fp8attn bench``'s providers,
+    where they are installed; a peer that cannot run this shape is reported and left out."""
+    from fp8attn import bench
+
+    inputs = bench.Inputs(bench.Shape(*shape, causal=causal, dtype="bf16"), q, k, v)
+    rows = {}
+    for peer in PEERS:
+        why = bench.unavailable_reason(peer)
+        if why:
+            print(f"  {peer}: not available: {why}", file=sys.stderr)
+            continue
+        try:
+            runner = bench.BUILDERS[peer](inputs)
+            with runner.context():
+                rows[peer] = compare(runner.output(runner.fn()), truth)
+        except Exception as e:  # a peer's limitation must not stop the suite
+            print(f"  {peer}: skipped: {type(e).__name__}: {e}", file=sys.stderr)
+    return rows
+
+
 def measure(kinds, recipes, shape, *, causal: bool, device: str, use_kernel: bool, seed: int) -> list[dict]:
     """One record per (input kind, recipe): metrics against float64 and the ratio to the baseline."""
     records = []
@@ -57,6 +81,7 @@ def measure(kinds, recipes, shape, *, causal: bool, device: str, use_kernel: boo
             sdpa = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal,
                                                                     enable_gqa=q.shape[1] != k.shape[1])
             rows["sdpa-bf16"] = compare(sdpa, truth)
+            rows.update(_peers(q, k, v, shape, causal, truth))
         base = rows[BASELINE].rel_l2
         for name, report in rows.items():
             records.append({"kind": kind, "recipe": name, "shape": list(shape), "causal": causal,
