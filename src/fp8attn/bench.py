@@ -954,9 +954,18 @@ def gate_failures(committed: Sequence[Record], fresh: Sequence[Record],
     return failures
 
 
+def _default_recipe() -> str:
+    from fp8attn.recipe import DEFAULT_RECIPE
+
+    return DEFAULT_RECIPE.name
+
+
 def run_gate(path: Path, cfg: TimingConfig) -> int:
     """Re-measure fp8attn on every shape and method of a committed results file; 1 if any figure regressed."""
     meta, committed = load_json(path)
+    if meta.get("fp8attn_recipe") != _default_recipe():
+        print(f"note: {path} measured fp8attn with recipe {meta.get('fp8attn_recipe', 'unrecorded')!r}; "
+              f"the default is now {_default_recipe()!r}: a difference may be the recipe, not a regression")
     gpu = torch.cuda.get_device_name()
     if meta.get("gpu") != gpu:
         print(f"fp8attn bench --gate: {path} was measured on {meta.get('gpu')!r}, this is {gpu!r}; "
@@ -1020,7 +1029,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     meta = {"gpu": gpu, "versions": versions(), "command": " ".join(sys.argv),
-            "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "fp8attn_recipe": _default_recipe()}
     print(f"{gpu}: {len(jobs)} shapes × {len(providers)} providers → {json_path}")
     cfg = TimingConfig(rep_ms=args.rep_ms, calls=args.calls, repeats=args.repeats)
     records: list[Record] = []
