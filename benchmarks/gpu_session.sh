@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One pass on a GPU machine: the test suite with compiled kernels, the kernel report, the demo,
-# and whichever studies are named. Usage: bash benchmarks/gpu_session.sh [tests] [demo] [study] [bench-quick] [bench]
+# and whichever studies are named. Usage: bash benchmarks/gpu_session.sh STEP... (steps: see the case below)
 # Results go to $OUT (default ./out). Peers' wheels, if present in .whl/, are installed to /tmp/site.
 set -uo pipefail
 OUT=${OUT:-out}
@@ -21,6 +21,11 @@ for step in "$@"; do
     inspect) python3 -m fp8attn.kernel_report 2>&1 | tee "$OUT/kernel_report.txt" ;;
     demo) python3 -m fp8attn.cli demo 2>&1 | tee "$OUT/demo.txt" ;;
     profile) python3 benchmarks/host_profile.py 2>&1 | tee "$OUT/host_profile.txt" | head -45 ;;
+    kernels) python3 benchmarks/kernel_times.py 2>&1 | tee "$OUT/kernel_times.txt" ;;
+    mission) timeout 200 python3 -m fp8attn.bench --suite mission --providers fp8attn,sdpa-default,sdpa-flash \
+               --out "$OUT" --name mission 2>&1 | tail -25 ;;
+    smoke) timeout 300 python3 -m pytest -q -p no:cacheprovider -x tests/test_launch_plan.py tests/test_attention.py \
+             -k "cuda or replays" 2>&1 | tail -5 ;;
     recipes) timeout 300 python3 benchmarks/recipe_speed.py --out "$OUT" 2>&1 | tail -12 ;;
     sass) timeout 200 python3 -m pytest tests/test_kernel_code.py -q -p no:cacheprovider 2>&1 | tail -4 ;;
     study) timeout 300 python3 benchmarks/promotion_study.py --out "$OUT" 2>&1 | tail -20 ;;

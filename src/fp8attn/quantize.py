@@ -50,6 +50,10 @@ class QuantizedQKV:
             or None where the recipe does not smooth.
     Q and K are Hadamard-rotated when the recipe says so. Padding is zero in the quantized tensors
     and 1.0 in the scales.
+
+    kv_partials: ``(B·Hkv, chunks, 4, Dp)`` fp32, the statistics pass's per-chunk K sum, V sum, V max
+    and V min. workspace: the one byte buffer every tensor above is a view of, when they were
+    allocated together (:func:`allocate_quantized`); None for caller-provided tensors.
     """
 
     q: torch.Tensor
@@ -65,6 +69,8 @@ class QuantizedQKV:
     head_dim: int
     q_block: int
     k_block: int
+    kv_partials: torch.Tensor | None = None
+    workspace: torch.Tensor | None = None
 
 
 def padded_head_dim(head_dim: int) -> int:
@@ -267,28 +273,47 @@ def _stats_chunk(seqlen_k: int) -> int:
     return chunk
 
 
+_WORKSPACE_ALIGN = 256  # bytes; each view of the workspace starts on this boundary
+
+
 def allocate_quantized(
     batch: int, num_q_heads: int, num_kv_heads: int, seqlen_q: int, seqlen_k: int, head_dim: int,
     recipe: Recipe, device: torch.device | str,
 ) -> QuantizedQKV:
-    """Uninitialised buffers in the kernel layout (see :class:`QuantizedQKV`)."""
+    """Uninitialised buffers in the kernel layout (see :class:`QuantizedQKV`), carved from one allocation."""
     dp = padded_head_dim(head_dim)
     skp = triton.cdiv(seqlen_k, recipe.k_block) * recipe.k_block
     qk_dtype = torch.int8 if recipe.qk_format == "int8" else E4M3
+    f32 = torch.float32
+    layout = {
+        "q": ((batch, num_q_heads, seqlen_q, dp), qk_dtype),
+        "k": ((batch, num_kv_heads, skp, dp), qk_dtype),
+        "v_t": ((batch, num_kv_heads, dp, skp), torch.float16 if recipe.pv_format == "fp16" else E4M3),
+        "q_scale": ((batch, num_q_heads, triton.cdiv(seqlen_q, recipe.q_block)), f32),
+        "k_scale": ((batch, num_kv_heads, skp // recipe.k_block), f32),
+        "v_scale": ((batch, num_kv_heads, dp), f32),
+        "k_mean": ((batch, num_kv_heads, dp), f32) if recipe.smooth_k else None,
+        "v_mean": ((batch, num_kv_heads, dp), f32) if recipe.smooth_v else None,
+        "kv_partials": ((batch * num_kv_heads, triton.cdiv(seqlen_k, _stats_chunk(seqlen_k)), _NUM_STATS, dp), f32),
+    }
+    offsets, size = {}, 0
+    for name, entry in layout.items():
+        if entry is not None:
+            offsets[name] = size
+            size += triton.cdiv(math.prod(entry[0]) * entry[1].itemsize, _WORKSPACE_ALIGN) * _WORKSPACE_ALIGN
+    workspace = torch.empty(size, device=device, dtype=torch.uint8)
 
-    def empty(*shape: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        return torch.empty(shape, device=device, dtype=dtype)
+    def view(name: str) -> torch.Tensor | None:
+        if layout[name] is None:
+            return None
+        shape, dtype = layout[name]
+        start = offsets[name]
+        return workspace[start:start + math.prod(shape) * dtype.itemsize].view(dtype).view(shape)
 
     return QuantizedQKV(
-        q=empty(batch, num_q_heads, seqlen_q, dp, dtype=qk_dtype),
-        k=empty(batch, num_kv_heads, skp, dp, dtype=qk_dtype),
-        v_t=empty(batch, num_kv_heads, dp, skp, dtype=torch.float16 if recipe.pv_format == "fp16" else E4M3),
-        q_scale=empty(batch, num_q_heads, triton.cdiv(seqlen_q, recipe.q_block)),
-        k_scale=empty(batch, num_kv_heads, skp // recipe.k_block),
-        v_scale=empty(batch, num_kv_heads, dp),
-        k_mean=empty(batch, num_kv_heads, dp) if recipe.smooth_k else None,
-        v_mean=empty(batch, num_kv_heads, dp) if recipe.smooth_v else None,
+        **{name: view(name) for name in layout},
         seqlen_q=seqlen_q, seqlen_k=seqlen_k, head_dim=head_dim, q_block=recipe.q_block, k_block=recipe.k_block,
+        workspace=workspace,
     )
 
 
@@ -300,8 +325,8 @@ def quantize_launches(
     num_kv_heads, seqlen_k = k.shape[1], k.shape[2]
     dp, skp = out.k.shape[-1], out.k.shape[2]
     chunk = _stats_chunk(seqlen_k)
-    num_chunks = triton.cdiv(seqlen_k, chunk)
-    stats = torch.empty((batch * num_kv_heads, num_chunks, _NUM_STATS, dp), device=q.device, dtype=torch.float32)
+    stats = out.kv_partials
+    num_chunks = stats.shape[1]
     stats_launch = Launch(
         _kv_stats_kernel, (num_chunks, batch * num_kv_heads),
         (k, v, stats, seqlen_k, num_kv_heads, *k.stride(), *v.stride()),

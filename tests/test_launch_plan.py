@@ -1,0 +1,90 @@
+"""LaunchPlan's bookkeeping: a replay points every launch at the new call's tensors.
+
+On the CPU a stand-in kernel records what the replay hands Triton's launcher; on the GPU the real
+replay path runs (second calls of the same signature) and is checked against the emulation.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import fp8attn
+from fp8attn.api import _PLANS
+from fp8attn.kernels import launch as launch_module
+from fp8attn.kernels.launch import Launch, LaunchPlan
+from fp8attn.metrics import compare
+from fp8attn.reference import emulate
+from tests.conftest import HAS_CUDA, INTERPRETED, make_qkv
+
+
+class _RecordingKernel:
+    """Stands in for a JIT function and its compiled kernel: records every launcher call."""
+
+    arg_names = ["x", "y", "out", "workspace_part", "n", "BLOCK"]
+    __name__ = "recording_kernel"
+
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+        self.function, self.packed_metadata = "function", "metadata"
+
+    def warmup(self, *args, grid, **kwargs):
+        return self
+
+    def _init_handles(self) -> None:
+        pass
+
+    def run(self, *args) -> None:
+        self.calls.append(args)
+
+
+def test_replay_points_launches_at_the_new_tensors(monkeypatch):
+    monkeypatch.setattr(launch_module, "_current_stream", lambda device: 7)
+    kernel = _RecordingKernel()
+    x = torch.zeros(4)
+    out, workspace = torch.empty(4), torch.empty(64, dtype=torch.uint8)
+    constant = torch.ones(2)
+    launches = [
+        Launch(kernel, (3,), (x, x, out, workspace[16:32], 5), {"BLOCK": 8}, {"num_warps": 4}),
+        Launch(kernel, (2, 2), (constant, x, out, workspace[48:], 6), {"BLOCK": 16}, {"num_warps": 4}),
+    ]
+    plan = LaunchPlan(launches, inputs=(x, torch.zeros(1)), allocated=(out, workspace), persistent=[constant])
+
+    a, b = torch.randn(4), torch.randn(1)  # the same signature, fresh tensors
+    new_out, new_workspace = plan.run((a, b))
+    assert new_out.shape == out.shape and new_workspace.shape == workspace.shape
+    assert new_out.data_ptr() != out.data_ptr()
+    base = new_workspace.data_ptr()
+    first, second = kernel.calls
+    assert first[:4] == (3, 1, 1, 7) and second[:4] == (2, 2, 1, 7)
+    assert first[9:] == (a.data_ptr(), a.data_ptr(), new_out.data_ptr(), base + 16, 5, 8)
+    assert second[9] is constant and second[10:] == (a.data_ptr(), new_out.data_ptr(), base + 48, 6, 16)
+
+
+def test_inputs_are_matched_by_identity_not_storage(monkeypatch):
+    """q is k in the recorded call: a replay with distinct q and k must not reuse q's pointer for k."""
+    monkeypatch.setattr(launch_module, "_current_stream", lambda device: 0)
+    kernel = _RecordingKernel()
+    x = torch.zeros(4)
+    k_view = x[:]  # a different tensor object on the same storage
+    out, workspace = torch.empty(4), torch.empty(16, dtype=torch.uint8)
+    with pytest.raises(ValueError, match="argument 1 of recording_kernel"):
+        LaunchPlan([Launch(kernel, (1,), (x, k_view, out, workspace, 1), {"BLOCK": 8}, {})],
+                   inputs=(x,), allocated=(out, workspace))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_CUDA or INTERPRETED, reason="no CUDA GPU (compiled-kernel run)")
+@pytest.mark.parametrize("recipe", ["e4m3", "int8-hadamard-vsmooth"])
+def test_second_call_replays_and_matches_emulation(gen, poisoned_allocations, recipe):
+    shape = (2, 2, 2, 333, 333, 64)
+    _PLANS.clear()
+    for call in range(3):  # compile and record, replay, replay with q being k
+        q, k, v = make_qkv(gen, shape, device="cuda", kind="k_offset")
+        if call == 2:
+            q = k
+        out = fp8attn.attention(q, k, v, causal=True, recipe=recipe)
+        assert len(_PLANS) == 1
+        want = emulate(q.cpu(), k.cpu(), v.cpu(), recipe=fp8attn.recipes()[recipe], causal=True)
+        err = compare(out.cpu(), want).rel_l2
+        assert torch.isfinite(out).all() and err < 1e-2, f"call {call}: rel-L2 {err:.2e} against the emulation"
