@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import fp8attn
+from fp8attn.fp8 import E4M3
 from tests.conftest import INTERPRETED
 
 DEVICE = "cpu" if INTERPRETED else "cuda"  # where valid inputs would run: errors must come from the argument
@@ -43,6 +44,10 @@ CASES = [
      "scale must be finite, got nan"),
     ("inf scale", lambda q, k, v: fp8attn.attention(q, k, v, scale=float("inf")), ValueError,
      "scale must be finite, got inf"),
+    ("zero scale", lambda q, k, v: fp8attn.attention(q, k, v, scale=0.0), ValueError,
+     "scale must be positive .* got 0.0"),
+    ("negative scale", lambda q, k, v: fp8attn.attention_prequantized(
+        q.to(E4M3), k.to(E4M3), v.to(E4M3), 1.0, 1.0, 1.0, scale=-0.1), ValueError, "scale must be positive .* got -0.1"),
     ("string scale", lambda q, k, v: fp8attn.attention(q, k, v, scale="0.1"), TypeError,
      "scale must be a real number or None, got str"),
     ("causal not bool", lambda q, k, v: fp8attn.attention(q, k, v, causal=1), TypeError,

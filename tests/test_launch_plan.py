@@ -88,3 +88,17 @@ def test_second_call_replays_and_matches_emulation(gen, poisoned_allocations, re
         want = emulate(q.cpu(), k.cpu(), v.cpu(), recipe=fp8attn.recipes()[recipe], causal=True)
         err = compare(out.cpu(), want).rel_l2
         assert torch.isfinite(out).all() and err < 1e-2, f"call {call}: rel-L2 {err:.2e} against the emulation"
+
+
+def test_replay_steps_aside_for_launch_hooks(monkeypatch):
+    """A profiler's launch hook (proton, say) must see every launch: replays then use Triton's path."""
+    monkeypatch.setattr(launch_module.knobs.runtime, "interpret", False)
+    cuda = torch.device("cuda", 0)
+    assert LaunchPlan.usable(cuda) and not LaunchPlan.usable(torch.device("cpu"))
+    hooks = launch_module.knobs.runtime.launch_enter_hook
+    hook = lambda metadata: None  # noqa: E731
+    hooks.add(hook)
+    try:
+        assert not LaunchPlan.usable(cuda)
+    finally:
+        hooks.remove(hook)

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from fp8attn.fp8 import E4M3_MAX
+from fp8attn import quantize as quantize_module
 from fp8attn.quantize import quantize_qkv
 from fp8attn.recipe import RECIPES
 from fp8attn.reference import quantize_emulated
@@ -89,3 +90,19 @@ def test_all_zero_blocks_get_scale_exactly_one(device, gen):
     assert got.v_scale[0, 0, 5].item() == 1.0
     for x in (got.q, got.k, got.v_t):
         assert x.float().isfinite().all()
+
+
+@pytest.mark.parametrize("recipe", ["int8-hadamard-vsmooth", "e4m3"])
+def test_inline_statistics_match_the_statistics_launch(device, gen, poisoned_allocations, monkeypatch, recipe):
+    """Short keys reduce K/V statistics inside the quantize launch; long keys in a launch of their own.
+    Both must give the same quantized tensors (up to the summation order of the means)."""
+    q, k, v = make_qkv(gen, (1, 2, 2, 40, 300, 64), device=device, kind="v_mean")
+    r = RECIPES[recipe]
+    inline = quantize_qkv(q, k, v, r)
+    monkeypatch.setattr(quantize_module, "_INLINE_STATS_MAX_SEQLEN", 0)
+    launched = quantize_qkv(q, k, v, r)
+    assert inline.kv_partials is None and launched.kv_partials is not None
+    for name in ("q", "k", "v_t"):
+        _codes_agree(getattr(inline, name), getattr(launched, name))
+    for name in ("k_scale", "v_scale", "v_mean"):
+        torch.testing.assert_close(getattr(inline, name), getattr(launched, name), rtol=1e-5, atol=1e-6, msg=name)

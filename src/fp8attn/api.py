@@ -105,6 +105,8 @@ def _check_flags(causal: object, scale: object, head_dim: int) -> float:
         raise TypeError(f"scale must be a real number or None, got {type(scale).__name__}")
     if not math.isfinite(scale):
         raise ValueError(f"scale must be finite, got {scale}")
+    if scale <= 0:
+        raise ValueError(f"scale must be positive (the kernel takes row maxima on unscaled scores), got {scale}")
     return float(scale)
 
 
@@ -330,7 +332,7 @@ def attention(
         causal: mask keys after each query, aligned to the bottom-right corner as in
             FlashAttention: query ``i`` sees keys ``j <= i + Sk - Sq``. A query that sees no key
             (possible when ``Sq > Sk``) gets an output of zeros and a log-sum-exp of ``-inf``.
-        scale: softmax scale; ``1 / sqrt(D)`` when None.
+        scale: softmax scale, positive; ``1 / sqrt(D)`` when None.
         recipe: how q, k, v and P are quantized: a name from :func:`fp8attn.recipes` or a
             :class:`fp8attn.Recipe`; the default is ``"int8-hadamard-vsmooth"`` (INT8 Q·Kᵀ with
             per-token Q scales, Hadamard-rotated and smoothed K, smoothed E4M3 V, E4M3 P).

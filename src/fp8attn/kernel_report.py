@@ -134,11 +134,10 @@ def library_launches(batch: int, heads: int, kv_heads: int, seqlen: int, head_di
     q = torch.empty(batch, heads, seqlen, head_dim, device="meta", dtype=dtype)
     k = torch.empty(batch, kv_heads, seqlen, head_dim, device="meta", dtype=dtype)
     qkv = allocate_quantized(batch, heads, kv_heads, seqlen, seqlen, head_dim, recipe, "meta")
-    stats, quantize = quantize_launches(q, k, k, recipe, qkv)
     out = torch.empty_like(q)
     lse = torch.empty(batch, heads, seqlen, device="meta", dtype=torch.float32)
     forward = forward_launch(qkv, out, lse, causal=causal, softmax_scale=head_dim**-0.5, p_scale=recipe.p_multiplier)
-    return [stats, quantize, forward]
+    return [*quantize_launches(q, k, k, recipe, qkv), forward]
 
 
 DEFAULT_SHAPES = [(4, 16, 16, 4096, d, c) for d in (64, 128, 256) for c in (False, True)]

@@ -1,6 +1,6 @@
 """Quantization of fp16/bf16 Q, K, V into the layout the attention kernel reads.
 
-Two launches:
+Two launches, or one for short keys:
 
 1. ``_kv_stats_kernel`` reduces, per channel over chunks of tokens, K's sum (for smoothing) and V's
    sum, max and min (for V smoothing and V's scale), one partial per chunk (deterministic: no atomics).
@@ -8,6 +8,8 @@ Two launches:
    the recipe's Hadamard option) and scales a tile of 128 query tokens in blocks of ``q_block``; each
    K/V program reduces the partials, then rotates, smooths and scales one block of ``k_block`` keys,
    and writes the same tokens of V transposed (``[D, Sk]``), the K-major layout P·V needs on Hopper.
+   For short keys (``_inline_stats``) each K/V program reduces its head's statistics itself and the
+   first launch is skipped: at 512 keys the statistics launch cost more than the work it saved.
 
 The kernel layout (:class:`QuantizedQKV`) pads the head dimension to a power of two and the key
 length to a multiple of ``k_block``, with zeros, so the attention kernel's K/V loads need no masks.
@@ -34,6 +36,9 @@ _STATS_MIN_CHUNK = 256
 _STATS_MAX_CHUNKS = 32
 _STATS_TILE_ELEMENTS = 4096  # tokens per stats tile = this / padded head dim: ~128 registers a thread, no spills
 _NUM_STATS = 4  # K sum, V sum, V max, V min
+# Keys this short (and few enough in all) are reduced inside the quantize launch, saving a launch.
+_INLINE_STATS_MAX_SEQLEN = 512
+_INLINE_STATS_MAX_ELEMENTS = 2**22
 NUM_STATS: tl.constexpr = tl.constexpr(_NUM_STATS)
 E4M3_MAX_F32: tl.constexpr = tl.constexpr(E4M3_MAX)
 
@@ -93,6 +98,32 @@ def hadamard_scale(head_dim_pad: int) -> float:
 
 
 @triton.jit
+def _kv_token_stats(
+    k_base, v_base, stride_kt, stride_vt, start, end, d_ok,
+    TILE: tl.constexpr, HEAD_DIM_PAD: tl.constexpr, SMOOTH_K: tl.constexpr,
+):
+    """K's sum and V's sum, max and min per channel over tokens [start, end).
+
+    The loop combines whole tiles element-wise and reduces across tokens once at the end: a
+    reduction along the token axis crosses warps (shared memory and a barrier), too slow per tile.
+    """
+    k_sum = tl.zeros([TILE, HEAD_DIM_PAD], dtype=tl.float32)
+    v_sum = tl.zeros([TILE, HEAD_DIM_PAD], dtype=tl.float32)
+    v_max = tl.full([TILE, HEAD_DIM_PAD], float("-inf"), dtype=tl.float32)
+    v_min = tl.full([TILE, HEAD_DIM_PAD], float("inf"), dtype=tl.float32)
+    for tile_start in tl.range(start, end, TILE):
+        offs_t = tile_start + tl.arange(0, TILE)
+        ok = (offs_t < end)[:, None] & d_ok[None, :]
+        if SMOOTH_K:
+            k_sum += tl.load(k_base + offs_t[:, None] * stride_kt, mask=ok, other=0.0).to(tl.float32)
+        v = tl.load(v_base + offs_t[:, None] * stride_vt, mask=ok, other=0.0).to(tl.float32)
+        v_sum += v
+        v_max = tl.maximum(v_max, tl.where(ok, v, float("-inf")))
+        v_min = tl.minimum(v_min, tl.where(ok, v, float("inf")))
+    return tl.sum(k_sum, axis=0), tl.sum(v_sum, axis=0), tl.max(v_max, axis=0), tl.min(v_min, axis=0)
+
+
+@triton.jit
 def _kv_stats_kernel(
     k_ptr, v_ptr, stats_ptr,
     seqlen_k, num_kv_heads,
@@ -110,27 +141,14 @@ def _kv_stats_kernel(
     d_ok = offs_d < HEAD_DIM
     k_base = k_ptr + b * stride_kb + h * stride_kh + offs_d[None, :] * stride_kd
     v_base = v_ptr + b * stride_vb + h * stride_vh + offs_d[None, :] * stride_vd
-    k_sum = tl.zeros([HEAD_DIM_PAD], dtype=tl.float32)
-    v_sum = tl.zeros([HEAD_DIM_PAD], dtype=tl.float32)
-    v_max = tl.full([HEAD_DIM_PAD], float("-inf"), dtype=tl.float32)
-    v_min = tl.full([HEAD_DIM_PAD], float("inf"), dtype=tl.float32)
     end = tl.minimum((chunk + 1) * CHUNK, seqlen_k)
-    for start in tl.range(chunk * CHUNK, end, TILE):
-        offs_t = start + tl.arange(0, TILE)
-        ok = (offs_t < end)[:, None] & d_ok[None, :]
-        if SMOOTH_K:
-            k = tl.load(k_base + offs_t[:, None] * stride_kt, mask=ok, other=0.0).to(tl.float32)
-            k_sum += tl.sum(k, axis=0)
-        v = tl.load(v_base + offs_t[:, None] * stride_vt, mask=ok, other=0.0).to(tl.float32)
-        v_sum += tl.sum(v, axis=0)
-        v_max = tl.maximum(v_max, tl.max(tl.where(ok, v, float("-inf")), axis=0))
-        v_min = tl.minimum(v_min, tl.min(tl.where(ok, v, float("inf")), axis=0))
+    k_sum, v_sum, v_max, v_min = _kv_token_stats(k_base, v_base, stride_kt, stride_vt, chunk * CHUNK, end, d_ok,
+                                                 TILE, HEAD_DIM_PAD, SMOOTH_K)
     out = stats_ptr + ((bh * num_chunks + chunk) * NUM_STATS) * HEAD_DIM_PAD + offs_d
     tl.store(out, k_sum)
     tl.store(out + HEAD_DIM_PAD, v_sum)
     tl.store(out + 2 * HEAD_DIM_PAD, tl.where(d_ok, v_max, 0.0))
     tl.store(out + 3 * HEAD_DIM_PAD, tl.where(d_ok, v_min, 0.0))
-
 
 
 @triton.jit
@@ -182,6 +200,7 @@ def _quantize_qkv_kernel(
     HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr,
     QK_INT8: tl.constexpr, QK_MAX: tl.constexpr, V_FP16: tl.constexpr,
     SMOOTH_K: tl.constexpr, SMOOTH_V: tl.constexpr, HADAMARD: tl.constexpr, DOT_IN_FP32: tl.constexpr,
+    INLINE_STATS: tl.constexpr, STATS_TILE: tl.constexpr,
 ):
     pid = tl.program_id(0)
     offs_d = tl.arange(0, HEAD_DIM_PAD)
@@ -216,16 +235,26 @@ def _quantize_qkv_kernel(
         h = bh % num_kv_heads
         offs_t = block * K_BLOCK + tl.arange(0, K_BLOCK)
         ok = (offs_t < seqlen_k)[:, None] & d_ok[None, :]
-        stats = stats_ptr + (bh * num_chunks) * NUM_STATS * HEAD_DIM_PAD + offs_d
-        k_sum = tl.zeros([HEAD_DIM_PAD], dtype=tl.float32)
-        v_sum = tl.zeros([HEAD_DIM_PAD], dtype=tl.float32)
-        v_max = tl.full([HEAD_DIM_PAD], float("-inf"), dtype=tl.float32)
-        v_min = tl.full([HEAD_DIM_PAD], float("inf"), dtype=tl.float32)
-        for c in range(num_chunks):
-            k_sum += tl.load(stats + c * NUM_STATS * HEAD_DIM_PAD)
-            v_sum += tl.load(stats + (c * NUM_STATS + 1) * HEAD_DIM_PAD)
-            v_max = tl.maximum(v_max, tl.load(stats + (c * NUM_STATS + 2) * HEAD_DIM_PAD))
-            v_min = tl.minimum(v_min, tl.load(stats + (c * NUM_STATS + 3) * HEAD_DIM_PAD))
+        if INLINE_STATS:
+            # Short keys: reduce this head's K and V here instead of in a statistics launch.
+            k_sum, v_sum, v_max, v_min = _kv_token_stats(
+                k_ptr + b * stride_kb + h * stride_kh + offs_d[None, :] * stride_kd,
+                v_ptr + b * stride_vb + h * stride_vh + offs_d[None, :] * stride_vd,
+                stride_kt, stride_vt, 0, seqlen_k, d_ok, STATS_TILE, HEAD_DIM_PAD, SMOOTH_K,
+            )
+            v_max = tl.where(d_ok, v_max, 0.0)
+            v_min = tl.where(d_ok, v_min, 0.0)
+        else:
+            stats = stats_ptr + (bh * num_chunks) * NUM_STATS * HEAD_DIM_PAD + offs_d
+            k_sum = tl.zeros([HEAD_DIM_PAD], dtype=tl.float32)
+            v_sum = tl.zeros([HEAD_DIM_PAD], dtype=tl.float32)
+            v_max = tl.full([HEAD_DIM_PAD], float("-inf"), dtype=tl.float32)
+            v_min = tl.full([HEAD_DIM_PAD], float("inf"), dtype=tl.float32)
+            for c in range(num_chunks):
+                k_sum += tl.load(stats + c * NUM_STATS * HEAD_DIM_PAD)
+                v_sum += tl.load(stats + (c * NUM_STATS + 1) * HEAD_DIM_PAD)
+                v_max = tl.maximum(v_max, tl.load(stats + (c * NUM_STATS + 2) * HEAD_DIM_PAD))
+                v_min = tl.minimum(v_min, tl.load(stats + (c * NUM_STATS + 3) * HEAD_DIM_PAD))
 
         k_ptrs = k_ptr + b * stride_kb + h * stride_kh + offs_t[:, None] * stride_kt + offs_d[None, :] * stride_kd
         k = _load_rotated(k_ptrs, ok, h_ptr, rot_scale, HEAD_DIM_PAD, HADAMARD, DOT_IN_FP32)
@@ -294,7 +323,8 @@ def allocate_quantized(
         "v_scale": ((batch, num_kv_heads, dp), f32),
         "k_mean": ((batch, num_kv_heads, dp), f32) if recipe.smooth_k else None,
         "v_mean": ((batch, num_kv_heads, dp), f32) if recipe.smooth_v else None,
-        "kv_partials": ((batch * num_kv_heads, triton.cdiv(seqlen_k, _stats_chunk(seqlen_k)), _NUM_STATS, dp), f32),
+        "kv_partials": None if _inline_stats(batch, num_kv_heads, seqlen_k, dp) else
+        ((batch * num_kv_heads, triton.cdiv(seqlen_k, _stats_chunk(seqlen_k)), _NUM_STATS, dp), f32),
     }
     offsets, size = {}, 0
     for name, entry in layout.items():
@@ -317,41 +347,52 @@ def allocate_quantized(
     )
 
 
+def _inline_stats(batch: int, num_kv_heads: int, seqlen_k: int, head_dim_pad: int) -> bool:
+    """Whether the quantize launch reduces K/V statistics itself (each K/V program re-reads its head's
+    keys: up to ``Sk / k_block`` times the statistics pass's reads, worth it only where that pass's
+    launch is the larger cost)."""
+    return seqlen_k <= _INLINE_STATS_MAX_SEQLEN and batch * num_kv_heads * seqlen_k * head_dim_pad <= _INLINE_STATS_MAX_ELEMENTS
+
+
 def quantize_launches(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, recipe: Recipe, out: QuantizedQKV,
-) -> tuple[Launch, Launch]:
-    """The two launches that fill ``out``: the K/V statistics pass, then the fused quantize pass."""
+) -> tuple[Launch, ...]:
+    """The launches that fill ``out``: the K/V statistics pass (unless the keys are short enough to
+    reduce inline), then the fused quantize pass."""
     batch, num_q_heads, seqlen_q, head_dim = q.shape
     num_kv_heads, seqlen_k = k.shape[1], k.shape[2]
     dp, skp = out.k.shape[-1], out.k.shape[2]
-    chunk = _stats_chunk(seqlen_k)
     stats = out.kv_partials
-    num_chunks = stats.shape[1]
-    stats_launch = Launch(
-        _kv_stats_kernel, (num_chunks, batch * num_kv_heads),
-        (k, v, stats, seqlen_k, num_kv_heads, *k.stride(), *v.stride()),
-        dict(CHUNK=chunk, TILE=_STATS_TILE_ELEMENTS // dp, HEAD_DIM=head_dim, HEAD_DIM_PAD=dp,
-             SMOOTH_K=recipe.smooth_k),
-        dict(num_warps=8, num_stages=2),
-    )
+    launches = []
+    if stats is not None:
+        launches.append(Launch(
+            _kv_stats_kernel, (stats.shape[1], batch * num_kv_heads),
+            (k, v, stats, seqlen_k, num_kv_heads, *k.stride(), *v.stride()),
+            dict(CHUNK=_stats_chunk(seqlen_k), TILE=_STATS_TILE_ELEMENTS // dp, HEAD_DIM=head_dim, HEAD_DIM_PAD=dp,
+                 SMOOTH_K=recipe.smooth_k),
+            dict(num_warps=8, num_stages=2),
+        ))
+    unused = out.v_scale  # stands in for pointers a recipe does not read
     num_q_programs = batch * num_q_heads * triton.cdiv(seqlen_q, MAX_Q_BLOCK)
     num_kv_programs = batch * num_kv_heads * (skp // recipe.k_block)
-    hadamard = hadamard_matrix(dp, q.dtype, q.device) if recipe.hadamard else stats
-    quantize_launch = Launch(
+    hadamard = hadamard_matrix(dp, q.dtype, q.device) if recipe.hadamard else unused
+    launches.append(Launch(
         _quantize_qkv_kernel, (num_q_programs + num_kv_programs,),
         (
             q, k, v, hadamard, out.q, out.k, out.v_t, out.q_scale, out.k_scale, out.v_scale,
-            out.k_mean if out.k_mean is not None else stats, out.v_mean if out.v_mean is not None else stats, stats,
-            seqlen_q, seqlen_k, skp, num_q_heads, num_kv_heads, num_chunks, num_q_programs, hadamard_scale(dp),
-            *q.stride(), *k.stride(), *v.stride(),
+            out.k_mean if out.k_mean is not None else unused, out.v_mean if out.v_mean is not None else unused,
+            stats if stats is not None else unused,
+            seqlen_q, seqlen_k, skp, num_q_heads, num_kv_heads, 0 if stats is None else stats.shape[1], num_q_programs,
+            hadamard_scale(dp), *q.stride(), *k.stride(), *v.stride(),
         ),
         dict(Q_TILE=MAX_Q_BLOCK, Q_BLOCK=recipe.q_block, K_BLOCK=recipe.k_block, HEAD_DIM=head_dim,
              HEAD_DIM_PAD=dp, QK_INT8=recipe.qk_format == "int8", QK_MAX=recipe.qk_max,
              V_FP16=recipe.pv_format == "fp16", SMOOTH_K=recipe.smooth_k, SMOOTH_V=recipe.smooth_v,
-             HADAMARD=recipe.hadamard, DOT_IN_FP32=bool(knobs.runtime.interpret)),
+             HADAMARD=recipe.hadamard, DOT_IN_FP32=bool(knobs.runtime.interpret),
+             INLINE_STATS=stats is None, STATS_TILE=_STATS_TILE_ELEMENTS // dp),
         dict(num_warps=8),
-    )
-    return stats_launch, quantize_launch
+    ))
+    return tuple(launches)
 
 
 def quantize_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, recipe: Recipe) -> QuantizedQKV:

@@ -7,11 +7,14 @@ the epilogue when the recipe smoothed V.
 One program computes ``BLOCK_M`` query rows of one (batch, query head) against all visible keys,
 streamed in tiles of ``BLOCK_N``. The scales are folded into existing arithmetic:
 
-* the exp2 argument: ``s = (q8·k8ᵀ) · (q_scale · softmax_scale · log2 e) · k_scale``, one multiply per
-  score (``k_scale`` is one scalar per key tile because ``BLOCK_N`` divides the recipe's ``k_block``);
-* P: ``p = exp2(s - m)`` in [0, 1] is multiplied by the recipe's ``p_scale`` and rounded to E4M3
-  (or to fp16, with ``p_scale`` 1);
-* the epilogue: ``out = acc · v_scale / (p_scale · l) (+ v_mean)``, ``v_scale`` one value per channel.
+* the exp2 argument: scores in log2 units are ``s = (q8·k8ᵀ) · c`` with ``c = q_scale · softmax_scale ·
+  log2 e · k_scale`` (``k_scale`` is one scalar per key tile because ``BLOCK_N`` divides the recipe's
+  ``k_block``). As ``c > 0`` the row max is taken on the raw products, and each score costs one
+  FMA: ``qk · c - m``;
+* P: ``p_scale · exp2(s - m)`` is computed as ``exp2(s - (m - log2 p_scale))``, so P arrives at the
+  rounding to E4M3 (or fp16, with ``p_scale`` 1) already multiplied; the row sum ``l`` carries the
+  factor too;
+* the epilogue: ``out = acc · v_scale / l (+ v_mean)``, ``v_scale`` one value per channel.
 
 Causal masking is bottom-right aligned (query ``i`` sees keys ``j <= i + Sk - Sq``); a row that sees no
 key gets zeros and a log-sum-exp of -inf. Key tiles fully inside the visible range run without masks;
@@ -72,7 +75,7 @@ def _attend_kv_tiles(
     k_base, vt_base, k_scale_base, stride_kn, stride_vd,
     lo, hi, seqlen_k, diagonal,
     BLOCK_N: tl.constexpr, HEAD_DIM_PAD: tl.constexpr, K_BLOCK: tl.constexpr,
-    CAUSAL: tl.constexpr, MASKED: tl.constexpr, P_SCALE: tl.constexpr, PROMOTE_EVERY: tl.constexpr,
+    CAUSAL: tl.constexpr, MASKED: tl.constexpr, LOG2_P_SCALE: tl.constexpr, PROMOTE_EVERY: tl.constexpr,
     QK_IMPRECISE_ACC: tl.constexpr, PV_IMPRECISE_ACC: tl.constexpr, QK_INT8: tl.constexpr, PV_FP16: tl.constexpr,
 ):
     offs_n0 = tl.arange(0, BLOCK_N)
@@ -80,34 +83,37 @@ def _attend_kv_tiles(
     for start_n in tl.range(lo, hi, BLOCK_N):
         offs_n = start_n + offs_n0
         k = tl.load(k_base + offs_n[:, None] * stride_kn + offs_d[None, :])
-        k_scale = tl.load(k_scale_base + start_n // K_BLOCK)
+        k_scale = tl.load(k_scale_base + start_n // K_BLOCK)  # one scale per tile: BLOCK_N divides K_BLOCK
         if QK_INT8:
             qk = tl.dot(q, tl.trans(k)).to(tl.float32)  # exact int32 accumulation
         else:
             qk = tl.dot(q, tl.trans(k), max_num_imprecise_acc=QK_IMPRECISE_ACC)
-        s = qk * (row_scale * k_scale)[:, None]
         if MASKED:
             visible = offs_n[None, :] < seqlen_k
             if CAUSAL:
                 visible = visible & (offs_n[None, :] <= offs_m[:, None] + diagonal)
-            s = tl.where(visible, s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+            qk = tl.where(visible, qk, float("-inf"))
+        # Scores in log2 units are qk * c with c > 0 (the scale is checked positive), so the row max
+        # is taken on the raw products and each score costs one FMA: qk * c - m.
+        c = row_scale * k_scale
+        m_new = tl.maximum(m_i, tl.max(qk, axis=1) * c)
         # A row that has seen no visible key keeps m = -inf; use 0 there so exp2 gives 0, not NaN.
         m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
         alpha = tl.math.exp2(m_i - m_use)
-        p = tl.math.exp2(s - m_use[:, None])
+        # P comes out already multiplied by P_SCALE (2**LOG2_P_SCALE): the factor rides in the exponent.
+        p = tl.math.exp2(qk * c[:, None] - (m_use - LOG2_P_SCALE)[:, None])
         l_i = l_i * alpha + tl.sum(p, axis=1)
         v = tl.trans(tl.load(vt_base + offs_d[:, None] * stride_vd + offs_n[None, :]))
         if PV_FP16:
             acc = tl.dot(p.to(tl.float16), v, acc * alpha[:, None])  # fp16 wgmma accumulates in fp32
         elif PROMOTE_EVERY == 0:
-            p8 = (p * P_SCALE).to(tl.float8e4nv)
+            p8 = p.to(tl.float8e4nv)
             acc = tl.dot(p8, v, acc * alpha[:, None], max_num_imprecise_acc=PV_IMPRECISE_ACC)
         elif PROMOTE_EVERY == 1:
-            p8 = (p * P_SCALE).to(tl.float8e4nv)
+            p8 = p.to(tl.float8e4nv)
             acc = acc * alpha[:, None] + tl.dot(p8, v, max_num_imprecise_acc=PV_IMPRECISE_ACC)
         else:
-            p8 = (p * P_SCALE).to(tl.float8e4nv)
+            p8 = p.to(tl.float8e4nv)
             acc = acc * alpha[:, None]
             acc_part = tl.dot(p8, v, acc_part * alpha[:, None], max_num_imprecise_acc=PV_IMPRECISE_ACC)
             if (start_n // BLOCK_N) % PROMOTE_EVERY == PROMOTE_EVERY - 1:
@@ -126,7 +132,7 @@ def _fp8_attention_fwd_kernel(
     stride_vb, stride_vh, stride_vd,
     stride_ob, stride_oh, stride_om,
     HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    Q_BLOCK: tl.constexpr, K_BLOCK: tl.constexpr, CAUSAL: tl.constexpr, P_SCALE: tl.constexpr,
+    Q_BLOCK: tl.constexpr, K_BLOCK: tl.constexpr, CAUSAL: tl.constexpr, LOG2_P_SCALE: tl.constexpr,
     PROMOTE_EVERY: tl.constexpr, QK_IMPRECISE_ACC: tl.constexpr, PV_IMPRECISE_ACC: tl.constexpr,
     QK_INT8: tl.constexpr, PV_FP16: tl.constexpr, SMOOTH_V: tl.constexpr,
 ):
@@ -167,20 +173,20 @@ def _fp8_attention_fwd_kernel(
     acc, acc_part, l_i, m_i = _attend_kv_tiles(
         acc, acc_part, l_i, m_i, q, row_scale, offs_m, k_base, vt_base, k_scale_base, stride_kn, stride_vd,
         0, full_hi, seqlen_k, diagonal,
-        BLOCK_N, HEAD_DIM_PAD, K_BLOCK, CAUSAL, False, P_SCALE, PROMOTE_EVERY, QK_IMPRECISE_ACC, PV_IMPRECISE_ACC,
+        BLOCK_N, HEAD_DIM_PAD, K_BLOCK, CAUSAL, False, LOG2_P_SCALE, PROMOTE_EVERY, QK_IMPRECISE_ACC, PV_IMPRECISE_ACC,
         QK_INT8, PV_FP16,
     )
     acc, acc_part, l_i, m_i = _attend_kv_tiles(
         acc, acc_part, l_i, m_i, q, row_scale, offs_m, k_base, vt_base, k_scale_base, stride_kn, stride_vd,
         full_hi, hi, seqlen_k, diagonal,
-        BLOCK_N, HEAD_DIM_PAD, K_BLOCK, CAUSAL, True, P_SCALE, PROMOTE_EVERY, QK_IMPRECISE_ACC, PV_IMPRECISE_ACC,
+        BLOCK_N, HEAD_DIM_PAD, K_BLOCK, CAUSAL, True, LOG2_P_SCALE, PROMOTE_EVERY, QK_IMPRECISE_ACC, PV_IMPRECISE_ACC,
         QK_INT8, PV_FP16,
     )
     if PROMOTE_EVERY > 1:
         acc += acc_part
 
     seen = l_i > 0
-    inv_l = tl.where(seen, 1.0 / (tl.where(seen, l_i, 1.0) * P_SCALE), 0.0)
+    inv_l = tl.where(seen, 1.0 / tl.where(seen, l_i, 1.0), 0.0)  # l_i carries P_SCALE: it divides out here
     v_scale = tl.load(v_scale_ptr + kv_bh * HEAD_DIM_PAD + offs_d)
     out = acc * inv_l[:, None] * v_scale[None, :]
     if SMOOTH_V:
@@ -189,7 +195,7 @@ def _fp8_attention_fwd_kernel(
         out = tl.where(seen[:, None], out + v_mean[None, :], 0.0)
     out_ptrs = out_ptr + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_om + offs_d[None, :]
     tl.store(out_ptrs, out.to(out_ptr.dtype.element_ty), mask=m_ok[:, None] & (offs_d < HEAD_DIM)[None, :])
-    lse = tl.where(seen, (m_i + tl.math.log2(tl.where(seen, l_i, 1.0))) * LN_2, float("-inf"))
+    lse = tl.where(seen, (m_i + tl.math.log2(tl.where(seen, l_i, 1.0)) - LOG2_P_SCALE) * LN_2, float("-inf"))
     tl.store(lse_ptr + bh * seqlen_q + offs_m, lse, mask=m_ok)
 
 
@@ -211,7 +217,8 @@ def forward_launch(
     )
     constexprs = dict(
         HEAD_DIM=qkv.head_dim, HEAD_DIM_PAD=dp, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
-        Q_BLOCK=qkv.q_block, K_BLOCK=qkv.k_block, CAUSAL=causal, P_SCALE=p_scale, PROMOTE_EVERY=cfg.promote_every,
+        Q_BLOCK=qkv.q_block, K_BLOCK=qkv.k_block, CAUSAL=causal, LOG2_P_SCALE=math.log2(p_scale),
+        PROMOTE_EVERY=cfg.promote_every,
         QK_IMPRECISE_ACC=cfg.qk_imprecise_acc, PV_IMPRECISE_ACC=cfg.pv_imprecise_acc,
         QK_INT8=qkv.q.dtype == torch.int8, PV_FP16=qkv.v_t.dtype == torch.float16, SMOOTH_V=qkv.v_mean is not None,
     )

@@ -117,7 +117,12 @@ class LaunchPlan:
     def usable(device: torch.device) -> bool:
         """Replays run compiled CUDA kernels, and step aside for launch hooks (profilers)."""
         return (device.type == "cuda" and not knobs.runtime.interpret
-                and knobs.runtime.launch_enter_hook is None and knobs.runtime.launch_exit_hook is None)
+                and _idle(knobs.runtime.launch_enter_hook) and _idle(knobs.runtime.launch_exit_hook))
+
+
+def _idle(hook: Any) -> bool:
+    """No launch hook installed (Triton 3.6 keeps them in a HookChain; older versions use None)."""
+    return hook is None or not getattr(hook, "calls", True)
 
 
 def _current_stream(device: torch.device) -> int:
