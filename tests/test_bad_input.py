@@ -47,7 +47,8 @@ CASES = [
     ("zero scale", lambda q, k, v: fp8attn.attention(q, k, v, scale=0.0), ValueError,
      "scale must be positive .* got 0.0"),
     ("negative scale", lambda q, k, v: fp8attn.attention_prequantized(
-        q.to(E4M3), k.to(E4M3), v.to(E4M3), 1.0, 1.0, 1.0, scale=-0.1), ValueError, "scale must be positive .* got -0.1"),
+        q.to(E4M3), k.to(E4M3), v.to(E4M3), 1.0, 1.0, 1.0, scale=-0.1), ValueError,
+     "scale must be positive .* got -0.1"),
     ("string scale", lambda q, k, v: fp8attn.attention(q, k, v, scale="0.1"), TypeError,
      "scale must be a real number or None, got str"),
     ("causal not bool", lambda q, k, v: fp8attn.attention(q, k, v, causal=1), TypeError,

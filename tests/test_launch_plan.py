@@ -21,10 +21,10 @@ from tests.conftest import HAS_CUDA, INTERPRETED, make_qkv
 class _RecordingKernel:
     """Stands in for a JIT function and its compiled kernel: records every launcher call."""
 
-    arg_names = ["x", "y", "out", "workspace_part", "n", "BLOCK"]
     __name__ = "recording_kernel"
 
     def __init__(self) -> None:
+        self.arg_names = ["x", "y", "out", "workspace_part", "n", "BLOCK"]
         self.calls: list[tuple] = []
         self.function, self.packed_metadata = "function", "metadata"
 

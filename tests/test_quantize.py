@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fp8attn.fp8 import E4M3_MAX
 from fp8attn import quantize as quantize_module
+from fp8attn.fp8 import E4M3_MAX
 from fp8attn.quantize import quantize_qkv
 from fp8attn.recipe import RECIPES
 from fp8attn.reference import quantize_emulated
