@@ -16,7 +16,8 @@ python3 -c "import torch, triton; print('torch', torch.__version__, 'cuda', torc
 for step in "$@"; do
   echo "=== $step"
   case $step in
-    tests) timeout 480 python3 -m pytest tests -q -p no:cacheprovider -ra 2>&1 | tee "$OUT/pytest.log" \
+    accuracy) timeout 120 python3 -m fp8attn.accuracy --out "$OUT/accuracy_h100.json" 2>&1 | tail -40 ;;
+    tests) timeout ${TESTS_TIMEOUT:-480} python3 -m pytest tests -q -p no:cacheprovider -ra 2>&1 | tee "$OUT/pytest.log" \
              | grep -v "^SKIPPED" | tail -30 ;;
     inspect) python3 -m fp8attn.kernel_report 2>&1 | tee "$OUT/kernel_report.txt" ;;
     demo) python3 -m fp8attn.cli demo 2>&1 | tee "$OUT/demo.txt" ;;
@@ -31,6 +32,6 @@ for step in "$@"; do
     configs) timeout 400 python3 benchmarks/config_study.py --recipes e4m3 --out "$OUT" 2>&1 | tail -80 ;;
     study) timeout 300 python3 benchmarks/promotion_study.py --out "$OUT" 2>&1 | tail -20 ;;
     bench-quick) timeout 300 python3 -m fp8attn.bench --quick --out "$OUT" 2>&1 | tail -60 ;;
-    bench) timeout 560 python3 -m fp8attn.bench --out "$OUT" 2>&1 | tail -80 ;;
+    bench) timeout ${BENCH_TIMEOUT:-560} python3 -m fp8attn.bench --out "$OUT" ${BENCH_ARGS:-} 2>&1 | tail -80 ;;
   esac
 done

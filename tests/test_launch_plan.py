@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import fp8attn
-from fp8attn.api import _PLANS
+from fp8attn.api import _PLANS, _replay_key
 from fp8attn.kernels import launch as launch_module
 from fp8attn.kernels.launch import Launch, LaunchPlan
 from fp8attn.metrics import compare
@@ -102,3 +102,14 @@ def test_replay_steps_aside_for_launch_hooks(monkeypatch):
         assert not LaunchPlan.usable(cuda)
     finally:
         hooks.remove(hook)
+
+
+def test_replay_key_tells_argument_types_apart(monkeypatch):
+    """A plan recorded for causal=True must not serve causal=1, which the checks reject."""
+    monkeypatch.setattr(LaunchPlan, "usable", staticmethod(lambda device: True))
+    q = torch.zeros(1, 2, 8, 64)
+    assert _replay_key(q, q, q, True, None, None) == _replay_key(q, q, q, True, None, None)
+    assert _replay_key(q, q, q, True, None, None) != _replay_key(q, q, q, 1, None, None)
+    assert _replay_key(q, q, q, True, 0.5, None) != _replay_key(q, q, q, True, 0.5, "e4m3")
+    assert _replay_key(q, q[:, :, ::2], q, True, None, None) != _replay_key(q, q[:, :, :4], q, True, None, None)
+    assert _replay_key(q.requires_grad_(), q, q, True, None, None) is None  # autograd must see the call

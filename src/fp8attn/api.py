@@ -23,7 +23,7 @@ from triton import knobs
 
 from fp8attn.fp8 import E4M3
 from fp8attn.kernels.attention_fwd import attention_forward, forward_launch
-from fp8attn.kernels.launch import LaunchPlan
+from fp8attn.kernels.launch import Launch, LaunchPlan
 from fp8attn.quantize import QuantizedQKV, allocate_quantized, hadamard_matrix, padded_head_dim, quantize_launches
 from fp8attn.recipe import E4M3_BLOCK, Recipe, resolve_recipe
 
@@ -156,58 +156,30 @@ def _check_descale_values(descales: dict[str, torch.Tensor]) -> None:
 # Custom ops.
 
 
-def _attention_impl(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, scale: float,
-    qk_format: str, pv_format: str, q_block: int, k_block: int, smooth_k: bool, smooth_v: bool, hadamard: bool,
-    p_scale: float,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    replayable = LaunchPlan.usable(q.device)
-    if replayable:
-        # Everything Triton specializes on besides the pointers themselves (see LaunchPlan).
-        key = (q.shape, q.stride(), k.shape, k.stride(), v.stride(), q.dtype, q.device, q.data_ptr() % 16,
-               k.data_ptr() % 16, v.data_ptr() % 16, causal, scale, qk_format, pv_format, q_block, k_block,
-               smooth_k, smooth_v, hadamard, p_scale)
-        plan = _PLANS.get(key)
-        if plan is not None:
-            out, lse, _ = plan.run((q, k, v))
-            return out, lse
-    recipe = Recipe(name="custom-op", qk_format=qk_format, pv_format=pv_format, q_block=q_block, k_block=k_block,
-                    smooth_k=smooth_k, smooth_v=smooth_v, hadamard=hadamard, p_scale=p_scale)
+def _attention_launches(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, scale: float, recipe: Recipe,
+) -> tuple[torch.Tensor, torch.Tensor, list[Launch], torch.Tensor]:
+    """Allocate ``out``, ``lse`` and the quantized workspace; return them with the launches that fill them."""
     batch, num_q_heads, seqlen_q, head_dim = q.shape
     qkv = allocate_quantized(batch, num_q_heads, k.shape[1], seqlen_q, k.shape[2], head_dim, recipe, q.device)
     out = torch.empty(q.shape, device=q.device, dtype=q.dtype)
     lse = torch.empty(q.shape[:3], device=q.device, dtype=torch.float32)
     launches = [*quantize_launches(q, k, v, recipe, qkv),
-                forward_launch(qkv, out, lse, causal=causal, softmax_scale=scale, p_scale=p_scale)]
+                forward_launch(qkv, out, lse, causal=causal, softmax_scale=scale, p_scale=recipe.p_multiplier)]
+    return out, lse, launches, qkv.workspace
+
+
+def _attention_impl(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, scale: float,
+    qk_format: str, pv_format: str, q_block: int, k_block: int, smooth_k: bool, smooth_v: bool, hadamard: bool,
+    p_scale: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    recipe = Recipe(name="custom-op", qk_format=qk_format, pv_format=pv_format, q_block=q_block, k_block=k_block,
+                    smooth_k=smooth_k, smooth_v=smooth_v, hadamard=hadamard, p_scale=p_scale)
+    out, lse, launches, _ = _attention_launches(q, k, v, causal, scale, recipe)
     for launch in launches:
         launch.run()
-    if replayable:
-        persistent = [hadamard_matrix(qkv.k.shape[-1], q.dtype, q.device)] if hadamard else []
-        _PLANS[key] = LaunchPlan(launches, inputs=(q, k, v), allocated=(out, lse, qkv.workspace),
-                                 persistent=persistent)
     return out, lse
-
-
-class _PlanCache(collections.OrderedDict):
-    """The most recently used launch plans, one per call signature (shapes, strides, dtype, recipe...)."""
-
-    def __init__(self, capacity: int) -> None:
-        super().__init__()
-        self.capacity = capacity
-
-    def get(self, key):
-        plan = super().get(key)
-        if plan is not None:
-            self.move_to_end(key)
-        return plan
-
-    def __setitem__(self, key, plan) -> None:
-        super().__setitem__(key, plan)
-        if len(self) > self.capacity:
-            self.popitem(last=False)
-
-
-_PLANS = _PlanCache(capacity=256)
 
 
 _attention_op = torch.library.custom_op("fp8attn::attention", _attention_impl, mutates_args=())
@@ -309,6 +281,52 @@ def _kernel_layout(
 
 
 # --------------------------------------------------------------------------------------------------
+# Eager replays: a call whose signature ran before skips the checks and Triton's launch path.
+
+
+class _PlanCache(collections.OrderedDict):
+    """The most recently used launch plans, one per call signature."""
+
+    def __init__(self, capacity: int) -> None:
+        super().__init__()
+        self.capacity = capacity
+
+    def get(self, key):
+        plan = super().get(key)
+        if plan is not None:
+            self.move_to_end(key)
+        return plan
+
+    def __setitem__(self, key, plan) -> None:
+        super().__setitem__(key, plan)
+        if len(self) > self.capacity:
+            self.popitem(last=False)
+
+
+_PLANS = _PlanCache(capacity=256)
+
+
+def _replay_key(q: object, k: object, v: object, causal: object, scale: object, recipe: object) -> tuple | None:
+    """The signature under which an eager :func:`attention` call can replay a recorded plan, or None.
+
+    It holds the arguments exactly as given (with their types), so a call matches a plan only if a
+    call with the same arguments passed every check before, and everything Triton specializes on
+    besides pointers (shapes, strides, dtypes, device, 16-byte alignment; see LaunchPlan). None
+    while torch.compile traces, when autograd must see the call, or where replays cannot run.
+    """
+    if not (type(q) is type(k) is type(v) is torch.Tensor) or torch.compiler.is_compiling():
+        return None
+    if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
+        return None
+    if not LaunchPlan.usable(q.device):
+        return None
+    return (q.shape, q.stride(), q.dtype, q.device, q.data_ptr() % 16,
+            k.shape, k.stride(), k.dtype, k.device, k.data_ptr() % 16,
+            v.shape, v.stride(), v.dtype, v.device, v.data_ptr() % 16,
+            type(causal), causal, type(scale), scale, type(recipe), recipe)
+
+
+# --------------------------------------------------------------------------------------------------
 # Public functions.
 
 
@@ -345,12 +363,24 @@ def attention(
     D is any multiple of 8 up to 256 (powers of two from 32 on run without padding). CUDA tensors
     run on the GPU (compute capability 8.9 or 9.0); CPU tensors through Triton's interpreter.
     """
-    scale = _check_inputs(q, k, v, causal, scale, _INPUT_DTYPES)
-    r = resolve_recipe(recipe)
     if not isinstance(return_lse, bool):
         raise TypeError(f"return_lse must be a bool, got {type(return_lse).__name__}")
-    out, lse = _dispatch(_attention_op, _attention_impl, (q, k, v), causal, scale, r.qk_format, r.pv_format,
-                         r.q_block, r.k_block, r.smooth_k, r.smooth_v, r.hadamard, r.p_multiplier)
+    key = _replay_key(q, k, v, causal, scale, recipe)
+    plan = _PLANS.get(key) if key is not None else None
+    if plan is not None:
+        out, lse, _ = plan.run((q, k, v))
+        return (out, lse) if return_lse else out
+    checked_scale = _check_inputs(q, k, v, causal, scale, _INPUT_DTYPES)
+    r = resolve_recipe(recipe)
+    if key is None:
+        out, lse = _dispatch(_attention_op, _attention_impl, (q, k, v), causal, checked_scale, r.qk_format,
+                             r.pv_format, r.q_block, r.k_block, r.smooth_k, r.smooth_v, r.hadamard, r.p_multiplier)
+    else:
+        out, lse, launches, workspace = _attention_launches(q, k, v, causal, checked_scale, r)
+        for launch in launches:
+            launch.run()
+        persistent = [hadamard_matrix(padded_head_dim(q.shape[-1]), q.dtype, q.device)] if r.hadamard else []
+        _PLANS[key] = LaunchPlan(launches, inputs=(q, k, v), allocated=(out, lse, workspace), persistent=persistent)
     return (out, lse) if return_lse else out
 
 
