@@ -30,6 +30,6 @@ def test_gate_flags_fp8attn_figures_more_than_10_percent_below_the_committed_one
 
 
 def test_gate_passes_the_committed_results_against_themselves():
-    _, records = load_json(ROOT / "benchmarks" / "results" / "h100-quick.json")
+    _, records = load_json(ROOT / "benchmarks" / "results" / "h100.json")
     assert any(r.provider == "fp8attn" for r in records)
     assert gate_failures(records, [dataclasses.replace(r) for r in records]) == []

@@ -1,0 +1,75 @@
+"""The regression gate: re-run the committed fp8attn figures and fail on a slowdown of more than 10 %."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from fp8attn.bench.measure import measure_shape
+from fp8attn.bench.progress import make_reporter
+from fp8attn.bench.results import load_json, report
+from fp8attn.bench.shapes import Record, Shape
+from fp8attn.bench.timing import TimingConfig
+
+GATE_PROVIDERS = ("fp8attn", "fp8attn-prequant")
+GATE_TOLERANCE = 0.10  # a change that slows fp8attn by more than 10 % does not merge
+
+
+def _record_key(r: Record) -> tuple:
+    return (r.provider, r.method, r.B, r.Hq, r.Hkv, r.Sq, r.Sk, r.D, r.causal, r.dtype)
+
+
+def gate_failures(committed: Sequence[Record], fresh: Sequence[Record],
+                  tolerance: float = GATE_TOLERANCE) -> list[str]:
+    """One line per committed fp8attn figure that ``fresh`` misses or undercuts by more than ``tolerance``."""
+    fresh_by_key = {_record_key(r): r for r in fresh}
+    failures = []
+    for old in committed:
+        if old.provider not in GATE_PROVIDERS:
+            continue
+        label = f"{old.provider} {old.method} {Shape(*_record_key(old)[2:], suite=old.suite).label()}"
+        new = fresh_by_key.get(_record_key(old))
+        if new is None:
+            failures.append(f"missing: {label} (committed {old.tflops:.1f} TFLOP/s)")
+        elif new.tflops < (1 - tolerance) * old.tflops:
+            failures.append(f"slower: {label}: {new.tflops:.1f} TFLOP/s vs committed {old.tflops:.1f} "
+                            f"({new.tflops / old.tflops:.2f}×)")
+    return failures
+
+
+def default_recipe_name() -> str:
+    from fp8attn.recipe import DEFAULT_RECIPE
+
+    return DEFAULT_RECIPE.name
+
+
+def run_gate(path: Path, cfg: TimingConfig) -> int:
+    """Re-measure fp8attn on every shape and method of a committed results file; 1 if any figure regressed."""
+    meta, committed = load_json(path)
+    if meta.get("fp8attn_recipe") != default_recipe_name():
+        print(f"note: {path} measured fp8attn with recipe {meta.get('fp8attn_recipe', 'unrecorded')!r}; "
+              f"the default is now {default_recipe_name()!r}: a difference may be the recipe, not a regression")
+    gpu = torch.cuda.get_device_name()
+    if meta.get("gpu") != gpu:
+        print(f"fp8attn bench --gate: {path} was measured on {meta.get('gpu')!r}, this is {gpu!r}; "
+              "compare on the same GPU kind", file=sys.stderr)
+        return 2
+    jobs: dict[tuple, set[str]] = {}
+    for r in committed:
+        if r.provider in GATE_PROVIDERS:
+            shape = Shape(r.B, r.Hq, r.Hkv, r.Sq, r.Sk, r.D, r.causal, r.dtype, r.suite)
+            jobs.setdefault(shape, set()).add(r.method)
+    fresh: list[Record] = []
+    with make_reporter(len(jobs) * len(GATE_PROVIDERS)) as reporter:
+        for shape, methods in jobs.items():
+            fresh += measure_shape(shape, sorted(methods), GATE_PROVIDERS, cfg, reporter)
+    report(fresh, gpu)
+    failures = gate_failures(committed, fresh)
+    for line in failures:
+        print(line)
+    print(f"gate: {len(failures)} of the committed fp8attn figures regressed by more than {GATE_TOLERANCE:.0%}"
+          if failures else f"gate: every fp8attn figure within {GATE_TOLERANCE:.0%} of {path}")
+    return 1 if failures else 0
