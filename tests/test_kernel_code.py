@@ -11,8 +11,9 @@ import pytest
 import torch
 
 import fp8attn
-from fp8attn.kernel_report import collect, collect_in_subprocess, read_cubin
+from fp8attn.kernel_report import DEFAULT_SHAPES, collect, collect_in_subprocess, read_cubin
 from fp8attn.kernels.attention_fwd import _fp8_attention_fwd_kernel
+from fp8attn.recipe import RECIPES
 from tests.conftest import HAS_CUDA, INTERPRETED, make_qkv
 
 
@@ -22,10 +23,10 @@ def _assert_fp8_tensor_core_kernel(report) -> None:
     assert report.spills == 0 and report.stack_bytes == 0, f"register spills in {report}"
 
 
-def _offline(recipe: str) -> list:
+def _offline(recipe: str, only: str = "attention", head_dims: tuple[int, ...] = (64, 128, 256)) -> list:
     if INTERPRETED:
-        return collect_in_subprocess(arch=90, only="attention", recipe=recipe)
-    return collect(arch=90, only="attention", recipe=recipe)
+        return collect_in_subprocess(arch=90, only=only, recipe=recipe, head_dims=head_dims)
+    return collect([s for s in DEFAULT_SHAPES if s[4] in head_dims], arch=90, only=only, recipe=recipe)
 
 
 def test_attention_kernel_compiled_offline_for_sm90_uses_fp8_wgmma_without_spills():
@@ -43,6 +44,22 @@ def test_recipes_compile_to_their_tensor_core_instructions(recipe, qk_op, pv_op)
         assert report.opcodes[qk_op] > 0 and report.opcodes[pv_op] > 0, report
         assert report.opcodes["HMMA"] == report.opcodes["IMMA"] == 0, report
         assert report.spills == 0, report
+
+
+_HADAMARD_D256_SPILLS = pytest.mark.xfail(
+    strict=True, reason="known: the Hadamard rotation's 128x256 fp32 tiles spill at D=256 (51 LDL / 42 STL, "
+    "docs/perf-notes.md); when this passes, drop the mark")
+
+
+@pytest.mark.parametrize(("recipe", "head_dim"), [
+    pytest.param(name, d, marks=_HADAMARD_D256_SPILLS if r.hadamard and d == 256 else ())
+    for name, r in RECIPES.items() for d in (64, 128, 256)
+])
+def test_quantize_kernel_compiles_without_spills(recipe, head_dim):
+    reports = _offline(recipe, only="quantize", head_dims=(head_dim,))
+    assert reports
+    for report in reports:
+        assert report.spills == 0 and report.stack_bytes == 0, f"register spills in {report}"
 
 
 @pytest.mark.gpu

@@ -155,11 +155,14 @@ def collect(shapes=DEFAULT_SHAPES, arch: int = 90, only: str = "", recipe: str =
     return reports
 
 
-def collect_in_subprocess(arch: int = 90, only: str = "", recipe: str = "e4m3") -> list[KernelReport]:
+def collect_in_subprocess(arch: int = 90, only: str = "", recipe: str = "e4m3",
+                          head_dims: tuple[int, ...] = ()) -> list[KernelReport]:
     """:func:`collect` in a fresh Python with the interpreter off, for callers running under TRITON_INTERPRET=1."""
     env = {**os.environ, "TRITON_INTERPRET": "0"}
     cmd = [sys.executable, "-m", "fp8attn.kernel_report", "--json", "--arch", str(arch), "--only", only,
            "--recipe", recipe]
+    if head_dims:
+        cmd += ["--head-dims", ",".join(map(str, head_dims))]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
     return [KernelReport(**r) for r in json.loads(done.stdout)]
 
@@ -180,13 +183,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--only", default="", help="only kernels whose name contains this, e.g. 'attention'")
     parser.add_argument("--recipe", default="e4m3", help="the recipe whose kernels to compile (default e4m3)")
+    parser.add_argument("--head-dims", default="64,128,256", help="comma list (default 64,128,256)")
     args = parser.parse_args(argv)
     from triton import knobs
 
+    head_dims = tuple(int(d) for d in args.head_dims.split(","))
     if knobs.runtime.interpret:
-        reports = collect_in_subprocess(args.arch, args.only, args.recipe)
+        reports = collect_in_subprocess(args.arch, args.only, args.recipe, head_dims)
     else:
-        reports = collect(arch=args.arch, only=args.only, recipe=args.recipe)
+        shapes = [s for s in DEFAULT_SHAPES if s[4] in head_dims]
+        reports = collect(shapes, arch=args.arch, only=args.only, recipe=args.recipe)
     print(json.dumps([asdict(r) for r in reports]) if args.json else format_table(reports))
     return 0
 
