@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import gc
 from collections.abc import Callable, Sequence
+from dataclasses import asdict
 
 import torch
 
@@ -60,8 +61,8 @@ def measure_provider(provider: str, x: Inputs, ref: torch.Tensor | None, methods
                     with contextlib.suppress(Exception):
                         torch.cuda.synchronize()
                     continue
-                records.append(Record(provider, method, s.B, s.Hq, s.Hkv, s.Sq, s.Sk, s.D, s.causal, s.dtype,
-                                      ms, s.flops / (ms * 1e-3) / 1e12, s.suite, rel_l2, finite))
+                records.append(Record(**asdict(s), provider=provider, method=method, median_ms=ms,
+                                      tflops=s.flops / (ms * 1e-3) / 1e12, rel_l2=rel_l2, finite=finite))
     except Exception as e:
         log(f"FAIL {tag}: {describe_error(e)}")
     finally:

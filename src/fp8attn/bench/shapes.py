@@ -46,29 +46,21 @@ class Shape:
         return f"B{self.B} {heads} {seqs} D{self.D} {'C' if self.causal else 'N'} {self.dtype}"
 
 
-@dataclass
-class Record:
-    """One timing: a provider on a shape by a method. The JSON file holds a list of these."""
+@dataclass(frozen=True, kw_only=True)
+class Record(Shape):
+    """One timing: a provider on a shape by a method. The shape's fields are the record's own, so the
+    JSON file holds a flat list of these."""
 
     provider: str
     method: str
-    B: int
-    Hq: int
-    Hkv: int
-    Sq: int
-    Sk: int
-    D: int
-    causal: bool
-    dtype: str
     median_ms: float
     tflops: float
-    suite: str = "custom"
     rel_l2: float | None = None  # vs sdpa-default's output; None when no reference could be computed
     finite: bool = True
 
     @property
     def shape(self) -> Shape:
-        return Shape(self.B, self.Hq, self.Hkv, self.Sq, self.Sk, self.D, self.causal, self.dtype, self.suite)
+        return Shape(**{f.name: getattr(self, f.name) for f in fields(Shape)})
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Record:
