@@ -34,8 +34,10 @@ def _codes_agree(got: torch.Tensor, want: torch.Tensor) -> None:
     assert got.dtype == want.dtype
     g, w = _steps(got), _steps(want)
     differ = g != w
-    assert differ.float().mean() <= 1e-3, f"{int(differ.sum())} of {g.numel()} codes differ"
-    assert ((g - w).abs()[differ] <= 1).all(), "a code differs by more than one step"
+    where = [tuple(i) for i in differ.nonzero()[:6].tolist()]
+    detail = ", ".join(f"{i}: got {got.cpu()[i].float().item():g}, want {want[i].float().item():g}" for i in where)
+    assert differ.float().mean() <= 1e-3, f"{int(differ.sum())} of {g.numel()} codes differ, first at {detail}"
+    assert ((g - w).abs()[differ] <= 1).all(), f"a code differs by more than one step, first at {detail}"
 
 
 @pytest.mark.parametrize("recipe", list(RECIPES.values()), ids=list(RECIPES))
