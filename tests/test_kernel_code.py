@@ -12,7 +12,7 @@ import torch
 
 import fp8attn
 from fp8attn.kernel_report import DEFAULT_SHAPES, collect, collect_in_subprocess, read_cubin
-from fp8attn.kernels.attention_fwd import _fp8_attention_fwd_kernel
+from fp8attn.kernels.attention_fwd import _fp8_attention_fwd_kernel, forward_config
 from fp8attn.recipe import RECIPES
 from tests.conftest import HAS_CUDA, INTERPRETED, make_qkv
 
@@ -44,6 +44,22 @@ def test_recipes_compile_to_their_tensor_core_instructions(recipe, qk_op, pv_op)
         assert report.opcodes[qk_op] > 0 and report.opcodes[pv_op] > 0, report
         assert report.opcodes["HMMA"] == report.opcodes["IMMA"] == 0, report
         assert report.spills == 0, report
+
+
+@pytest.mark.parametrize("recipe", ["e4m3", "int8-hadamard-vsmooth"])
+@pytest.mark.parametrize("head_dim", [64, 128])
+def test_key_loop_spends_one_exp2_and_one_fma_per_score(recipe, head_dim):
+    """The unmasked key loop, read from the SASS: one MUFU (exp2) per score plus the row rescales, the
+    scale folded into one FFMA per score (almost no FMUL left), and the matmuls inside the loop."""
+    cfg = forward_config(head_dim, RECIPES[recipe].k_block)
+    scores = cfg.block_m * cfg.block_n // (32 * cfg.num_warps)  # per thread, per key tile
+    (report,) = [r for r in _offline(recipe, head_dims=(head_dim,)) if "causal" not in r.shape]
+    loop = report.loop
+    assert scores <= loop.get("MUFU", 0) <= scores + 4, loop
+    assert loop.get("FFMA", 0) >= scores and loop.get("FMUL", 0) <= 8, loop
+    assert loop.get("QGMMA", 0) > 0, loop
+    if recipe.startswith("int8"):
+        assert loop.get("IGMMA", 0) > 0 and loop.get("I2FP", 0) == scores, loop  # int32 scores to fp32
 
 
 _HADAMARD_D256_SPILLS = pytest.mark.xfail(

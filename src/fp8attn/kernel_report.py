@@ -19,7 +19,7 @@ import subprocess
 import sys
 import tempfile
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -46,10 +46,30 @@ class KernelReport:
     num_warps: int
     num_stages: int
     opcodes: dict[str, int]
+    loop: dict[str, int] = field(default_factory=dict)  # opcode mix of one pass of the first loop
 
     @property
     def spills(self) -> int:
         return self.opcodes.get("LDL", 0) + self.opcodes.get("STL", 0)
+
+
+_SASS_LINE = re.compile(r"\s+/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)")
+_BACKWARD_BRANCH = re.compile(r"\s+/\*([0-9a-f]{4,})\*/.*\bBRA\s+0x([0-9a-f]+)")
+
+
+def first_loop_mix(sass: str) -> dict[str, int]:
+    """Opcode counts (without modifiers) of the instructions between the first backward branch and its
+    target: one pass of the kernel's first loop, for the attention kernel its unmasked key loop."""
+    for line in sass.splitlines():
+        m = _BACKWARD_BRANCH.match(line)
+        if m and int(m.group(2), 16) < int(m.group(1), 16):
+            lo, hi = int(m.group(2), 16), int(m.group(1), 16)
+            break
+    else:
+        return {}
+    counts = Counter(m.group(2) for m in map(_SASS_LINE.match, sass.splitlines())
+                     if m and lo <= int(m.group(1), 16) <= hi)
+    return dict(counts.most_common())
 
 
 def _tool(name: str) -> str:
@@ -113,6 +133,7 @@ def read_cubin(cubin: bytes, kernel: str, shape: str, arch: int, num_warps: int,
         kernel=kernel, shape=shape, arch=arch, registers=int(resources.get("REG", 0)),
         stack_bytes=int(resources.get("STACK", 0)), shared_bytes=shared_bytes,
         num_warps=num_warps, num_stages=num_stages, opcodes={op: counts.get(op, 0) for op in _OPCODES},
+        loop=first_loop_mix(sass.stdout),
     )
 
 
@@ -184,6 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default="", help="only kernels whose name contains this, e.g. 'attention'")
     parser.add_argument("--recipe", default="e4m3", help="the recipe whose kernels to compile (default e4m3)")
     parser.add_argument("--head-dims", default="64,128,256", help="comma list (default 64,128,256)")
+    parser.add_argument("--loop", action="store_true",
+                        help="also print each kernel's first loop, one pass, as opcode counts")
     args = parser.parse_args(argv)
     from triton import knobs
 
@@ -194,6 +217,10 @@ def main(argv: list[str] | None = None) -> int:
         shapes = [s for s in DEFAULT_SHAPES if s[4] in head_dims]
         reports = collect(shapes, arch=args.arch, only=args.only, recipe=args.recipe)
     print(json.dumps([asdict(r) for r in reports]) if args.json else format_table(reports))
+    if args.loop and not args.json:
+        for r in reports:
+            mix = ", ".join(f"{op} {n}" for op, n in r.loop.items())
+            print(f"\n{r.kernel} {r.shape}: first loop, one pass, {sum(r.loop.values())} instructions:\n  {mix}")
     return 0
 
 
