@@ -112,4 +112,5 @@ def test_replay_key_tells_argument_types_apart(monkeypatch):
     assert _replay_key(q, q, q, True, None, None) != _replay_key(q, q, q, 1, None, None)
     assert _replay_key(q, q, q, True, 0.5, None) != _replay_key(q, q, q, True, 0.5, "e4m3")
     assert _replay_key(q, q[:, :, ::2], q, True, None, None) != _replay_key(q, q[:, :, :4], q, True, None, None)
+    assert _replay_key(q, q, q, True, None, ["e4m3"]) is None  # unhashable: the checks report it
     assert _replay_key(q.requires_grad_(), q, q, True, None, None) is None  # autograd must see the call

@@ -320,10 +320,15 @@ def _replay_key(q: object, k: object, v: object, causal: object, scale: object, 
         return None
     if not LaunchPlan.usable(q.device):
         return None
-    return (q.shape, q.stride(), q.dtype, q.device, q.data_ptr() % 16,
-            k.shape, k.stride(), k.dtype, k.device, k.data_ptr() % 16,
-            v.shape, v.stride(), v.dtype, v.device, v.data_ptr() % 16,
-            type(causal), causal, type(scale), scale, type(recipe), recipe)
+    key = (q.shape, q.stride(), q.dtype, q.device, q.data_ptr() % 16,
+           k.shape, k.stride(), k.dtype, k.device, k.data_ptr() % 16,
+           v.shape, v.stride(), v.dtype, v.device, v.data_ptr() % 16,
+           type(causal), causal, type(scale), scale, type(recipe), recipe)
+    try:
+        hash(key)
+    except TypeError:  # an unhashable argument: the checks will name it
+        return None
+    return key
 
 
 # --------------------------------------------------------------------------------------------------
