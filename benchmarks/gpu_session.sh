@@ -25,6 +25,14 @@ for step in "$@"; do
     kernels) python3 benchmarks/kernel_times.py 2>&1 | tee "$OUT/kernel_times.txt" ;;
     mission) timeout 200 python3 -m fp8attn.bench --suite mission --providers fp8attn,sdpa-default,sdpa-flash \
                --out "$OUT" --name mission 2>&1 | tail -25 ;;
+    d96) timeout 200 python3 -m pytest -q -p no:cacheprovider tests/test_quantize.py -k "cuda and 96" 2>&1 | tail -30
+         timeout 200 compute-sanitizer --tool racecheck python3 -m pytest -q -p no:cacheprovider -x \
+           tests/test_quantize.py -k "cuda and 96 and vsmooth" 2>&1 | tail -20 ;;
+    tests-grid) timeout 560 python3 -m pytest -q -p no:cacheprovider -ra tests/test_attention.py -k cuda 2>&1 \
+                  | tee "$OUT/pytest_grid.log" | grep -v "^SKIPPED" | tail -15 ;;
+    tests-rest) timeout 560 python3 -m pytest -q -p no:cacheprovider -ra tests --deselect tests/test_attention.py \
+                  -k "not cpu" 2>&1 | tee "$OUT/pytest_rest.log" | grep -v "^SKIPPED" | tail -15 ;;
+    gate) timeout 400 python3 -m fp8attn.bench --gate benchmarks/results/h100.json 2>&1 | tail -20 ;;
     smoke) timeout 300 python3 -m pytest -q -p no:cacheprovider -x tests/test_launch_plan.py tests/test_attention.py \
              -k "cuda or replays" 2>&1 | tail -5 ;;
     recipes) timeout 300 python3 benchmarks/recipe_speed.py --out "$OUT" 2>&1 | tail -12 ;;
