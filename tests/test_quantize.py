@@ -21,11 +21,15 @@ SHAPES = [  # (B, Hq, Hkv, Sq, Sk, D)
 
 
 def _steps(x: torch.Tensor) -> torch.Tensor:
-    """Integers that count representable steps: int8 values, or the bit patterns of E4M3 / fp16."""
+    """Integers that count representable steps: int8 values, or the sign-magnitude codes of E4M3 / fp16
+    as signed magnitudes (so -0 and +0 are the same step, and neighbours across zero differ by one each)."""
     x = x.cpu()
     if x.dtype == torch.int8:
         return x.int()
-    return (x.view(torch.int16) if x.dtype == torch.float16 else x.view(torch.uint8)).int()
+    bits, sign = (x.view(torch.int16).int() & 0xFFFF, 0x8000) if x.dtype == torch.float16 else \
+        (x.view(torch.uint8).int(), 0x80)
+    magnitude = bits & (sign - 1)
+    return torch.where(bits & sign != 0, -magnitude, magnitude)
 
 
 def _codes_agree(got: torch.Tensor, want: torch.Tensor) -> None:
