@@ -63,8 +63,8 @@ def test_key_loop_spends_one_exp2_and_one_fma_per_score(recipe, head_dim):
 
 
 _HADAMARD_D256_SPILLS = pytest.mark.xfail(
-    strict=True, reason="known: the Hadamard rotation's 128x256 fp32 tiles spill at D=256 (51 LDL / 42 STL, "
-    "docs/perf-notes.md); when this passes, drop the mark")
+    strict=True, reason="known: rotating K's mean holds the 256x256 Hadamard matrix in fp32 registers and spills "
+    "(51 LDL / 42 STL, docs/perf-notes.md); fixed on branch wip/hadamard-mean-fwht, awaiting a GPU run")
 
 
 @pytest.mark.parametrize(("recipe", "head_dim"), [
