@@ -19,7 +19,7 @@ GATE_TOLERANCE = 0.10  # a change that slows fp8attn by more than 10 % does not 
 
 
 def _record_key(r: Record) -> tuple:
-    return (r.provider, r.method, r.B, r.Hq, r.Hkv, r.Sq, r.Sk, r.D, r.causal, r.dtype)
+    return r.provider, r.method, r.shape
 
 
 def gate_failures(committed: Sequence[Record], fresh: Sequence[Record],
@@ -30,7 +30,7 @@ def gate_failures(committed: Sequence[Record], fresh: Sequence[Record],
     for old in committed:
         if old.provider not in GATE_PROVIDERS:
             continue
-        label = f"{old.provider} {old.method} {Shape(*_record_key(old)[2:], suite=old.suite).label()}"
+        label = f"{old.provider} {old.method} {old.label()}"
         new = fresh_by_key.get(_record_key(old))
         if new is None:
             failures.append(f"missing: {label} (committed {old.tflops:.1f} TFLOP/s)")
