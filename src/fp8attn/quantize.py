@@ -189,6 +189,18 @@ def _load_rotated(ptrs, mask, h_ptr, rot_scale, HEAD_DIM_PAD: tl.constexpr, HADA
 
 
 @triton.jit
+def _walsh_hadamard(x, N: tl.constexpr):
+    """``x @ H`` for a length-N vector and the N×N Sylvester Hadamard matrix of ±1 (N a power of two):
+    log2(N) butterfly stages, each pairing elements ``h`` apart. A D×D fp32 matrix in registers would
+    cost D registers a thread at 8 warps (and spilled at D=256)."""
+    for stage in tl.static_range(N.bit_length() - 1):  # pairs h = 2**stage apart
+        pairs = tl.permute(tl.reshape(x, (N >> (stage + 1), 2, 1 << stage)), (0, 2, 1))
+        a, b = tl.split(pairs)
+        x = tl.reshape(tl.permute(tl.join(a + b, a - b), (0, 2, 1)), (N,))
+    return x
+
+
+@triton.jit
 def _quantize_qkv_kernel(
     q_ptr, k_ptr, v_ptr, h_ptr,
     q8_ptr, k8_ptr, vt_ptr, q_scale_ptr, k_scale_ptr, v_scale_ptr, k_mean_ptr, v_mean_ptr, stats_ptr,
@@ -261,8 +273,7 @@ def _quantize_qkv_kernel(
         if SMOOTH_K:
             k_mean = k_sum / seqlen_k
             if HADAMARD:
-                hf = tl.load(h_ptr + offs_d[:, None] * HEAD_DIM_PAD + offs_d[None, :]).to(tl.float32)
-                k_mean = tl.sum(k_mean[:, None] * hf, axis=0) * rot_scale
+                k_mean = _walsh_hadamard(k_mean, HEAD_DIM_PAD) * rot_scale
             # Rows past seqlen_k stay zero; padded channels do not when the rotation filled them.
             k = tl.where((offs_t < seqlen_k)[:, None], k - k_mean[None, :], 0.0)
         k_scale = _scale_from_amax(tl.max(tl.abs(k)), QK_MAX)
