@@ -10,6 +10,8 @@ if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     && export PYTHONPATH="$PYTHONPATH:/tmp/site"
 fi
+# pytest-xdist (carried in .whl/) spreads the GPU tests over processes: compiling kernels is most of their time.
+XDIST=$(python3 -c "import xdist" 2>/dev/null && echo "-n ${PYTEST_WORKERS:-12}")
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw,power.limit --format=csv | tee "$OUT/gpu.txt"
 python3 -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__)" \
   | tee -a "$OUT/gpu.txt"
@@ -17,7 +19,7 @@ for step in "$@"; do
   echo "=== $step"
   case $step in
     accuracy) timeout 120 python3 -m fp8attn.accuracy --out "$OUT/accuracy_h100.json" 2>&1 | tail -40 ;;
-    tests) timeout ${TESTS_TIMEOUT:-480} python3 -m pytest tests -q -p no:cacheprovider -ra 2>&1 | tee "$OUT/pytest.log" \
+    tests) timeout ${TESTS_TIMEOUT:-480} python3 -m pytest $XDIST tests -q -p no:cacheprovider -ra 2>&1 | tee "$OUT/pytest.log" \
              | grep -v "^SKIPPED" | tail -30 ;;
     inspect) python3 -m fp8attn.kernel_report 2>&1 | tee "$OUT/kernel_report.txt" ;;
     demo) python3 -m fp8attn.cli demo 2>&1 | tee "$OUT/demo.txt" ;;
@@ -25,12 +27,14 @@ for step in "$@"; do
     kernels) python3 benchmarks/kernel_times.py 2>&1 | tee "$OUT/kernel_times.txt" ;;
     mission) timeout 200 python3 -m fp8attn.bench --suite mission --providers fp8attn,sdpa-default,sdpa-flash \
                --out "$OUT" --name mission 2>&1 | tail -25 ;;
-    d96) timeout 200 python3 -m pytest -q -p no:cacheprovider tests/test_quantize.py -k "cuda and 96" 2>&1 | tail -30
-         timeout 200 compute-sanitizer --tool racecheck python3 -m pytest -q -p no:cacheprovider -x \
-           tests/test_quantize.py -k "cuda and 96 and vsmooth" 2>&1 | tail -20 ;;
-    tests-grid) timeout 560 python3 -m pytest -q -p no:cacheprovider -ra tests/test_attention.py -k cuda 2>&1 \
+    sanitize) for tool in racecheck memcheck; do  # a few quantize and attention tests under compute-sanitizer
+                timeout 150 compute-sanitizer --tool $tool --error-exitcode 9 python3 -m pytest -q -p no:cacheprovider \
+                  tests/test_quantize.py tests/test_attention.py -k "cuda and (padding or every_recipe)" 2>&1 \
+                  | tee "$OUT/sanitize_$tool.log" | tail -4
+              done ;;
+    tests-grid) timeout ${TESTS_TIMEOUT:-560} python3 -m pytest $XDIST -q -p no:cacheprovider -ra tests/test_attention.py -k cuda 2>&1 \
                   | tee "$OUT/pytest_grid.log" | grep -v "^SKIPPED" | tail -15 ;;
-    tests-rest) timeout 560 python3 -m pytest -q -p no:cacheprovider -ra tests --ignore=tests/test_attention.py \
+    tests-rest) timeout ${TESTS_TIMEOUT:-560} python3 -m pytest $XDIST -q -p no:cacheprovider -ra tests --ignore=tests/test_attention.py \
                   -k "not cpu" 2>&1 | tee "$OUT/pytest_rest.log" | grep -v "^SKIPPED" | tail -15 ;;
     gate) timeout 400 python3 -m fp8attn.bench --gate benchmarks/results/h100.json 2>&1 | tail -20 ;;
     smoke) timeout 300 python3 -m pytest -q -p no:cacheprovider -x tests/test_launch_plan.py tests/test_attention.py \

@@ -3,23 +3,34 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 import fp8attn
+from fp8attn.metrics import compare
 from fp8attn.quantize import quantize_qkv
 from fp8attn.recipe import DEFAULT_RECIPE
-from fp8attn.reference import exact
+from fp8attn.reference import emulate, exact
 from tests.conftest import make_qkv
 
 SHAPE = (1, 2, 2, 200, 300, 64)
 
 
 @pytest.mark.parametrize("zero", ["q", "k", "v"])
-def test_all_zero_tensor_gives_the_exact_answer(device, gen, zero, causal=True):
+def test_all_zero_tensor_gives_the_recipes_answer(device, gen, zero, causal=True):
+    """Zero Q or K: uniform attention, whose 8-bit probabilities are exact, so the kernel differs from its
+    emulation only by fp32 summation order and the output's rounding; zero V: exactly zero. What is left
+    against float64 is V's quantization (about 3 % relative, not a fixed absolute bound)."""
     q, k, v = make_qkv(gen, SHAPE, device=device)
     {"q": q, "k": k, "v": v}[zero].zero_()
     out = fp8attn.attention(q, k, v, causal=causal)
     assert out.isfinite().all()
-    assert (out.cpu().double() - exact(q.cpu(), k.cpu(), v.cpu(), causal=causal)).abs().max() <= 1e-2
+    q, k, v = q.cpu(), k.cpu(), v.cpu()
+    emulated = emulate(q, k, v, recipe=DEFAULT_RECIPE, causal=causal)
+    torch.testing.assert_close(out.cpu().double(), emulated, rtol=2**-10, atol=2**-14)
+    if zero == "v":
+        assert (out == 0).all()
+    else:
+        assert compare(emulated, exact(q, k, v, causal=causal)).rel_l2 <= 0.05
     qkv = quantize_qkv(q, k, v, DEFAULT_RECIPE)
     scale = {"q": qkv.q_scale, "k": qkv.k_scale, "v": qkv.v_scale}[zero]
     assert (scale == 1.0).all()

@@ -7,7 +7,7 @@ import torch
 
 from fp8attn import quantize as quantize_module
 from fp8attn.fp8 import E4M3_MAX
-from fp8attn.quantize import quantize_qkv
+from fp8attn.quantize import padded_head_dim, quantize_qkv
 from fp8attn.recipe import RECIPES
 from fp8attn.reference import quantize_emulated
 from tests.conftest import make_qkv
@@ -65,14 +65,21 @@ def test_quantize_kernel_matches_emulation(device, gen, poisoned_allocations, sh
             torch.testing.assert_close(getattr(got, name).cpu(), getattr(want, name), rtol=1e-5, atol=1e-5, msg=name)
 
 
-def test_padding_is_zero_and_scales_are_one(device, gen, poisoned_allocations):
-    q, k, v = make_qkv(gen, (1, 1, 1, 5, 20, 40), device=device)
-    got = quantize_qkv(q, k, v, RECIPES["e4m3"])
-    assert got.k.shape == (1, 1, 128, 64) and got.v_t.shape == (1, 1, 64, 128) and got.q.shape == (1, 1, 5, 64)
-    assert (got.k.float()[:, :, 20:] == 0).all() and (got.k.float()[..., 40:] == 0).all()
-    assert (got.v_t.float()[:, :, 40:] == 0).all() and (got.v_t.float()[..., 20:] == 0).all()
-    assert (got.q.float()[..., 40:] == 0).all()
-    assert (got.v_scale[..., 40:] == 1.0).all()
+@pytest.mark.parametrize("recipe", list(RECIPES.values()), ids=list(RECIPES))
+@pytest.mark.parametrize("head_dim", [40, 96])
+def test_padding_is_zero_and_scales_are_one(device, gen, poisoned_allocations, recipe, head_dim):
+    """Padded keys and V's padded channels are zero (so is Q's and K's padding unless the Hadamard
+    rotation spreads the channels). D=96 pads a whole register tile of channels: a constant head dim let
+    the compiler fold that tile, and ptxas packed the folded zeros into garbage bytes."""
+    q, k, v = make_qkv(gen, (1, 1, 1, 5, 200, head_dim), device=device, kind="k_offset")
+    got = quantize_qkv(q, k, v, recipe)
+    dp = padded_head_dim(head_dim)
+    assert got.k.shape == (1, 1, 256, dp) and got.v_t.shape == (1, 1, dp, 256) and got.q.shape == (1, 1, 5, dp)
+    assert (got.k.float()[:, :, 200:] == 0).all()
+    assert (got.v_t.float()[:, :, head_dim:] == 0).all() and (got.v_t.float()[..., 200:] == 0).all()
+    if not recipe.hadamard:
+        assert (got.k.float()[..., head_dim:] == 0).all() and (got.q.float()[..., head_dim:] == 0).all()
+    assert (got.v_scale[..., head_dim:] == 1.0).all()
 
 
 def test_each_block_reaches_448(device, gen):

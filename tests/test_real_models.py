@@ -27,7 +27,7 @@ def _tiny_llama(seed: int):
     return transformers.LlamaForCausalLM(config).eval()
 
 
-def test_registered_attention_runs_fp8attn_in_a_llama_model(gen):
+def test_registered_attention_runs_fp8attn_in_a_llama_model(device, gen):
     from fp8attn.integrations import transformers as fp8hf
 
     calls = []
@@ -37,8 +37,8 @@ def test_registered_attention_runs_fp8attn_in_a_llama_model(gen):
         return fp8attn.attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), causal=causal, scale=scale).to(q.dtype)
 
     name = fp8hf.register_impl("fp8attn-test-spy", spy)
-    model = _tiny_llama(seed=int(torch.randint(0, 2**31, (1,), generator=gen)))
-    ids = torch.randint(0, 128, (1, 40), generator=gen)
+    model = _tiny_llama(seed=int(torch.randint(0, 2**31, (1,), generator=gen))).to(device)
+    ids = torch.randint(0, 128, (1, 40), generator=gen).to(device)
     with torch.no_grad():
         reference_logits = model(ids).logits
         model.set_attn_implementation(name)

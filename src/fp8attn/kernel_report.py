@@ -82,12 +82,16 @@ def _tool(name: str) -> str:
     return found
 
 
-def _signature(launch) -> tuple[dict[str, str], dict[tuple[int], list]]:
-    """Triton signature and divisibility attributes, as the runtime would specialize this launch."""
+def _signature(launch) -> tuple[dict[str, str], dict[tuple[int], list], dict[str, int]]:
+    """Triton signature, divisibility attributes and constants, as the runtime would specialize this
+    launch (an integer argument equal to 1, such as a unit stride, becomes the constant 1)."""
     names = [n for n in launch.kernel.arg_names if n not in launch.constexprs]
-    signature, attrs = {}, {}
+    signature, attrs, ones = {}, {}, {}
     for i, (name, value) in enumerate(zip(names, launch.args, strict=True)):
-        if isinstance(value, torch.Tensor):
+        if isinstance(value, int) and not isinstance(value, bool) and value == 1:
+            signature[name] = "constexpr"
+            ones[name] = 1
+        elif isinstance(value, torch.Tensor):
             signature[name] = "*" + _TRITON_DTYPES[value.dtype]
             attrs[(i,)] = [["tt.divisibility", 16]]
         elif isinstance(value, bool):
@@ -102,7 +106,7 @@ def _signature(launch) -> tuple[dict[str, str], dict[tuple[int], list]]:
             raise TypeError(f"argument {name}: cannot derive a Triton type from {type(value).__name__}")
     for name in launch.constexprs:
         signature[name] = "constexpr"
-    return signature, attrs
+    return signature, attrs, ones
 
 
 def compile_offline(launch, arch: int = 90):
@@ -113,8 +117,8 @@ def compile_offline(launch, arch: int = 90):
 
     if not hasattr(launch.kernel, "cache_key"):
         raise RuntimeError("kernels are in Triton's interpreter (TRITON_INTERPRET=1): compile in a process without it")
-    signature, attrs = _signature(launch)
-    source = ASTSource(launch.kernel, signature, constexprs=dict(launch.constexprs), attrs=attrs)
+    signature, attrs, ones = _signature(launch)
+    source = ASTSource(launch.kernel, signature, constexprs={**launch.constexprs, **ones}, attrs=attrs)
     return triton.compile(source, target=GPUTarget("cuda", arch, 32), options=dict(launch.options))
 
 

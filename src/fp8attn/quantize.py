@@ -126,11 +126,10 @@ def _kv_token_stats(
 @triton.jit
 def _kv_stats_kernel(
     k_ptr, v_ptr, stats_ptr,
-    seqlen_k, num_kv_heads,
+    seqlen_k, num_kv_heads, head_dim,
     stride_kb, stride_kh, stride_kt, stride_kd,
     stride_vb, stride_vh, stride_vt, stride_vd,
-    CHUNK: tl.constexpr, TILE: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr,
-    SMOOTH_K: tl.constexpr,
+    CHUNK: tl.constexpr, TILE: tl.constexpr, HEAD_DIM_PAD: tl.constexpr, SMOOTH_K: tl.constexpr,
 ):
     chunk = tl.program_id(0)
     num_chunks = tl.num_programs(0)
@@ -138,7 +137,7 @@ def _kv_stats_kernel(
     b = bh // num_kv_heads
     h = bh % num_kv_heads
     offs_d = tl.arange(0, HEAD_DIM_PAD)
-    d_ok = offs_d < HEAD_DIM
+    d_ok = offs_d < head_dim
     k_base = k_ptr + b * stride_kb + h * stride_kh + offs_d[None, :] * stride_kd
     v_base = v_ptr + b * stride_vb + h * stride_vh + offs_d[None, :] * stride_vd
     end = tl.minimum((chunk + 1) * CHUNK, seqlen_k)
@@ -204,19 +203,21 @@ def _walsh_hadamard(x, N: tl.constexpr):
 def _quantize_qkv_kernel(
     q_ptr, k_ptr, v_ptr, h_ptr,
     q8_ptr, k8_ptr, vt_ptr, q_scale_ptr, k_scale_ptr, v_scale_ptr, k_mean_ptr, v_mean_ptr, stats_ptr,
-    seqlen_q, seqlen_k, seqlen_k_pad, num_q_heads, num_kv_heads, num_chunks, num_q_programs, rot_scale,
+    seqlen_q, seqlen_k, seqlen_k_pad, num_q_heads, num_kv_heads, head_dim, num_chunks, num_q_programs, rot_scale,
     stride_qb, stride_qh, stride_qt, stride_qd,
     stride_kb, stride_kh, stride_kt, stride_kd,
     stride_vb, stride_vh, stride_vt, stride_vd,
-    Q_TILE: tl.constexpr, Q_BLOCK: tl.constexpr, K_BLOCK: tl.constexpr,
-    HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr,
+    Q_TILE: tl.constexpr, Q_BLOCK: tl.constexpr, K_BLOCK: tl.constexpr, HEAD_DIM_PAD: tl.constexpr,
     QK_INT8: tl.constexpr, QK_MAX: tl.constexpr, V_FP16: tl.constexpr,
     SMOOTH_K: tl.constexpr, SMOOTH_V: tl.constexpr, HADAMARD: tl.constexpr, DOT_IN_FP32: tl.constexpr,
     INLINE_STATS: tl.constexpr, STATS_TILE: tl.constexpr,
 ):
     pid = tl.program_id(0)
     offs_d = tl.arange(0, HEAD_DIM_PAD)
-    d_ok = offs_d < HEAD_DIM
+    # head_dim is a runtime value on purpose: as a constant it lets LLVM prove whole register tiles of
+    # padded channels zero, and ptxas (CUDA 12.8 and 13.0) miscompiles the fp8 packing of those
+    # constants (F2FP ... MERGE_C with R1 instead of a zero half: non-zero bytes in V's padding).
+    d_ok = offs_d < head_dim
     if pid < num_q_programs:
         # One tile of Q_TILE query tokens, one scale per Q_BLOCK of them.
         num_tiles = tl.cdiv(seqlen_q, Q_TILE)
@@ -378,8 +379,8 @@ def quantize_launches(
     if stats is not None:
         launches.append(Launch(
             _kv_stats_kernel, (stats.shape[1], batch * num_kv_heads),
-            (k, v, stats, seqlen_k, num_kv_heads, *k.stride(), *v.stride()),
-            dict(CHUNK=_stats_chunk(seqlen_k), TILE=_STATS_TILE_ELEMENTS // dp, HEAD_DIM=head_dim, HEAD_DIM_PAD=dp,
+            (k, v, stats, seqlen_k, num_kv_heads, head_dim, *k.stride(), *v.stride()),
+            dict(CHUNK=_stats_chunk(seqlen_k), TILE=_STATS_TILE_ELEMENTS // dp, HEAD_DIM_PAD=dp,
                  SMOOTH_K=recipe.smooth_k),
             dict(num_warps=8, num_stages=2),
         ))
@@ -393,12 +394,11 @@ def quantize_launches(
             q, k, v, hadamard, out.q, out.k, out.v_t, out.q_scale, out.k_scale, out.v_scale,
             out.k_mean if out.k_mean is not None else unused, out.v_mean if out.v_mean is not None else unused,
             stats if stats is not None else unused,
-            seqlen_q, seqlen_k, skp, num_q_heads, num_kv_heads, 0 if stats is None else stats.shape[1], num_q_programs,
-            hadamard_scale(dp), *q.stride(), *k.stride(), *v.stride(),
+            seqlen_q, seqlen_k, skp, num_q_heads, num_kv_heads, head_dim, 0 if stats is None else stats.shape[1],
+            num_q_programs, hadamard_scale(dp), *q.stride(), *k.stride(), *v.stride(),
         ),
-        dict(Q_TILE=MAX_Q_BLOCK, Q_BLOCK=recipe.q_block, K_BLOCK=recipe.k_block, HEAD_DIM=head_dim,
-             HEAD_DIM_PAD=dp, QK_INT8=recipe.qk_format == "int8", QK_MAX=recipe.qk_max,
-             V_FP16=recipe.pv_format == "fp16", SMOOTH_K=recipe.smooth_k, SMOOTH_V=recipe.smooth_v,
+        dict(Q_TILE=MAX_Q_BLOCK, Q_BLOCK=recipe.q_block, K_BLOCK=recipe.k_block, HEAD_DIM_PAD=dp,
+             QK_INT8=recipe.qk_format == "int8", QK_MAX=recipe.qk_max, V_FP16=recipe.pv_format == "fp16", SMOOTH_K=recipe.smooth_k, SMOOTH_V=recipe.smooth_v,
              HADAMARD=recipe.hadamard, DOT_IN_FP32=bool(knobs.runtime.interpret),
              INLINE_STATS=stats is None, STATS_TILE=_STATS_TILE_ELEMENTS // dp),
         dict(num_warps=8),
