@@ -41,6 +41,8 @@ for step in "$@"; do
              -k "cuda or replays" 2>&1 | tail -5 ;;
     recipes) timeout 300 python3 benchmarks/recipe_speed.py --out "$OUT" 2>&1 | tail -12 ;;
     sass) timeout 200 python3 -m pytest tests/test_kernel_code.py -q -p no:cacheprovider 2>&1 | tail -4 ;;
+    qstudy) timeout 200 python3 benchmarks/quantize_launch_study.py --out "$OUT" 2>&1 | tail -20 ;;
+    split) timeout 120 python3 benchmarks/prequant_time_split.py 2>&1 | tee "$OUT/prequant_time_split.txt" ;;
     bandwidth) timeout 200 python3 benchmarks/quantize_bandwidth.py --out "$OUT" 2>&1 | tail -12 ;;
     configs) timeout 400 python3 benchmarks/config_study.py --recipes e4m3 --out "$OUT" 2>&1 | tail -80 ;;
     study) timeout 300 python3 benchmarks/promotion_study.py --out "$OUT" 2>&1 | tail -20 ;;

@@ -18,18 +18,16 @@ import math
 import numbers
 
 import torch
-import triton
 from triton import knobs
 
 from fp8attn.fp8 import E4M3
 from fp8attn.kernels.attention_fwd import attention_forward, forward_launch
 from fp8attn.kernels.launch import Launch, LaunchPlan
-from fp8attn.quantize import QuantizedQKV, allocate_quantized, hadamard_matrix, padded_head_dim, quantize_launches
-from fp8attn.recipe import E4M3_BLOCK, Recipe, resolve_recipe
+from fp8attn.kernels.prequantized_layout import PREQUANTIZED_LAYOUT, prequantized_layout
+from fp8attn.quantize import allocate_quantized, hadamard_matrix, padded_head_dim, quantize_launches
+from fp8attn.recipe import Recipe, resolve_recipe
 
 MAX_HEAD_DIM = 256
-# Caller-quantized E4M3 inputs are laid out like the "e4m3" recipe's (scale blocks, P's factor).
-_PREQUANTIZED_LAYOUT = E4M3_BLOCK
 _INPUT_DTYPES = (torch.float16, torch.bfloat16)
 _INT32_LIMIT = 2**31 - 1
 
@@ -195,8 +193,9 @@ def _attention_prequantized_impl(
     q_descale: torch.Tensor, k_descale: torch.Tensor, v_descale: torch.Tensor,
     causal: bool, scale: float, out_dtype: torch.dtype,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    qkv = _kernel_layout(q, k, v, q_descale, k_descale, v_descale)
-    return attention_forward(qkv, causal=causal, softmax_scale=scale, p_scale=_PREQUANTIZED_LAYOUT.p_multiplier,
+    qkv, layout_launch = prequantized_layout(q, k, v, q_descale, k_descale, v_descale)
+    layout_launch.run()
+    return attention_forward(qkv, causal=causal, softmax_scale=scale, p_scale=PREQUANTIZED_LAYOUT.p_multiplier,
                              out_dtype=out_dtype)
 
 
@@ -242,42 +241,6 @@ def _dispatch(op, impl, inputs: tuple[torch.Tensor, ...], *args) -> tuple[torch.
     if torch.is_grad_enabled() and any(x.requires_grad for x in inputs):
         out = _ForwardOnly.apply(out, *inputs)
     return out, lse
-
-
-def _kernel_layout(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-    q_descale: torch.Tensor, k_descale: torch.Tensor, v_descale: torch.Tensor,
-) -> QuantizedQKV:
-    """Bring caller-quantized E4M3 tensors into the kernel's layout (see :class:`QuantizedQKV`).
-
-    Q is used in place when its rows are contiguous and D is a power of two; K and V are copied
-    into zero-padded buffers (V transposed) unless K already has the padded layout.
-    """
-    batch, num_q_heads, seqlen_q, head_dim = q.shape
-    num_kv_heads, seqlen_k = k.shape[1], k.shape[2]
-    q_block, k_block = _PREQUANTIZED_LAYOUT.q_block, _PREQUANTIZED_LAYOUT.k_block
-    dp = padded_head_dim(head_dim)
-    skp = triton.cdiv(seqlen_k, k_block) * k_block
-    if dp != head_dim or q.stride(-1) != 1:
-        q_pad = q.new_zeros((batch, num_q_heads, seqlen_q, dp))
-        q_pad[..., :head_dim] = q
-        q = q_pad
-    if dp != head_dim or skp != seqlen_k or k.stride(-1) != 1:
-        k_pad = k.new_zeros((batch, num_kv_heads, skp, dp))
-        k_pad[:, :, :seqlen_k, :head_dim] = k
-        k = k_pad
-    v_t = v.new_zeros((batch, num_kv_heads, dp, skp))
-    v_t[:, :, :head_dim, :seqlen_k] = v.transpose(-1, -2)
-    num_q_blocks = triton.cdiv(seqlen_q, q_block)
-    v_scale = torch.ones((batch, num_kv_heads, dp), device=q.device, dtype=torch.float32)
-    v_scale[..., :head_dim] = v_descale[..., None]
-    return QuantizedQKV(
-        q=q, k=k, v_t=v_t,
-        q_scale=q_descale[..., None].expand(batch, num_q_heads, num_q_blocks).contiguous(),
-        k_scale=k_descale[..., None].expand(batch, num_kv_heads, skp // k_block).contiguous(),
-        v_scale=v_scale, k_mean=None, v_mean=None,
-        seqlen_q=seqlen_q, seqlen_k=seqlen_k, head_dim=head_dim, q_block=q_block, k_block=k_block,
-    )
 
 
 # --------------------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ import triton
 
 from fp8attn.fp8 import scale_from_amax, to_e4m3, to_int8
 from fp8attn.kernels.attention_fwd import forward_config
+from fp8attn.kernels.prequantized_layout import PREQUANTIZED_LAYOUT
 from fp8attn.quantize import QuantizedQKV, hadamard_matrix, hadamard_scale, padded_head_dim
 from fp8attn.recipe import Recipe
 
@@ -123,6 +124,34 @@ def quantize_per_tensor_emulated(q: torch.Tensor, k: torch.Tensor, v: torch.Tens
     return dataclasses.replace(
         qkv, q=q8, k=k8, v_t=v8.transpose(-1, -2).contiguous(), q_scale=q_scale.expand_as(qkv.q_scale),
         k_scale=k_scale.expand_as(qkv.k_scale), v_scale=v_scale.expand_as(qkv.v_scale), k_mean=None,
+    )
+
+
+def prequantized_layout_emulated(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+    q_descale: torch.Tensor, k_descale: torch.Tensor, v_descale: torch.Tensor,
+) -> QuantizedQKV:
+    """What :func:`fp8attn.kernels.prequantized_layout.prequantized_layout` writes, with PyTorch copies:
+    E4M3 inputs zero-padded, V transposed, the ``(B, H)`` descales spread over the scale blocks."""
+    batch, num_q_heads, seqlen_q, head_dim = q.shape
+    num_kv_heads, seqlen_k = k.shape[1], k.shape[2]
+    block = PREQUANTIZED_LAYOUT.k_block
+    dp = padded_head_dim(head_dim)
+    skp = triton.cdiv(seqlen_k, block) * block
+    q_pad = q.new_zeros((batch, num_q_heads, seqlen_q, dp))
+    q_pad[..., :head_dim] = q
+    k_pad = k.new_zeros((batch, num_kv_heads, skp, dp))
+    k_pad[:, :, :seqlen_k, :head_dim] = k
+    v_t = v.new_zeros((batch, num_kv_heads, dp, skp))
+    v_t[:, :, :head_dim, :seqlen_k] = v.transpose(-1, -2)
+    v_scale = torch.ones((batch, num_kv_heads, dp), device=q.device, dtype=torch.float32)
+    v_scale[..., :head_dim] = v_descale[..., None]
+    return QuantizedQKV(
+        q=q_pad, k=k_pad, v_t=v_t,
+        q_scale=q_descale[..., None].expand(batch, num_q_heads, triton.cdiv(seqlen_q, block)).contiguous(),
+        k_scale=k_descale[..., None].expand(batch, num_kv_heads, skp // block).contiguous(),
+        v_scale=v_scale, k_mean=None, v_mean=None,
+        seqlen_q=seqlen_q, seqlen_k=seqlen_k, head_dim=head_dim, q_block=block, k_block=block,
     )
 
 
