@@ -24,13 +24,13 @@ def test_all_zero_tensor_gives_the_recipes_answer(device, gen, zero, causal=True
     {"q": q, "k": k, "v": v}[zero].zero_()
     out = fp8attn.attention(q, k, v, causal=causal)
     assert out.isfinite().all()
-    q, k, v = q.cpu(), k.cpu(), v.cpu()
-    emulated = emulate(q, k, v, recipe=DEFAULT_RECIPE, causal=causal)
+    q_cpu, k_cpu, v_cpu = q.cpu(), k.cpu(), v.cpu()
+    emulated = emulate(q_cpu, k_cpu, v_cpu, recipe=DEFAULT_RECIPE, causal=causal)
     torch.testing.assert_close(out.cpu().double(), emulated, rtol=2**-10, atol=2**-14)
     if zero == "v":
         assert (out == 0).all()
     else:
-        assert compare(emulated, exact(q, k, v, causal=causal)).rel_l2 <= 0.05
+        assert compare(emulated, exact(q_cpu, k_cpu, v_cpu, causal=causal)).rel_l2 <= 0.05
     qkv = quantize_qkv(q, k, v, DEFAULT_RECIPE)
     scale = {"q": qkv.q_scale, "k": qkv.k_scale, "v": qkv.v_scale}[zero]
     assert (scale == 1.0).all()
