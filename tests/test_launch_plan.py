@@ -11,11 +11,14 @@ import torch
 
 import fp8attn
 from fp8attn.api import _PLANS, _replay_key
+from fp8attn.fp8 import to_e4m3
 from fp8attn.kernels import launch as launch_module
 from fp8attn.kernels.launch import Launch, LaunchPlan
+from fp8attn.kernels.prequantized_layout import PREQUANTIZED_LAYOUT
 from fp8attn.metrics import compare
-from fp8attn.reference import emulate
+from fp8attn.reference import attention_emulated, emulate, prequantized_layout_emulated
 from tests.conftest import HAS_CUDA, INTERPRETED, make_qkv
+from tests.test_prequantized import _quantize_per_head
 
 
 class _RecordingKernel:
@@ -108,9 +111,47 @@ def test_replay_key_tells_argument_types_apart(monkeypatch):
     """A plan recorded for causal=True must not serve causal=1, which the checks reject."""
     monkeypatch.setattr(LaunchPlan, "usable", staticmethod(lambda device: True))
     q = torch.zeros(1, 2, 8, 64)
-    assert _replay_key(q, q, q, True, None, None) == _replay_key(q, q, q, True, None, None)
-    assert _replay_key(q, q, q, True, None, None) != _replay_key(q, q, q, 1, None, None)
-    assert _replay_key(q, q, q, True, 0.5, None) != _replay_key(q, q, q, True, 0.5, "e4m3")
-    assert _replay_key(q, q[:, :, ::2], q, True, None, None) != _replay_key(q, q[:, :, :4], q, True, None, None)
-    assert _replay_key(q, q, q, True, None, ["e4m3"]) is None  # unhashable: the checks report it
-    assert _replay_key(q.requires_grad_(), q, q, True, None, None) is None  # autograd must see the call
+    assert _replay_key((q, q, q), True, None, None) == _replay_key((q, q, q), True, None, None)
+    assert _replay_key((q, q, q), True, None, None) != _replay_key((q, q, q), 1, None, None)
+    assert _replay_key((q, q, q), True, 0.5, None) != _replay_key((q, q, q), True, 0.5, "e4m3")
+    assert _replay_key((q, q[:, :, ::2], q), True, None, None) != _replay_key((q, q[:, :, :4], q), True, None, None)
+    descale = torch.ones(1, 2)
+    assert _replay_key((q, q, q), descale, True) != _replay_key((q, q, q), descale.t(), True)  # a tensor flag's strides
+    assert _replay_key((q, q, q), 0.5, True) != _replay_key((q, q, q), 0.25, True)  # a number flag's value
+    assert _replay_key((q, q, q), True, None, ["e4m3"]) is None  # unhashable: the checks report it
+    assert _replay_key((q.requires_grad_(), q, q), True, None, None) is None  # autograd must see the call
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_CUDA or INTERPRETED, reason="no CUDA GPU (compiled-kernel run)")
+@pytest.mark.parametrize("descale", ["tensor", "number"])
+@pytest.mark.parametrize("head_dim", [64, 96])
+def test_prequantized_second_call_replays_and_matches_emulation(gen, poisoned_allocations, descale, head_dim):
+    """Replays of attention_prequantized: new data and new descales each call (D=96 replays the Q and K copies)."""
+    shape = (2, 4, 2, 200, 333, head_dim)
+    _PLANS.clear()
+    for call in range(3):
+        q, k, v = make_qkv(gen, shape, device="cuda")
+        if descale == "number":
+            scales = [float(2 ** (call - 4))] * 3  # a new number is a new signature: a new plan
+            q8, k8, v8 = (to_e4m3(x.float() / s) for x, s in zip((q, k, v), scales, strict=True))
+            descales = scales
+        else:
+            (q8, qd), (k8, kd), (v8, vd) = (_quantize_per_head(x) for x in (q, k, v))
+            descales = [qd, kd, vd]
+        out = fp8attn.attention_prequantized(q8, k8, v8, *descales, causal=True, out_dtype=torch.float16)
+        assert len(_PLANS) == (call + 1 if descale == "number" else 1)
+        as_tensors = [torch.as_tensor(d, dtype=torch.float32, device="cuda").expand(*x.shape[:2])
+                      for d, x in zip(descales, (q8, k8, v8), strict=True)]
+        layout = prequantized_layout_emulated(*(x.cpu() for x in (q8, k8, v8, *as_tensors)))
+        want = attention_emulated(layout, causal=True, scale=head_dim**-0.5, p_scale=PREQUANTIZED_LAYOUT.p_multiplier)
+        err = compare(out.cpu(), want).rel_l2
+        assert torch.isfinite(out).all() and err < 1e-2, f"call {call}: rel-L2 {err:.2e} against the emulation"
+        if descale == "number" and call == 2:  # a replay of call 2's signature with new data
+            q8 = to_e4m3(make_qkv(gen, shape, device="cuda")[0].float() / scales[0])
+            again = fp8attn.attention_prequantized(q8, k8, v8, *descales, causal=True, out_dtype=torch.float16)
+            assert len(_PLANS) == 3
+            layout = prequantized_layout_emulated(*(x.cpu() for x in (q8, k8, v8, *as_tensors)))
+            want = attention_emulated(layout, causal=True, scale=head_dim**-0.5,
+                                      p_scale=PREQUANTIZED_LAYOUT.p_multiplier)
+            assert compare(again.cpu(), want).rel_l2 < 1e-2

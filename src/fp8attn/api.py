@@ -21,7 +21,7 @@ import torch
 from triton import knobs
 
 from fp8attn.fp8 import E4M3
-from fp8attn.kernels.attention_fwd import attention_forward, forward_launch
+from fp8attn.kernels.attention_fwd import forward_launch
 from fp8attn.kernels.launch import Launch, LaunchPlan
 from fp8attn.kernels.prequantized_layout import PREQUANTIZED_LAYOUT, prequantized_layout
 from fp8attn.quantize import allocate_quantized, hadamard_matrix, padded_head_dim, quantize_launches
@@ -188,15 +188,32 @@ def _(q, k, v, causal, scale, qk_format, pv_format, q_block, k_block, smooth_k, 
     return q.new_empty(q.shape), q.new_empty(q.shape[:3], dtype=torch.float32)
 
 
+def _prequantized_launches(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+    q_descale: torch.Tensor, k_descale: torch.Tensor, v_descale: torch.Tensor,
+    causal: bool, scale: float, out_dtype: torch.dtype,
+) -> tuple[torch.Tensor, torch.Tensor, list[Launch], tuple[torch.Tensor, ...]]:
+    """Allocate ``out``, ``lse`` and the kernel layout; return them with the layout and forward launches
+    (the last item: the layout's own buffers, Q and K included only where they are copies)."""
+    qkv, layout_launch = prequantized_layout(q, k, v, q_descale, k_descale, v_descale)
+    out = torch.empty(q.shape, device=q.device, dtype=out_dtype)
+    lse = torch.empty(q.shape[:3], device=q.device, dtype=torch.float32)
+    forward = forward_launch(qkv, out, lse, causal=causal, softmax_scale=scale,
+                             p_scale=PREQUANTIZED_LAYOUT.p_multiplier)
+    copies = tuple(x for x, given in ((qkv.q, q), (qkv.k, k)) if x is not given)
+    return out, lse, [layout_launch, forward], (*copies, qkv.v_t, qkv.q_scale, qkv.k_scale, qkv.v_scale)
+
+
 def _attention_prequantized_impl(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     q_descale: torch.Tensor, k_descale: torch.Tensor, v_descale: torch.Tensor,
     causal: bool, scale: float, out_dtype: torch.dtype,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    qkv, layout_launch = prequantized_layout(q, k, v, q_descale, k_descale, v_descale)
-    layout_launch.run()
-    return attention_forward(qkv, causal=causal, softmax_scale=scale, p_scale=PREQUANTIZED_LAYOUT.p_multiplier,
-                             out_dtype=out_dtype)
+    out, lse, launches, _ = _prequantized_launches(q, k, v, q_descale, k_descale, v_descale, causal, scale,
+                                                   out_dtype)
+    for launch in launches:
+        launch.run()
+    return out, lse
 
 
 _attention_prequantized_op = torch.library.custom_op(
@@ -269,24 +286,29 @@ class _PlanCache(collections.OrderedDict):
 _PLANS = _PlanCache(capacity=256)
 
 
-def _replay_key(q: object, k: object, v: object, causal: object, scale: object, recipe: object) -> tuple | None:
-    """The signature under which an eager :func:`attention` call can replay a recorded plan, or None.
+def _signature(x: object) -> tuple:
+    """What a replay must match of one argument: for a tensor everything Triton specializes on besides
+    its address (shape, strides, dtype, device, 16-byte alignment), else the value with its type."""
+    if isinstance(x, torch.Tensor):
+        return (type(x), x.shape, x.stride(), x.dtype, x.device, x.data_ptr() % 16)
+    return (type(x), x)
 
-    It holds the arguments exactly as given (with their types), so a call matches a plan only if a
-    call with the same arguments passed every check before, and everything Triton specializes on
-    besides pointers (shapes, strides, dtypes, device, 16-byte alignment; see LaunchPlan). None
-    while torch.compile traces, when autograd must see the call, or where replays cannot run.
+
+def _replay_key(tensors: tuple[object, ...], *flags: object) -> tuple | None:
+    """The signature under which an eager call can replay a recorded plan, or None.
+
+    ``tensors`` are the q, k, v arguments; ``flags`` every other argument. The key holds them exactly
+    as given (with their types), so a call matches a plan only if a call with the same arguments passed
+    every check before (see LaunchPlan for what the key must pin). None while torch.compile traces,
+    when autograd must see the call, or where replays cannot run.
     """
-    if not (type(q) is type(k) is type(v) is torch.Tensor) or torch.compiler.is_compiling():
+    if not all(type(t) is torch.Tensor for t in tensors) or torch.compiler.is_compiling():
         return None
-    if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
         return None
-    if not LaunchPlan.usable(q.device):
+    if not LaunchPlan.usable(tensors[0].device):
         return None
-    key = (q.shape, q.stride(), q.dtype, q.device, q.data_ptr() % 16,
-           k.shape, k.stride(), k.dtype, k.device, k.data_ptr() % 16,
-           v.shape, v.stride(), v.dtype, v.device, v.data_ptr() % 16,
-           type(causal), causal, type(scale), scale, type(recipe), recipe)
+    key = tuple(map(_signature, (*tensors, *flags)))
     try:
         hash(key)
     except TypeError:  # an unhashable argument: the checks will name it
@@ -333,7 +355,7 @@ def attention(
     """
     if not isinstance(return_lse, bool):
         raise TypeError(f"return_lse must be a bool, got {type(return_lse).__name__}")
-    key = _replay_key(q, k, v, causal, scale, recipe)
+    key = _replay_key((q, k, v), causal, scale, recipe)
     plan = _PLANS.get(key) if key is not None else None
     if plan is not None:
         out, lse, _ = plan.run((q, k, v))
@@ -384,15 +406,31 @@ def attention_prequantized(
     Returns:
         ``out (B, Hq, Sq, D)`` in ``out_dtype`` (and ``lse (B, Hq, Sq)`` float32 with ``return_lse``).
     """
-    scale = _check_inputs(q, k, v, causal, scale, (E4M3,))
-    if out_dtype not in _INPUT_DTYPES:
-        raise TypeError(f"out_dtype must be torch.float16 or torch.bfloat16, got {out_dtype}")
+    if not isinstance(return_lse, bool):
+        raise TypeError(f"return_lse must be a bool, got {type(return_lse).__name__}")
+    key = _replay_key((q, k, v), q_descale, k_descale, v_descale, causal, scale, out_dtype, validate_descales)
+    plan = _PLANS.get(key) if key is not None else None
+    if plan is None:
+        checked_scale = _check_inputs(q, k, v, causal, scale, (E4M3,))
+        if out_dtype not in _INPUT_DTYPES:
+            raise TypeError(f"out_dtype must be torch.float16 or torch.bfloat16, got {out_dtype}")
     batch, num_q_heads, num_kv_heads = q.shape[0], q.shape[1], k.shape[1]
-    q_descale = _check_descale("q_descale", q_descale, batch, num_q_heads, q.device)
-    k_descale = _check_descale("k_descale", k_descale, batch, num_kv_heads, q.device)
-    v_descale = _check_descale("v_descale", v_descale, batch, num_kv_heads, q.device)
+    descales = {
+        "q_descale": _check_descale("q_descale", q_descale, batch, num_q_heads, q.device),
+        "k_descale": _check_descale("k_descale", k_descale, batch, num_kv_heads, q.device),
+        "v_descale": _check_descale("v_descale", v_descale, batch, num_kv_heads, q.device),
+    }
     if validate_descales:
-        _check_descale_values({"q_descale": q_descale, "k_descale": k_descale, "v_descale": v_descale})
-    out, lse = _dispatch(_attention_prequantized_op, _attention_prequantized_impl,
-                         (q, k, v, q_descale, k_descale, v_descale), causal, scale, out_dtype)
+        _check_descale_values(descales)
+    inputs = (q, k, v, *descales.values())
+    if plan is not None:
+        out, lse, *_ = plan.run(inputs)
+    elif key is None:
+        out, lse = _dispatch(_attention_prequantized_op, _attention_prequantized_impl, inputs, causal, checked_scale,
+                             out_dtype)
+    else:
+        out, lse, launches, buffers = _prequantized_launches(*inputs, causal, checked_scale, out_dtype)
+        for launch in launches:
+            launch.run()
+        _PLANS[key] = LaunchPlan(launches, inputs=inputs, allocated=(out, lse, *buffers))
     return (out, lse) if return_lse else out
