@@ -1,10 +1,11 @@
-"""Each quantize launch timed alone, per recipe, with the quantize launch's warp count varied.
+"""Each quantize launch timed alone, per recipe, with the quantize launch's warps and register cap varied.
 
 Answers where the quantize pass's time goes (statistics launch or quantize launch) and whether the
-warp count is the limit, for docs/perf-notes.md. Times are ``triton.testing.do_bench`` medians (L2
-flushed) of one launch on buffers the pass already filled.
+warp count or the register count (programs per SM) is the limit, for docs/perf-notes.md. Times are
+``triton.testing.do_bench`` medians (L2 flushed) of one launch on buffers the pass already filled.
 
-Run on a GPU: ``python benchmarks/quantize_launch_study.py [--out DIR]``.
+Run on a GPU: ``python benchmarks/quantize_launch_study.py [--out DIR] [--variants 8,8/128,4]``
+(a variant is ``warps`` or ``warps/maxnreg``).
 """
 
 from __future__ import annotations
@@ -26,10 +27,12 @@ SHAPES = [(2, 16, 8192, 128), (32, 16, 512, 128), (1, 8, 16384, 256)]  # B, H, S
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=Path("."))
-    parser.add_argument("--warps", default="4,8,16")
+    parser.add_argument("--variants", default="8,8/128,4,16")
+    parser.add_argument("--recipes", default=",".join(RECIPES))
     args = parser.parse_args()
     records = []
-    for name, recipe in RECIPES.items():
+    for name in args.recipes.split(","):
+        recipe = RECIPES[name]
         for b, h, s, d in SHAPES:
             q, k, v = (torch.randn(b, h, s, d, device="cuda", dtype=torch.bfloat16) for _ in range(3))
             out = allocate_quantized(b, h, h, s, s, d, recipe, q.device)
@@ -39,10 +42,12 @@ def main() -> None:
             row = {}
             for launch in launches[:-1]:
                 row["stats"] = triton.testing.do_bench(launch.run, warmup=10, rep=50, return_mode="median") * 1e3
-            for warps in map(int, args.warps.split(",")):
-                variant = dataclasses.replace(launches[-1], options={**launches[-1].options, "num_warps": warps})
-                row[f"quantize_w{warps}"] = triton.testing.do_bench(variant.run, warmup=10, rep=50,
-                                                                    return_mode="median") * 1e3
+            for spec in args.variants.split(","):
+                warps, _, cap = spec.partition("/")
+                options = {"num_warps": int(warps), **({"maxnreg": int(cap)} if cap else {})}
+                variant = dataclasses.replace(launches[-1], options=options)
+                row[f"quantize_w{spec}"] = triton.testing.do_bench(variant.run, warmup=10, rep=50,
+                                                                   return_mode="median") * 1e3
             records.append(dict(recipe=name, B=b, H=h, S=s, D=d, us=row))
             print(f"{name:22s} B{b:<2} H{h} S{s:<5} D{d}: " + "  ".join(f"{key} {t:6.1f}" for key, t in row.items())
                   + " µs", flush=True)

@@ -165,7 +165,10 @@ def library_launches(batch: int, heads: int, kv_heads: int, seqlen: int, head_di
     return [*quantize_launches(q, k, k, recipe, qkv), forward]
 
 
-DEFAULT_SHAPES = [(4, 16, 16, 4096, d, c) for d in (64, 128, 256) for c in (False, True)]
+# Long keys (a statistics launch, then the quantize launch) and short keys (statistics inside the
+# quantize launch, as at the mission shape B=1, H=8, S=512): (B, Hq, Hkv, S, D, causal).
+DEFAULT_SHAPES = [(4, 16, 16, 4096, d, c) for d in (64, 128, 256) for c in (False, True)] + [
+    (1, 8, 8, 512, d, False) for d in (64, 128, 256)]
 
 
 def collect(shapes=DEFAULT_SHAPES, arch: int = 90, only: str = "", recipe: str = "e4m3") -> list[KernelReport]:
