@@ -106,27 +106,20 @@ def _kv_token_stats(
 
     The loop combines whole tiles element-wise and reduces across tokens once at the end: a
     reduction along the token axis crosses warps (shared memory and a barrier), too slow per tile.
-    Each pass issues the loads of two tiles before using either, to keep more bytes in flight.
     """
     k_sum = tl.zeros([TILE, HEAD_DIM_PAD], dtype=tl.float32)
     v_sum = tl.zeros([TILE, HEAD_DIM_PAD], dtype=tl.float32)
     v_max = tl.full([TILE, HEAD_DIM_PAD], float("-inf"), dtype=tl.float32)
     v_min = tl.full([TILE, HEAD_DIM_PAD], float("inf"), dtype=tl.float32)
-    for pass_start in tl.range(start, end, 2 * TILE):
-        offs_a = pass_start + tl.arange(0, TILE)
-        offs_b = offs_a + TILE
-        ok_a = (offs_a < end)[:, None] & d_ok[None, :]
-        ok_b = (offs_b < end)[:, None] & d_ok[None, :]
+    for tile_start in tl.range(start, end, TILE):
+        offs_t = tile_start + tl.arange(0, TILE)
+        ok = (offs_t < end)[:, None] & d_ok[None, :]
         if SMOOTH_K:
-            k_a = tl.load(k_base + offs_a[:, None] * stride_kt, mask=ok_a, other=0.0)
-            k_b = tl.load(k_base + offs_b[:, None] * stride_kt, mask=ok_b, other=0.0)
-        v_a = tl.load(v_base + offs_a[:, None] * stride_vt, mask=ok_a, other=0.0).to(tl.float32)
-        v_b = tl.load(v_base + offs_b[:, None] * stride_vt, mask=ok_b, other=0.0).to(tl.float32)
-        if SMOOTH_K:
-            k_sum += k_a.to(tl.float32) + k_b.to(tl.float32)
-        v_sum += v_a + v_b
-        v_max = tl.maximum(v_max, tl.maximum(tl.where(ok_a, v_a, float("-inf")), tl.where(ok_b, v_b, float("-inf"))))
-        v_min = tl.minimum(v_min, tl.minimum(tl.where(ok_a, v_a, float("inf")), tl.where(ok_b, v_b, float("inf"))))
+            k_sum += tl.load(k_base + offs_t[:, None] * stride_kt, mask=ok, other=0.0).to(tl.float32)
+        v = tl.load(v_base + offs_t[:, None] * stride_vt, mask=ok, other=0.0).to(tl.float32)
+        v_sum += v
+        v_max = tl.maximum(v_max, tl.where(ok, v, float("-inf")))
+        v_min = tl.minimum(v_min, tl.where(ok, v, float("inf")))
     return tl.sum(k_sum, axis=0), tl.sum(v_sum, axis=0), tl.max(v_max, axis=0), tl.min(v_min, axis=0)
 
 
@@ -405,7 +398,8 @@ def quantize_launches(
             num_q_programs, hadamard_scale(dp), *q.stride(), *k.stride(), *v.stride(),
         ),
         dict(Q_TILE=MAX_Q_BLOCK, Q_BLOCK=recipe.q_block, K_BLOCK=recipe.k_block, HEAD_DIM_PAD=dp,
-             QK_INT8=recipe.qk_format == "int8", QK_MAX=recipe.qk_max, V_FP16=recipe.pv_format == "fp16", SMOOTH_K=recipe.smooth_k, SMOOTH_V=recipe.smooth_v,
+             QK_INT8=recipe.qk_format == "int8", QK_MAX=recipe.qk_max, V_FP16=recipe.pv_format == "fp16",
+             SMOOTH_K=recipe.smooth_k, SMOOTH_V=recipe.smooth_v,
              HADAMARD=recipe.hadamard, DOT_IN_FP32=bool(knobs.runtime.interpret),
              INLINE_STATS=stats is None, STATS_TILE=_STATS_TILE_ELEMENTS // dp),
         dict(num_warps=8, **_quantize_register_cap(dp, inline_stats=stats is None)),
