@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 import triton
+from triton.runtime.errors import PTXASError
 
 from fp8attn.quantize import allocate_quantized, quantize_launches
 from fp8attn.recipe import RECIPES
@@ -49,7 +50,7 @@ def main() -> None:
                 try:
                     row[f"quantize_w{spec}"] = triton.testing.do_bench(variant.run, warmup=10, rep=50,
                                                                        return_mode="median") * 1e3
-                except RuntimeError as error:  # ptxas refuses a register cap below what a wgmma needs
+                except PTXASError as error:  # ptxas refuses a register cap below what a wgmma needs
                     print(f"{name} D{d} variant {spec}: does not compile ({str(error).splitlines()[0][:80]})")
             records.append(dict(recipe=name, B=b, H=h, S=s, D=d, us=row))
             print(f"{name:22s} B{b:<2} H{h} S{s:<5} D{d}: " + "  ".join(f"{key} {t:6.1f}" for key, t in row.items())
