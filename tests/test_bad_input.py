@@ -55,6 +55,8 @@ CASES = [
      "causal must be a bool, got int"),
     ("unknown recipe", lambda q, k, v: fp8attn.attention(q, k, v, recipe="int4"), ValueError,
      r"recipe must be one of \['e4m3', .*'int8'.*\] or a fp8attn.Recipe, got 'int4'"),
+    ("recipe of the wrong type", lambda q, k, v: fp8attn.attention(q, k, v, recipe=3), TypeError,
+     r"recipe must be a name \(str\), a fp8attn.Recipe or None, got int"),
     ("meta device", lambda q, k, v: fp8attn.attention(q.to("meta"), k.to("meta"), v.to("meta")), ValueError,
      "q is on meta; fp8attn runs on CUDA GPUs"),
     ("devices differ", lambda q, k, v: fp8attn.attention(q, k.to("meta"), v), ValueError,

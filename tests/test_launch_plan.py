@@ -49,9 +49,10 @@ def test_replay_points_launches_at_the_new_tensors(monkeypatch):
     constant = torch.ones(2)
     launches = [
         Launch(kernel, (3,), (x, x, out, workspace[16:32], 5), {"BLOCK": 8}, {"num_warps": 4}),
-        Launch(kernel, (2, 2), (constant, x, out, workspace[48:], 6), {"BLOCK": 16}, {"num_warps": 4}),
+        Launch(kernel, (2, 2), (constant, x, out, workspace[48:], 6), {"BLOCK": 16}, {"num_warps": 4},
+               constants=(constant,)),
     ]
-    plan = LaunchPlan(launches, inputs=(x, torch.zeros(1)), allocated=(out, workspace), persistent=[constant])
+    plan = LaunchPlan(launches, inputs=(x, torch.zeros(1)), allocated=(out, workspace))
 
     a, b = torch.randn(4), torch.randn(1)  # the same signature, fresh tensors
     new_out, new_workspace = plan.run((a, b))

@@ -24,7 +24,7 @@ from fp8attn.fp8 import E4M3
 from fp8attn.kernels.attention_fwd import forward_launch
 from fp8attn.kernels.launch import Launch, LaunchPlan
 from fp8attn.kernels.prequantized_layout import PREQUANTIZED_LAYOUT, prequantized_layout
-from fp8attn.quantize import allocate_quantized, hadamard_matrix, padded_head_dim, quantize_launches
+from fp8attn.quantize import allocate_quantized, quantize_launches
 from fp8attn.recipe import Recipe, resolve_recipe
 
 MAX_HEAD_DIM = 256
@@ -369,8 +369,7 @@ def attention(
         out, lse, launches, workspace = _attention_launches(q, k, v, causal, checked_scale, r)
         for launch in launches:
             launch.run()
-        persistent = [hadamard_matrix(padded_head_dim(q.shape[-1]), q.dtype, q.device)] if r.hadamard else []
-        _PLANS[key] = LaunchPlan(launches, inputs=(q, k, v), allocated=(out, lse, workspace), persistent=persistent)
+        _PLANS[key] = LaunchPlan(launches, inputs=(q, k, v), allocated=(out, lse, workspace))
     return (out, lse) if return_lse else out
 
 

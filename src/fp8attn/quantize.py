@@ -403,6 +403,7 @@ def quantize_launches(
              HADAMARD=recipe.hadamard, DOT_IN_FP32=bool(knobs.runtime.interpret),
              INLINE_STATS=stats is None, STATS_TILE=_STATS_TILE_ELEMENTS // dp),
         dict(num_warps=8, **_quantize_register_cap(dp, inline_stats=stats is None)),
+        constants=(hadamard,) if recipe.hadamard else (),
     ))
     return tuple(launches)
 

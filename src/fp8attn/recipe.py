@@ -124,6 +124,8 @@ def resolve_recipe(recipe: str | Recipe | None) -> Recipe:
         return DEFAULT_RECIPE
     if isinstance(recipe, Recipe):
         return recipe
-    if isinstance(recipe, str) and recipe in RECIPES:
+    if not isinstance(recipe, str):
+        raise TypeError(f"recipe must be a name (str), a fp8attn.Recipe or None, got {type(recipe).__name__}")
+    if recipe in RECIPES:
         return RECIPES[recipe]
     raise ValueError(f"recipe must be one of {sorted(RECIPES)} or a fp8attn.Recipe, got {recipe!r}")

@@ -31,12 +31,10 @@ class Launch:
     args: tuple[Any, ...]
     constexprs: dict[str, Any]
     options: dict[str, int]
+    constants: tuple[torch.Tensor, ...] = ()  # tensor arguments that outlive every call (cached matrices)
 
     def run(self) -> None:
         self.kernel[self.grid](*self.args, **self.constexprs, **self.options)
-
-    def tensors(self) -> list[torch.Tensor]:
-        return [a for a in self.args if isinstance(a, torch.Tensor)]
 
     def compiled(self) -> Any:
         """The compiled kernel this launch runs (compiling it if it has not run yet)."""
@@ -62,8 +60,8 @@ class LaunchPlan:
     """Launches recorded on one call, replayed on later calls with the same signature.
 
     Every tensor argument of the launches must be one of the call's ``inputs`` (the very object), a
-    view of one of the buffers the call ``allocated`` (outputs, a workspace), or one of
-    ``persistent`` (tensors that outlive every call, such as a cached constant matrix). Inputs are
+    view of one of the buffers the call ``allocated`` (outputs, a workspace), or one of its launch's
+    ``constants`` (tensors that outlive every call, such as a cached matrix), which stay in place. Inputs are
     matched by identity, not by storage, so inputs that alias each other replay correctly. A replay
     allocates buffers of the recorded shapes and dtypes and points each launch at them.
 
@@ -73,12 +71,12 @@ class LaunchPlan:
     """
 
     def __init__(self, launches: Sequence[Launch], inputs: Sequence[torch.Tensor],
-                 allocated: Sequence[torch.Tensor], persistent: Sequence[torch.Tensor] = ()) -> None:
+                 allocated: Sequence[torch.Tensor]) -> None:
         tensors = [*inputs, *allocated]
         starts = [t.data_ptr() for t in tensors]
-        keep = {t.data_ptr() for t in persistent}
         replays = []
         for launch in launches:
+            keep = {t.data_ptr() for t in launch.constants}
             kernel = launch.compiled()
             kernel._init_handles()
             values = launch.bound_values()
