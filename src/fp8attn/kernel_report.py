@@ -47,12 +47,16 @@ class KernelReport:
     num_stages: int
     opcodes: dict[str, int]
     loop: dict[str, int] = field(default_factory=dict)  # opcode mix of one pass of the first loop
+    stack_pointer_packs: int = 0  # F2FP merging R1 (the stack pointer) into a packed word: a ptxas miscompile
 
     @property
     def spills(self) -> int:
         return self.opcodes.get("LDL", 0) + self.opcodes.get("STL", 0)
 
 
+# ptxas (12.8 and 13.0) turns `mov.b32 %r, {%rs, %rs}` of a constant-folded fp8 pair into an F2FP that
+# merges the stack pointer R1 into the word (docs/perf-notes.md §10): garbage bytes in the output.
+_STACK_POINTER_PACK = re.compile(r"\bF2FP\.[\w.]*MERGE_C\b[^;]*,\s*R1\s*;")
 _SASS_LINE = re.compile(r"\s+/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)")
 _BACKWARD_BRANCH = re.compile(r"\s+/\*([0-9a-f]{4,})\*/.*\bBRA\s+0x([0-9a-f]+)")
 
@@ -137,7 +141,7 @@ def read_cubin(cubin: bytes, kernel: str, shape: str, arch: int, num_warps: int,
         kernel=kernel, shape=shape, arch=arch, registers=int(resources.get("REG", 0)),
         stack_bytes=int(resources.get("STACK", 0)), shared_bytes=shared_bytes,
         num_warps=num_warps, num_stages=num_stages, opcodes={op: counts.get(op, 0) for op in _OPCODES},
-        loop=first_loop_mix(sass.stdout),
+        loop=first_loop_mix(sass.stdout), stack_pointer_packs=len(_STACK_POINTER_PACK.findall(sass.stdout)),
     )
 
 
@@ -165,10 +169,15 @@ def library_launches(batch: int, heads: int, kv_heads: int, seqlen: int, head_di
     return [*quantize_launches(q, k, k, recipe, qkv), forward]
 
 
-# Long keys (a statistics launch, then the quantize launch) and short keys (statistics inside the
-# quantize launch, as at the mission shape B=1, H=8, S=512): (B, Hq, Hkv, S, D, causal).
-DEFAULT_SHAPES = [(4, 16, 16, 4096, d, c) for d in (64, 128, 256) for c in (False, True)] + [
-    (1, 8, 8, 512, d, False) for d in (64, 128, 256)]
+def shapes_for(head_dims: tuple[int, ...]) -> list[tuple[int, int, int, int, int, bool]]:
+    """Long keys (a statistics launch, then the quantize launch), causal and not, and short keys
+    (statistics inside the quantize launch, as at the mission shape B=1, H=8, S=512), per head dim:
+    ``(B, Hq, Hkv, S, D, causal)``."""
+    return [(4, 16, 16, 4096, d, c) for d in head_dims for c in (False, True)] + [
+        (1, 8, 8, 512, d, False) for d in head_dims]
+
+
+DEFAULT_SHAPES = shapes_for((64, 128, 256))
 
 
 def collect(shapes=DEFAULT_SHAPES, arch: int = 90, only: str = "", recipe: str = "e4m3") -> list[KernelReport]:
@@ -211,7 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--only", default="", help="only kernels whose name contains this, e.g. 'attention'")
     parser.add_argument("--recipe", default="e4m3", help="the recipe whose kernels to compile (default e4m3)")
-    parser.add_argument("--head-dims", default="64,128,256", help="comma list (default 64,128,256)")
+    parser.add_argument("--head-dims", default="64,128,256",
+                        help="comma list of multiples of 8 up to 256 (default 64,128,256)")
     parser.add_argument("--loop", action="store_true",
                         help="also print each kernel's first loop, one pass, as opcode counts")
     args = parser.parse_args(argv)
@@ -221,8 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     if knobs.runtime.interpret:
         reports = collect_in_subprocess(args.arch, args.only, args.recipe, head_dims)
     else:
-        shapes = [s for s in DEFAULT_SHAPES if s[4] in head_dims]
-        reports = collect(shapes, arch=args.arch, only=args.only, recipe=args.recipe)
+        reports = collect(shapes_for(head_dims), arch=args.arch, only=args.only, recipe=args.recipe)
     print(json.dumps([asdict(r) for r in reports]) if args.json else format_table(reports))
     if args.loop and not args.json:
         for r in reports:
