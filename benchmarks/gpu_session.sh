@@ -22,6 +22,8 @@ for step in "$@"; do
     tests) timeout ${TESTS_TIMEOUT:-480} python3 -m pytest $XDIST tests -q -p no:cacheprovider -ra 2>&1 | tee "$OUT/pytest.log" \
              | grep -v "^SKIPPED" | tail -30 ;;
     inspect) python3 -m fp8attn.kernel_report 2>&1 | tee "$OUT/kernel_report.txt" ;;
+    ncu) timeout 300 python3 -m fp8attn.kernel_report --ncu --recipe int8-hadamard-vsmooth 2>&1 \
+           | tee "$OUT/kernel_profile_ncu.txt" | tail -30 ;;
     demo) python3 -m fp8attn.cli demo 2>&1 | tee "$OUT/demo.txt" ;;
     profile) python3 benchmarks/host_profile.py 2>&1 | tee "$OUT/host_profile.txt" | head -45 ;;
     kernels) python3 benchmarks/kernel_times.py 2>&1 | tee "$OUT/kernel_times.txt" ;;

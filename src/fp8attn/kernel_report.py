@@ -224,6 +224,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="comma list of multiples of 8 up to 256 (default 64,128,256)")
     parser.add_argument("--loop", action="store_true",
                         help="also print each kernel's first loop, one pass, as opcode counts")
+    parser.add_argument("--ncu", action="store_true",
+                        help="on a GPU: run the shapes under Nsight Compute and print tensor-pipe utilisation "
+                             "and achieved occupancy per launch (fp8attn.kernel_profile)")
     args = parser.parse_args(argv)
     from triton import knobs
 
@@ -237,6 +240,15 @@ def main(argv: list[str] | None = None) -> int:
         for r in reports:
             mix = ", ".join(f"{op} {n}" for op, n in r.loop.items())
             print(f"\n{r.kernel} {r.shape}: first loop, one pass, {sum(r.loop.values())} instructions:\n  {mix}")
+    if args.ncu:
+        from fp8attn import kernel_profile
+
+        if knobs.runtime.interpret or not torch.cuda.is_available():
+            parser.error("--ncu profiles the kernels on a CUDA GPU; this process has none (or runs the interpreter)")
+        shapes = shapes_for(head_dims)
+        print("\nNsight Compute, launches in order of the shapes: " + "; ".join(
+            f"B{b} H{h}/{hkv} S{s} D{d}{' causal' if c else ''}" for b, h, hkv, s, d, c in shapes))
+        print(kernel_profile.format_profiles(kernel_profile.profile(shapes, args.recipe)))
     return 0
 
 
