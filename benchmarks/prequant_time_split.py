@@ -14,7 +14,7 @@ import torch
 import triton
 
 import fp8attn
-from fp8attn.bench.providers import _quantize_per_head
+from fp8attn.fp8 import quantize_per_head
 from fp8attn.kernels.attention_fwd import attention_forward
 from fp8attn.kernels.prequantized_layout import PREQUANTIZED_LAYOUT, prequantized_layout
 
@@ -25,7 +25,7 @@ SHAPES = [(32, 16, 512, 128, False), (32, 16, 512, 128, True), (32, 32, 512, 64,
 def main() -> None:
     for b, h, s, d, causal in SHAPES:
         (q8, qd), (k8, kd), (v8, vd) = (
-            _quantize_per_head(torch.randn(b, h, s, d, device="cuda", dtype=torch.bfloat16)) for _ in range(3))
+            quantize_per_head(torch.randn(b, h, s, d, device="cuda", dtype=torch.bfloat16)) for _ in range(3))
         qkv, layout = prequantized_layout(q8, k8, v8, qd, kd, vd)
         layout.run()
 

@@ -55,6 +55,9 @@ CASES = [
      "causal must be a bool, got int"),
     ("unknown recipe", lambda q, k, v: fp8attn.attention(q, k, v, recipe="int4"), ValueError,
      r"recipe must be one of \['e4m3', .*'int8'.*\] or a fp8attn.Recipe, got 'int4'"),
+    ("padded layout past 32-bit indexing", lambda q, k, v: fp8attn.attention(
+        *(torch.zeros(1, 1, 1, 136, device=DEVICE, dtype=torch.float16).expand(1, 8, 1_900_000, 136),) * 3),
+     NotImplementedError, r"q padded to the kernel layout has 3891200000 elements; fp8attn indexes with 32 bits"),
     ("recipe of the wrong type", lambda q, k, v: fp8attn.attention(q, k, v, recipe=3), TypeError,
      r"recipe must be a name \(str\), a fp8attn.Recipe or None, got int"),
     ("meta device", lambda q, k, v: fp8attn.attention(q.to("meta"), k.to("meta"), v.to("meta")), ValueError,

@@ -11,14 +11,14 @@ import torch
 
 import fp8attn
 from fp8attn.api import _PLANS, _replay_key
-from fp8attn.fp8 import to_e4m3
+from fp8attn.fp8 import quantize_per_head, to_e4m3
 from fp8attn.kernels import launch as launch_module
 from fp8attn.kernels.launch import Launch, LaunchPlan
 from fp8attn.kernels.prequantized_layout import PREQUANTIZED_LAYOUT
 from fp8attn.metrics import compare
+from fp8attn.recipe import DEFAULT_RECIPE
 from fp8attn.reference import attention_emulated, emulate, prequantized_layout_emulated
 from tests.conftest import HAS_CUDA, INTERPRETED, make_qkv
-from tests.test_prequantized import _quantize_per_head
 
 
 class _RecordingKernel:
@@ -116,11 +116,24 @@ def test_replay_key_tells_argument_types_apart(monkeypatch):
     assert _replay_key((q, q, q), True, None, None) != _replay_key((q, q, q), 1, None, None)
     assert _replay_key((q, q, q), True, 0.5, None) != _replay_key((q, q, q), True, 0.5, "e4m3")
     assert _replay_key((q, q[:, :, ::2], q), True, None, None) != _replay_key((q, q[:, :, :4], q), True, None, None)
-    descale = torch.ones(1, 2)
+    descale = torch.ones(2, 2)
     assert _replay_key((q, q, q), descale, True) != _replay_key((q, q, q), descale.t(), True)  # a tensor flag's strides
     assert _replay_key((q, q, q), 0.5, True) != _replay_key((q, q, q), 0.25, True)  # a number flag's value
     assert _replay_key((q, q, q), True, None, ["e4m3"]) is None  # unhashable: the checks report it
-    assert _replay_key((q.requires_grad_(), q, q), True, None, None) is None  # autograd must see the call
+    assert _replay_key((q, q, q), torch.nn.Parameter(descale), True) is None  # a tensor subclass: not replayed
+    assert _replay_key((q, q, q), descale.requires_grad_(), True) is None  # autograd must see the call
+    assert _replay_key((q.requires_grad_(), q, q), True, None, None) is None
+
+
+def test_replay_key_tells_shared_inputs_apart(monkeypatch):
+    """A plan records "input 0" for every argument that was q: recorded with q is k is v it must not
+    serve separate tensors (their data would all be read from q)."""
+    monkeypatch.setattr(LaunchPlan, "usable", staticmethod(lambda device: True))
+    q, k = torch.zeros(1, 2, 8, 64), torch.zeros(1, 2, 8, 64)
+    d1, d2 = torch.ones(1, 2), torch.ones(1, 2)
+    assert _replay_key((q, q, q), True) != _replay_key((q, k, k), True) != _replay_key((q, k, q.clone()), True)
+    assert _replay_key((q, k, k), d1, d1) != _replay_key((q, k, k), d1, d2)  # one descale tensor for k and v
+    assert _replay_key((q, k, k.clone()), d1, d2) == _replay_key((k, q, q.clone()), d2, d1)  # same pattern, same key
 
 
 @pytest.mark.gpu
@@ -128,31 +141,38 @@ def test_replay_key_tells_argument_types_apart(monkeypatch):
 @pytest.mark.parametrize("descale", ["tensor", "number"])
 @pytest.mark.parametrize("head_dim", [64, 96])
 def test_prequantized_second_call_replays_and_matches_emulation(gen, poisoned_allocations, descale, head_dim):
-    """Replays of attention_prequantized: new data and new descales each call (D=96 replays the Q and K copies)."""
+    """Replays of attention_prequantized: new data and new descales each call, numbers included (one plan for
+    any value); D=96 replays the Q and K copies."""
     shape = (2, 4, 2, 200, 333, head_dim)
     _PLANS.clear()
     for call in range(3):
         q, k, v = make_qkv(gen, shape, device="cuda")
         if descale == "number":
-            scales = [float(2 ** (call - 4))] * 3  # a new number is a new signature: a new plan
+            scales = [float(2 ** (call - 4))] * 3
             q8, k8, v8 = (to_e4m3(x.float() / s) for x, s in zip((q, k, v), scales, strict=True))
             descales = scales
         else:
-            (q8, qd), (k8, kd), (v8, vd) = (_quantize_per_head(x) for x in (q, k, v))
+            (q8, qd), (k8, kd), (v8, vd) = (quantize_per_head(x) for x in (q, k, v))
             descales = [qd, kd, vd]
         out = fp8attn.attention_prequantized(q8, k8, v8, *descales, causal=True, out_dtype=torch.float16)
-        assert len(_PLANS) == (call + 1 if descale == "number" else 1)
+        assert len(_PLANS) == 1
         as_tensors = [torch.as_tensor(d, dtype=torch.float32, device="cuda").expand(*x.shape[:2])
                       for d, x in zip(descales, (q8, k8, v8), strict=True)]
         layout = prequantized_layout_emulated(*(x.cpu() for x in (q8, k8, v8, *as_tensors)))
         want = attention_emulated(layout, causal=True, scale=head_dim**-0.5, p_scale=PREQUANTIZED_LAYOUT.p_multiplier)
         err = compare(out.cpu(), want).rel_l2
         assert torch.isfinite(out).all() and err < 1e-2, f"call {call}: rel-L2 {err:.2e} against the emulation"
-        if descale == "number" and call == 2:  # a replay of call 2's signature with new data
-            q8 = to_e4m3(make_qkv(gen, shape, device="cuda")[0].float() / scales[0])
-            again = fp8attn.attention_prequantized(q8, k8, v8, *descales, causal=True, out_dtype=torch.float16)
-            assert len(_PLANS) == 3
-            layout = prequantized_layout_emulated(*(x.cpu() for x in (q8, k8, v8, *as_tensors)))
-            want = attention_emulated(layout, causal=True, scale=head_dim**-0.5,
-                                      p_scale=PREQUANTIZED_LAYOUT.p_multiplier)
-            assert compare(again.cpu(), want).rel_l2 < 1e-2
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_CUDA or INTERPRETED, reason="no CUDA GPU (compiled-kernel run)")
+def test_plan_recorded_with_q_is_k_is_v_does_not_serve_separate_inputs(gen):
+    shape = (1, 2, 2, 100, 100, 64)
+    _PLANS.clear()
+    x = make_qkv(gen, shape, device="cuda")[0]
+    fp8attn.attention(x, x, x)  # recorded with one tensor for q, k and v
+    q, k, v = make_qkv(gen, shape, device="cuda", kind="k_offset")
+    out = fp8attn.attention(q, k, v)
+    assert len(_PLANS) == 2
+    want = emulate(q.cpu(), k.cpu(), v.cpu(), recipe=DEFAULT_RECIPE)
+    assert compare(out.cpu(), want).rel_l2 < 1e-2

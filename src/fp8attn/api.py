@@ -4,7 +4,8 @@ Two ways in:
 
 * :func:`attention`: fp16/bf16 ``q, k, v``; fp8attn quantizes them by a recipe, then runs the FP8 kernel.
 * :func:`attention_prequantized`: E4M3 ``q, k, v`` from the caller (FP8 linear layers, an FP8 KV
-  cache) plus fp32 descales; only the FP8 kernel runs.
+  cache) plus fp32 descales; one launch lays them out for the kernel (V transposed), then the FP8
+  kernel runs.
 
 Both are registered as torch custom ops (``torch.ops.fp8attn.*``) with fake functions, so they trace
 under ``torch.compile``. There is no backward yet: calling ``backward`` through them raises.
@@ -24,7 +25,7 @@ from fp8attn.fp8 import E4M3
 from fp8attn.kernels.attention_fwd import forward_launch
 from fp8attn.kernels.launch import Launch, LaunchPlan
 from fp8attn.kernels.prequantized_layout import PREQUANTIZED_LAYOUT, prequantized_layout
-from fp8attn.quantize import allocate_quantized, quantize_launches
+from fp8attn.quantize import allocate_quantized, padded_head_dim, quantize_launches
 from fp8attn.recipe import Recipe, resolve_recipe
 
 MAX_HEAD_DIM = 256
@@ -92,6 +93,17 @@ def _check_shapes(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
             f"head_dim must be a multiple of 8 from 8 to {MAX_HEAD_DIM}, got {head_dim} "
             "(powers of two run without padding)"
         )
+
+
+def _check_padded_sizes(q: torch.Tensor, k: torch.Tensor, k_block: int) -> None:
+    """The kernels index the padded layout (D to a power of two, keys to a multiple of ``k_block``)
+    with 32 bits: up to 1.9x the inputs' own element counts (D=136 pads to 256)."""
+    dp, skp = padded_head_dim(q.shape[3]), -(-k.shape[2] // k_block) * k_block
+    for name, x, seqlen in (("q", q, q.shape[2]), ("k", k, skp)):
+        padded = x.shape[0] * x.shape[1] * seqlen * dp
+        if padded > _INT32_LIMIT:
+            raise NotImplementedError(f"{name} padded to the kernel layout has {padded} elements; fp8attn indexes "
+                                      "with 32 bits (at most 2**31 - 1)")
 
 
 def _check_flags(causal: object, scale: object, head_dim: int) -> float:
@@ -297,18 +309,24 @@ def _signature(x: object) -> tuple:
 def _replay_key(tensors: tuple[object, ...], *flags: object) -> tuple | None:
     """The signature under which an eager call can replay a recorded plan, or None.
 
-    ``tensors`` are the q, k, v arguments; ``flags`` every other argument. The key holds them exactly
-    as given (with their types), so a call matches a plan only if a call with the same arguments passed
-    every check before (see LaunchPlan for what the key must pin). None while torch.compile traces,
-    when autograd must see the call, or where replays cannot run.
+    ``tensors`` are the q, k, v arguments; ``flags`` every other argument (tensors among them, such as
+    descales, are read by the launches too). The key holds them as given, with their types, so a call
+    matches a plan only if a call with the same arguments passed every check before (see LaunchPlan for
+    what it must pin), and which tensor arguments are one and the same object: a plan records each
+    launch argument as "input j", so one recorded with ``q is k`` must not serve separate q and k.
+    None while torch.compile traces, when autograd must see the call, or where replays cannot run.
     """
-    if not all(type(t) is torch.Tensor for t in tensors) or torch.compiler.is_compiling():
+    if torch.compiler.is_compiling():
         return None
-    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+    read = [*tensors, *(f for f in flags if isinstance(f, torch.Tensor))]
+    if not all(type(t) is torch.Tensor for t in read):  # bad input, or a subclass such as nn.Parameter
         return None
-    if not LaunchPlan.usable(tensors[0].device):
+    if torch.is_grad_enabled() and any(t.requires_grad for t in read):
         return None
-    key = tuple(map(_signature, (*tensors, *flags)))
+    if not LaunchPlan.usable(read[0].device):
+        return None
+    same_as = tuple(next(j for j, u in enumerate(read) if u is t) for t in read)
+    key = (*map(_signature, (*tensors, *flags)), same_as)
     try:
         hash(key)
     except TypeError:  # an unhashable argument: the checks will name it
@@ -362,6 +380,7 @@ def attention(
         return (out, lse) if return_lse else out
     checked_scale = _check_inputs(q, k, v, causal, scale, _INPUT_DTYPES)
     r = resolve_recipe(recipe)
+    _check_padded_sizes(q, k, r.k_block)
     if key is None:
         out, lse = _dispatch(_attention_op, _attention_impl, (q, k, v), causal, checked_scale, r.qk_format,
                              r.pv_format, r.q_block, r.k_block, r.smooth_k, r.smooth_v, r.hadamard, r.p_multiplier)
@@ -407,10 +426,13 @@ def attention_prequantized(
     """
     if not isinstance(return_lse, bool):
         raise TypeError(f"return_lse must be a bool, got {type(return_lse).__name__}")
-    key = _replay_key((q, k, v), q_descale, k_descale, v_descale, causal, scale, out_dtype, validate_descales)
+    # A number descale reaches the kernels as a tensor made per call: the plan holds for any value.
+    descale_keys = [d if isinstance(d, torch.Tensor) else type(d) for d in (q_descale, k_descale, v_descale)]
+    key = _replay_key((q, k, v), *descale_keys, causal, scale, out_dtype)
     plan = _PLANS.get(key) if key is not None else None
     if plan is None:
         checked_scale = _check_inputs(q, k, v, causal, scale, (E4M3,))
+        _check_padded_sizes(q, k, PREQUANTIZED_LAYOUT.k_block)
         if out_dtype not in _INPUT_DTYPES:
             raise TypeError(f"out_dtype must be torch.float16 or torch.bfloat16, got {out_dtype}")
     batch, num_q_heads, num_kv_heads = q.shape[0], q.shape[1], k.shape[1]

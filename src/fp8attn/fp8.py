@@ -28,3 +28,11 @@ def scale_from_amax(amax: torch.Tensor, qmax: float = E4M3_MAX) -> torch.Tensor:
     ``amax`` is 0 (an all-zero block)."""
     amax = amax.float()
     return torch.where(amax > 0, amax / qmax, torch.ones_like(amax))
+
+
+def quantize_per_head(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x (B, H, S, D)`` as E4M3 with one fp32 scale per (batch, head): ``(x8, descale)`` with
+    ``descale (B, H)`` = amax / 448 (1.0 for an all-zero head), the inputs
+    :func:`fp8attn.attention_prequantized` takes (``x ≈ x8.float() * descale[..., None, None]``)."""
+    descale = scale_from_amax(x.float().abs().amax(dim=(-1, -2)))
+    return to_e4m3(x.float() / descale[..., None, None]), descale

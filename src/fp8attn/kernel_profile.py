@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 import shutil
 import subprocess
 import sys
@@ -38,7 +37,7 @@ class KernelProfile:
 def ncu_command(ncu: str, target: list[str]) -> list[str]:
     """The ncu command line that profiles fp8attn's kernels launched by ``target``, as CSV."""
     return [
-        ncu, "--clock-control", "none", "--csv", "--page", "raw",
+        ncu, "--clock-control", "none", "--csv", "--page", "raw", "--print-units", "base",
         "--metrics", ",".join(METRICS),
         "--kernel-name", "regex:" + "|".join(KERNELS),
         *target,
@@ -46,9 +45,9 @@ def ncu_command(ncu: str, target: list[str]) -> list[str]:
 
 
 def parse_ncu_csv(text: str) -> list[KernelProfile]:
-    """Profiles from ``ncu --csv --page raw`` output: one row per launch, one column per metric, after
-    a header row of names and a row of units (lines before the header, such as ``==PROF==`` notes or
-    the target's own output, are skipped)."""
+    """Profiles from ``ncu --csv --page raw --print-units base`` output: one row per launch, one column
+    per metric, after a header row of names and a row of units (lines before the header, such as
+    ``==PROF==`` notes or the target's own output, are skipped; values that are not numbers are left out)."""
     lines = text.splitlines()
     start = next((i for i, line in enumerate(lines) if line.startswith('"ID"')), None)
     if start is None:
@@ -61,8 +60,10 @@ def parse_ncu_csv(text: str) -> list[KernelProfile]:
         values = {}
         for name in METRICS:
             raw = row.get(name, "").replace(",", "").strip()
-            if raw:
+            try:
                 values[name] = float(raw)
+            except ValueError:  # absent, or "n/a": left out of the row
+                continue
         profiles.append(KernelProfile(kernel=row["Kernel Name"].split("(")[0], launch=int(row["ID"]), metrics=values))
     return profiles
 
@@ -96,7 +97,7 @@ def profile(shapes: list[tuple[int, int, int, int, int, bool]], recipe: str) -> 
         raise FileNotFoundError("ncu (Nsight Compute) is not on PATH")
     spec = ";".join(",".join(str(int(x)) for x in shape) for shape in shapes)
     target = [sys.executable, "-m", "fp8attn.kernel_profile", spec, recipe]
-    done = subprocess.run(ncu_command(ncu, target), capture_output=True, text=True, env={**os.environ})
+    done = subprocess.run(ncu_command(ncu, target), capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"ncu failed ({done.returncode}):\n{done.stderr[-2000:]}")
     return parse_ncu_csv(done.stdout)

@@ -409,9 +409,10 @@ def quantize_launches(
 
 
 def _quantize_register_cap(head_dim_pad: int, inline_stats: bool) -> dict[str, int]:
-    """At D=128 the Hadamard recipes' quantize kernel wants 130-135 registers a thread: one 8-warp
-    program per SM. Capped at 128 it compiles without spills and two programs fit. Not with the
-    statistics inline (it would spill) nor in the interpreter (which takes no such option)."""
+    """The quantize launch's register cap: 128 at padded D=128, where the Hadamard recipes' kernel wants
+    130-135 registers a thread (one 8-warp program per SM) and fits 128 without spills (two programs per
+    SM); the other recipes need at most 112 there, so the cap costs them nothing. Not with the
+    statistics inline (the kernel would spill) nor in the interpreter (which takes no such option)."""
     capped = head_dim_pad == 128 and not inline_stats and not knobs.runtime.interpret
     return {"maxnreg": 128} if capped else {}
 

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from fp8attn.bench.shapes import Shape
-from fp8attn.fp8 import E4M3, E4M3_MAX, scale_from_amax, to_e4m3
+from fp8attn.fp8 import E4M3, E4M3_MAX, quantize_per_head, scale_from_amax, to_e4m3
 
 PROVIDERS = (
     "fp8attn", "fp8attn-prequant", "cudnn-fp8",
@@ -79,11 +79,6 @@ def reference_output(x: Inputs) -> torch.Tensor:
     return F.scaled_dot_product_attention(x.q, x.k, x.v, is_causal=s.causal, **kwargs).float()
 
 
-def _quantize_per_head(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """E4M3 copy of ``t (B, H, S, D)`` and its float32 ``(B, H)`` descales (amax / 448, 1.0 where amax is 0)."""
-    descale = scale_from_amax(t.abs().amax(dim=(2, 3)))
-    return to_e4m3(t.float() / descale[:, :, None, None]), descale
-
 
 def _quantize_per_tensor(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """E4M3 copy of ``t`` and its float32 ``(1, 1, 1, 1)`` descale (amax / 448, 1.0 where amax is 0)."""
@@ -103,7 +98,7 @@ def build_fp8attn_prequant(x: Inputs) -> Runner:
     """fp8attn on E4M3 inputs quantized once here, outside the timed region, with per-(B, H) descales."""
     import fp8attn
 
-    (q8, qd), (k8, kd), (v8, vd) = (_quantize_per_head(t) for t in (x.q, x.k, x.v))
+    (q8, qd), (k8, kd), (v8, vd) = (quantize_per_head(t) for t in (x.q, x.k, x.v))
     causal, out_dtype = x.shape.causal, x.q.dtype
     return Runner(lambda: fp8attn.attention_prequantized(q8, k8, v8, qd, kd, vd, causal=causal, out_dtype=out_dtype,
                                                          validate_descales=False))

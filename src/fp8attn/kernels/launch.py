@@ -61,13 +61,15 @@ class LaunchPlan:
 
     Every tensor argument of the launches must be one of the call's ``inputs`` (the very object), a
     view of one of the buffers the call ``allocated`` (outputs, a workspace), or one of its launch's
-    ``constants`` (tensors that outlive every call, such as a cached matrix), which stay in place. Inputs are
-    matched by identity, not by storage, so inputs that alias each other replay correctly. A replay
+    ``constants`` (tensors that outlive every call, such as a cached matrix), which stay in place.
+    Inputs are matched by identity, not by storage: an argument is "input j", the first input that is
+    the same object, so inputs that are views of one storage (q is k's view) replay correctly. A replay
     allocates buffers of the recorded shapes and dtypes and points each launch at them.
 
     The caller's key must pin everything Triton specializes on besides pointers: every integer
-    argument (shapes, strides) and the 16-byte alignment of the input pointers; allocated buffers
-    come from PyTorch's allocator, which aligns them to 512 bytes.
+    argument (shapes, strides) and the 16-byte alignment of the input pointers (allocated buffers
+    come from PyTorch's allocator, which aligns them to 512 bytes); and which inputs are one and the
+    same object, since a plan recorded with ``q is k`` reads both from input 0.
     """
 
     def __init__(self, launches: Sequence[Launch], inputs: Sequence[torch.Tensor],

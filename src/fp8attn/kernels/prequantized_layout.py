@@ -7,7 +7,8 @@ head dimension padded to a power of two, the key length to a multiple of ``k_blo
 block of tokens. ``_prequantized_layout_kernel`` writes all of it: one program per (block of 128
 tokens, batch · KV head) transposes that block of V, copies K (and the query heads of its group) when
 they need padding, and writes the block's scales. Q and K are used in place when they already have the
-layout (power-of-two D, unit stride along D, and for K a length that is a multiple of ``k_block``).
+layout (D already the padded width, a power of two from 32; unit stride along D; and for K a length
+that is a multiple of ``k_block``).
 
 :func:`fp8attn.reference.prequantized_layout_emulated` is the same layout built with PyTorch copies.
 """
@@ -77,7 +78,6 @@ def _prequantized_layout_kernel(
             hq = h * group + g
             bhq = b * num_q_heads + hq
             q_descale = tl.load(q_descale_ptr + b * stride_qdb + hq * stride_qdh)
-            q_descale = tl.load(q_descale_ptr + b * stride_qdb + hq * stride_qdh)
             tl.store(q_scale_ptr + bhq * num_q_blocks + block, q_descale)
             if COPY_Q:
                 _copy_padded(q_ptr + b * stride_qb + hq * stride_qh, q_out_ptr + bhq * seqlen_q * HEAD_DIM_PAD,
@@ -104,13 +104,16 @@ def prequantized_layout(
     num_q_blocks = triton.cdiv(seqlen_q, _BLOCK)
     copy_q = dp != head_dim or q.stride(-1) != 1
     copy_k = dp != head_dim or skp != seqlen_k or k.stride(-1) != 1
-    q_out = q.new_empty((batch, num_q_heads, seqlen_q, dp)) if copy_q else q
-    k_out = k.new_empty((batch, num_kv_heads, skp, dp)) if copy_k else k
+    def empty(*shape: int, dtype: torch.dtype = q.dtype) -> torch.Tensor:
+        return torch.empty(shape, dtype=dtype, device=q.device)
+
     layout = QuantizedQKV(
-        q=q_out, k=k_out, v_t=v.new_empty((batch, num_kv_heads, dp, skp)),
-        q_scale=q.new_empty((batch, num_q_heads, num_q_blocks), dtype=torch.float32),
-        k_scale=q.new_empty((batch, num_kv_heads, skp // _BLOCK), dtype=torch.float32),
-        v_scale=q.new_empty((batch, num_kv_heads, dp), dtype=torch.float32),
+        q=empty(batch, num_q_heads, seqlen_q, dp) if copy_q else q,
+        k=empty(batch, num_kv_heads, skp, dp) if copy_k else k,
+        v_t=empty(batch, num_kv_heads, dp, skp),
+        q_scale=empty(batch, num_q_heads, num_q_blocks, dtype=torch.float32),
+        k_scale=empty(batch, num_kv_heads, skp // _BLOCK, dtype=torch.float32),
+        v_scale=empty(batch, num_kv_heads, dp, dtype=torch.float32),
         k_mean=None, v_mean=None, seqlen_q=seqlen_q, seqlen_k=seqlen_k, head_dim=head_dim,
         q_block=_BLOCK, k_block=_BLOCK,
     )
