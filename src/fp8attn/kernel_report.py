@@ -54,8 +54,9 @@ class KernelReport:
         return self.opcodes.get("LDL", 0) + self.opcodes.get("STL", 0)
 
 
-# ptxas (12.8 and 13.0) turns `mov.b32 %r, {%rs, %rs}` of a constant-folded fp8 pair into an F2FP that
-# merges the stack pointer R1 into the word (docs/perf-notes.md §10): garbage bytes in the output.
+# ptxas 12.8 turns `mov.b32 %r, {%rs, %rs}` of a constant-folded fp8 pair into an F2FP that merges the
+# stack pointer R1 into the word (docs/perf-notes.md §10): garbage bytes in the output (the same bytes
+# appeared on the H100 with the GPU image's ptxas).
 _STACK_POINTER_PACK = re.compile(r"\bF2FP\.[\w.]*MERGE_C\b[^;]*,\s*R1\s*;")
 _SASS_LINE = re.compile(r"\s+/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)")
 _BACKWARD_BRANCH = re.compile(r"\s+/\*([0-9a-f]{4,})\*/.*\bBRA\s+0x([0-9a-f]+)")

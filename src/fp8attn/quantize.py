@@ -215,8 +215,8 @@ def _quantize_qkv_kernel(
     pid = tl.program_id(0)
     offs_d = tl.arange(0, HEAD_DIM_PAD)
     # head_dim is a runtime value on purpose: as a constant it lets LLVM prove whole register tiles of
-    # padded channels zero, and ptxas (CUDA 12.8 and 13.0) miscompiles the fp8 packing of those
-    # constants (F2FP ... MERGE_C with R1 instead of a zero half: non-zero bytes in V's padding).
+    # padded channels zero, and ptxas miscompiles the fp8 packing of those constants (12.8: F2FP ...
+    # MERGE_C with R1 instead of a zero half; on the H100: non-zero bytes in V's padding).
     d_ok = offs_d < head_dim
     if pid < num_q_programs:
         # One tile of Q_TILE query tokens, one scale per Q_BLOCK of them.
