@@ -200,6 +200,65 @@ def _walsh_hadamard(x, N: tl.constexpr):
 
 
 @triton.jit
+def _quantize_q_rows(x, ROWS: tl.constexpr, Q_BLOCK: tl.constexpr, QK_MAX: tl.constexpr, QK_INT8: tl.constexpr):
+    """A ``[ROWS, Dp]`` fp32 tile of (rotated) Q in 8 bits, one scale per ``Q_BLOCK`` rows.
+
+    Returns the 8-bit tile and the ``ROWS // Q_BLOCK`` scales. Rows that are zero (past Sq) get scale 1.
+    """
+    row_amax = tl.max(tl.abs(x), axis=1)
+    block_scale = _scale_from_amax(tl.max(tl.reshape(row_amax, (ROWS // Q_BLOCK, Q_BLOCK)), axis=1), QK_MAX)
+    block_inv = tl.math.div_rn(tl.full(block_scale.shape, 1.0, tl.float32), block_scale)
+    row_inv = tl.reshape(tl.broadcast_to(block_inv[:, None], (ROWS // Q_BLOCK, Q_BLOCK)), (ROWS,))
+    return _to_8bit(x * row_inv[:, None], QK_INT8), block_scale
+
+
+@triton.jit
+def _k_mean(k_sum, seqlen_k, rot_scale, HEAD_DIM_PAD: tl.constexpr, HADAMARD: tl.constexpr):
+    """K's per-channel mean from its sum over tokens, rotated like K when HADAMARD."""
+    k_mean = k_sum / seqlen_k
+    if HADAMARD:
+        k_mean = _walsh_hadamard(k_mean, HEAD_DIM_PAD) * rot_scale
+    return k_mean
+
+
+@triton.jit
+def _v_mean_and_scale(v_sum, v_max, v_min, seqlen_k, SMOOTH_V: tl.constexpr):
+    """V's per-channel mean and scale from its sum, max and min over tokens (max and min 0 in padded
+    channels): the scale covers ``|v - mean|`` when SMOOTH_V, else ``|v|``."""
+    v_mean = v_sum / seqlen_k
+    if SMOOTH_V:
+        # max |v - mean| is reached at the channel's max or min (rounding is monotonic).
+        v_amax = tl.maximum(v_max - v_mean, v_mean - v_min)
+    else:
+        v_amax = tl.maximum(v_max, -v_min)
+    return v_mean, _scale_from_amax(v_amax, E4M3_MAX_F32)
+
+
+@triton.jit
+def _quantize_k_block(k, k_mean, row_ok, QK_MAX: tl.constexpr, QK_INT8: tl.constexpr, SMOOTH_K: tl.constexpr):
+    """One block of (rotated) fp32 keys ``[K_BLOCK, Dp]`` in 8 bits with one scale; rows not ``row_ok``
+    (past Sk) come out zero. Returns the 8-bit block and its scale."""
+    if SMOOTH_K:
+        # Rows past seqlen_k stay zero; padded channels do not when the rotation filled them.
+        k = tl.where(row_ok[:, None], k - k_mean[None, :], 0.0)
+    k_scale = _scale_from_amax(tl.max(tl.abs(k)), QK_MAX)
+    return _to_8bit(k * tl.math.div_rn(1.0, k_scale), QK_INT8), k_scale
+
+
+@triton.jit
+def _quantize_v_block(v, v_mean, v_inv, ok, SMOOTH_V: tl.constexpr, V_FP16: tl.constexpr):
+    """A ``[T, Dp]`` fp32 tile of V in E4M3 (fp16 for fp16-P·V recipes) by per-channel ``v_inv``;
+    elements not ``ok`` (padding) come out zero."""
+    if SMOOTH_V:
+        v = tl.where(ok, v - v_mean[None, :], 0.0)
+    v = v * v_inv[None, :]
+    if V_FP16:
+        return v.to(tl.float16)
+    else:
+        return v.to(tl.float8e4nv)
+
+
+@triton.jit
 def _quantize_qkv_kernel(
     q_ptr, k_ptr, v_ptr, h_ptr,
     q8_ptr, k8_ptr, vt_ptr, q_scale_ptr, k_scale_ptr, v_scale_ptr, k_mean_ptr, v_mean_ptr, stats_ptr,
@@ -229,11 +288,7 @@ def _quantize_qkv_kernel(
         t_ok = offs_t < seqlen_q
         ptrs = q_ptr + b * stride_qb + h * stride_qh + offs_t[:, None] * stride_qt + offs_d[None, :] * stride_qd
         x = _load_rotated(ptrs, t_ok[:, None] & d_ok[None, :], h_ptr, rot_scale, HEAD_DIM_PAD, HADAMARD, DOT_IN_FP32)
-        row_amax = tl.max(tl.abs(x), axis=1)
-        block_scale = _scale_from_amax(tl.max(tl.reshape(row_amax, (Q_TILE // Q_BLOCK, Q_BLOCK)), axis=1), QK_MAX)
-        block_inv = tl.math.div_rn(tl.full(block_scale.shape, 1.0, tl.float32), block_scale)
-        row_inv = tl.reshape(tl.broadcast_to(block_inv[:, None], (Q_TILE // Q_BLOCK, Q_BLOCK)), (Q_TILE,))
-        x8 = _to_8bit(x * row_inv[:, None], QK_INT8)
+        x8, block_scale = _quantize_q_rows(x, Q_TILE, Q_BLOCK, QK_MAX, QK_INT8)
         tl.store(q8_ptr + (bh * seqlen_q + offs_t[:, None]) * HEAD_DIM_PAD + offs_d[None, :], x8, mask=t_ok[:, None])
         num_blocks = tl.cdiv(seqlen_q, Q_BLOCK)
         offs_blk = tile * (Q_TILE // Q_BLOCK) + tl.arange(0, Q_TILE // Q_BLOCK)
@@ -271,32 +326,16 @@ def _quantize_qkv_kernel(
 
         k_ptrs = k_ptr + b * stride_kb + h * stride_kh + offs_t[:, None] * stride_kt + offs_d[None, :] * stride_kd
         k = _load_rotated(k_ptrs, ok, h_ptr, rot_scale, HEAD_DIM_PAD, HADAMARD, DOT_IN_FP32)
-        if SMOOTH_K:
-            k_mean = k_sum / seqlen_k
-            if HADAMARD:
-                k_mean = _walsh_hadamard(k_mean, HEAD_DIM_PAD) * rot_scale
-            # Rows past seqlen_k stay zero; padded channels do not when the rotation filled them.
-            k = tl.where((offs_t < seqlen_k)[:, None], k - k_mean[None, :], 0.0)
-        k_scale = _scale_from_amax(tl.max(tl.abs(k)), QK_MAX)
-        k8 = _to_8bit(k * tl.math.div_rn(1.0, k_scale), QK_INT8)
+        k_mean = _k_mean(k_sum, seqlen_k, rot_scale, HEAD_DIM_PAD, HADAMARD) if SMOOTH_K else k_sum
+        k8, k_scale = _quantize_k_block(k, k_mean, offs_t < seqlen_k, QK_MAX, QK_INT8, SMOOTH_K)
         tl.store(k8_ptr + (bh * seqlen_k_pad + offs_t[:, None]) * HEAD_DIM_PAD + offs_d[None, :], k8)
         tl.store(k_scale_ptr + bh * num_blocks + block, k_scale)
 
         v_ptrs = v_ptr + b * stride_vb + h * stride_vh + offs_t[:, None] * stride_vt + offs_d[None, :] * stride_vd
         v = tl.load(v_ptrs, mask=ok, other=0.0).to(tl.float32)
-        v_mean = v_sum / seqlen_k
-        if SMOOTH_V:
-            # max |v - mean| is reached at the channel's max or min (rounding is monotonic).
-            v_amax = tl.maximum(v_max - v_mean, v_mean - v_min)
-            v = tl.where(ok, v - v_mean[None, :], 0.0)
-        else:
-            v_amax = tl.maximum(v_max, -v_min)
-        v_scale = _scale_from_amax(v_amax, E4M3_MAX_F32)
-        v = v * tl.math.div_rn(tl.full(v_scale.shape, 1.0, tl.float32), v_scale)[None, :]
-        if V_FP16:
-            vq = v.to(tl.float16)
-        else:
-            vq = v.to(tl.float8e4nv)
+        v_mean, v_scale = _v_mean_and_scale(v_sum, v_max, v_min, seqlen_k, SMOOTH_V)
+        v_inv = tl.math.div_rn(tl.full(v_scale.shape, 1.0, tl.float32), v_scale)
+        vq = _quantize_v_block(v, v_mean, v_inv, ok, SMOOTH_V, V_FP16)
         tl.store(vt_ptr + (bh * HEAD_DIM_PAD + offs_d[None, :]) * seqlen_k_pad + offs_t[:, None], vq)
         if block == 0:
             tl.store(v_scale_ptr + bh * HEAD_DIM_PAD + offs_d, v_scale)

@@ -74,6 +74,56 @@ def forward_config(head_dim_pad: int, k_block: int, causal: bool = False, pv_fp1
 
 
 @triton.jit
+def _mask_scores(qk, offs_m, offs_n, seqlen_k, diagonal, CAUSAL: tl.constexpr):
+    """-inf for keys past ``seqlen_k`` and, when CAUSAL, keys after a query's diagonal."""
+    visible = offs_n[None, :] < seqlen_k
+    if CAUSAL:
+        visible = visible & (offs_n[None, :] <= offs_m[:, None] + diagonal)
+    return tl.where(visible, qk, float("-inf"))
+
+
+@triton.jit
+def _softmax_step(qk, c, m_i, l_i, LOG2_P_SCALE: tl.constexpr):
+    """One key tile of the online softmax on raw products ``qk`` with per-row factor ``c`` (> 0).
+
+    Returns P (already times 2**LOG2_P_SCALE), the accumulator's rescale ``alpha``, the new row max and
+    the new row sum.
+    """
+    # Scores in log2 units are qk * c with c > 0 (the scale is checked positive), so the row max
+    # is taken on the raw products and each score costs one FMA: qk * c - m.
+    m_new = tl.maximum(m_i, tl.max(qk, axis=1) * c)
+    # A row that has seen no visible key keeps m = -inf; use 0 there so exp2 gives 0, not NaN.
+    m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+    alpha = tl.math.exp2(m_i - m_use)
+    # P comes out already multiplied by P_SCALE (2**LOG2_P_SCALE): the factor rides in the exponent.
+    p = tl.math.exp2(qk * c[:, None] - (m_use - LOG2_P_SCALE)[:, None])
+    return p, alpha, m_use, l_i * alpha + tl.sum(p, axis=1)
+
+
+@triton.jit
+def _accumulate_pv(acc, acc_part, p, alpha, v, tile, PROMOTE_EVERY: tl.constexpr, PV_IMPRECISE_ACC: tl.constexpr,
+                   PV_FP16: tl.constexpr):
+    """``acc·alpha + P·V`` for key tile number ``tile``, with the recipe's P rounding and the promotion
+    of FP8 partial sums to the fp32 accumulator every PROMOTE_EVERY tiles (see the module docstring)."""
+    if PV_FP16:
+        acc = tl.dot(p.to(tl.float16), v, acc * alpha[:, None])  # fp16 wgmma accumulates in fp32
+    elif PROMOTE_EVERY == 0:
+        p8 = p.to(tl.float8e4nv)
+        acc = tl.dot(p8, v, acc * alpha[:, None], max_num_imprecise_acc=PV_IMPRECISE_ACC)
+    elif PROMOTE_EVERY == 1:
+        p8 = p.to(tl.float8e4nv)
+        acc = acc * alpha[:, None] + tl.dot(p8, v, max_num_imprecise_acc=PV_IMPRECISE_ACC)
+    else:
+        p8 = p.to(tl.float8e4nv)
+        acc = acc * alpha[:, None]
+        acc_part = tl.dot(p8, v, acc_part * alpha[:, None], max_num_imprecise_acc=PV_IMPRECISE_ACC)
+        if tile % PROMOTE_EVERY == PROMOTE_EVERY - 1:
+            acc += acc_part
+            acc_part = tl.zeros_like(acc_part)
+    return acc, acc_part
+
+
+@triton.jit
 def _attend_kv_tiles(
     acc, acc_part, l_i, m_i, q, row_scale, offs_m,
     k_base, vt_base, k_scale_base, stride_kn, stride_vd,
@@ -93,38 +143,42 @@ def _attend_kv_tiles(
         else:
             qk = tl.dot(q, tl.trans(k), max_num_imprecise_acc=QK_IMPRECISE_ACC)
         if MASKED:
-            visible = offs_n[None, :] < seqlen_k
-            if CAUSAL:
-                visible = visible & (offs_n[None, :] <= offs_m[:, None] + diagonal)
-            qk = tl.where(visible, qk, float("-inf"))
-        # Scores in log2 units are qk * c with c > 0 (the scale is checked positive), so the row max
-        # is taken on the raw products and each score costs one FMA: qk * c - m.
-        c = row_scale * k_scale
-        m_new = tl.maximum(m_i, tl.max(qk, axis=1) * c)
-        # A row that has seen no visible key keeps m = -inf; use 0 there so exp2 gives 0, not NaN.
-        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
-        alpha = tl.math.exp2(m_i - m_use)
-        # P comes out already multiplied by P_SCALE (2**LOG2_P_SCALE): the factor rides in the exponent.
-        p = tl.math.exp2(qk * c[:, None] - (m_use - LOG2_P_SCALE)[:, None])
-        l_i = l_i * alpha + tl.sum(p, axis=1)
+            qk = _mask_scores(qk, offs_m, offs_n, seqlen_k, diagonal, CAUSAL)
+        p, alpha, m_i, l_i = _softmax_step(qk, row_scale * k_scale, m_i, l_i, LOG2_P_SCALE)
         v = tl.trans(tl.load(vt_base + offs_d[:, None] * stride_vd + offs_n[None, :]))
-        if PV_FP16:
-            acc = tl.dot(p.to(tl.float16), v, acc * alpha[:, None])  # fp16 wgmma accumulates in fp32
-        elif PROMOTE_EVERY == 0:
-            p8 = p.to(tl.float8e4nv)
-            acc = tl.dot(p8, v, acc * alpha[:, None], max_num_imprecise_acc=PV_IMPRECISE_ACC)
-        elif PROMOTE_EVERY == 1:
-            p8 = p.to(tl.float8e4nv)
-            acc = acc * alpha[:, None] + tl.dot(p8, v, max_num_imprecise_acc=PV_IMPRECISE_ACC)
-        else:
-            p8 = p.to(tl.float8e4nv)
-            acc = acc * alpha[:, None]
-            acc_part = tl.dot(p8, v, acc_part * alpha[:, None], max_num_imprecise_acc=PV_IMPRECISE_ACC)
-            if (start_n // BLOCK_N) % PROMOTE_EVERY == PROMOTE_EVERY - 1:
-                acc += acc_part
-                acc_part = tl.zeros_like(acc_part)
-        m_i = m_use
+        acc, acc_part = _accumulate_pv(acc, acc_part, p, alpha, v, start_n // BLOCK_N, PROMOTE_EVERY,
+                                       PV_IMPRECISE_ACC, PV_FP16)
     return acc, acc_part, l_i, m_i
+
+
+@triton.jit
+def _key_range(start_m, seqlen_q, seqlen_k, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr):
+    """Keys of the query rows ``[start_m, start_m + BLOCK_M)``: ``[0, hi)`` holds every visible key,
+    ``[0, full_hi)`` (whole tiles) is visible to all rows. Also returns the causal diagonal offset."""
+    diagonal = seqlen_k - seqlen_q
+    if CAUSAL:
+        hi = tl.maximum(tl.minimum(seqlen_k, start_m + BLOCK_M + diagonal), 0)
+        full_hi = tl.maximum(tl.minimum(seqlen_k, start_m + diagonal + 1), 0) // BLOCK_N * BLOCK_N
+    else:
+        hi = seqlen_k
+        full_hi = seqlen_k // BLOCK_N * BLOCK_N
+    return full_hi, hi, diagonal
+
+
+@triton.jit
+def _store_output(acc, l_i, m_i, v_scale, v_mean, out_ptrs, lse_ptrs, m_ok, d_ok, LOG2_P_SCALE: tl.constexpr,
+                  SMOOTH_V: tl.constexpr):
+    """``out = acc · v_scale / l (+ v_mean)`` and the natural-log LSE; rows that saw no key get zeros
+    and -inf."""
+    seen = l_i > 0
+    inv_l = tl.where(seen, 1.0 / tl.where(seen, l_i, 1.0), 0.0)  # l_i carries P_SCALE: it divides out here
+    out = acc * inv_l[:, None] * v_scale[None, :]
+    if SMOOTH_V:
+        # Softmax rows sum to one, so V's mean comes back whole (rows that saw no key stay zero).
+        out = tl.where(seen[:, None], out + v_mean[None, :], 0.0)
+    tl.store(out_ptrs, out.to(out_ptrs.dtype.element_ty), mask=m_ok[:, None] & d_ok[None, :])
+    lse = tl.where(seen, (m_i + tl.math.log2(tl.where(seen, l_i, 1.0)) - LOG2_P_SCALE) * LN_2, float("-inf"))
+    tl.store(lse_ptrs, lse, mask=m_ok)
 
 
 @triton.jit
@@ -157,14 +211,7 @@ def _fp8_attention_fwd_kernel(
     q_scale = tl.load(q_scale_ptr + bh * num_q_scale_blocks + offs_m // Q_BLOCK, mask=m_ok, other=1.0)
     row_scale = q_scale * qk_scale_log2
 
-    # Key range: [0, hi) holds every visible key of this tile's rows; [0, full_hi) is visible to all of them.
-    diagonal = seqlen_k - seqlen_q
-    if CAUSAL:
-        hi = tl.maximum(tl.minimum(seqlen_k, start_m + BLOCK_M + diagonal), 0)
-        full_hi = tl.maximum(tl.minimum(seqlen_k, start_m + diagonal + 1), 0) // BLOCK_N * BLOCK_N
-    else:
-        hi = seqlen_k
-        full_hi = seqlen_k // BLOCK_N * BLOCK_N
+    full_hi, hi, diagonal = _key_range(start_m, seqlen_q, seqlen_k, BLOCK_M, BLOCK_N, CAUSAL)
 
     k_base = k_ptr + b * stride_kb + h_kv * stride_kh
     vt_base = vt_ptr + b * stride_vb + h_kv * stride_vh
@@ -189,18 +236,11 @@ def _fp8_attention_fwd_kernel(
     if PROMOTE_EVERY > 1:
         acc += acc_part
 
-    seen = l_i > 0
-    inv_l = tl.where(seen, 1.0 / tl.where(seen, l_i, 1.0), 0.0)  # l_i carries P_SCALE: it divides out here
     v_scale = tl.load(v_scale_ptr + kv_bh * HEAD_DIM_PAD + offs_d)
-    out = acc * inv_l[:, None] * v_scale[None, :]
-    if SMOOTH_V:
-        # Softmax rows sum to one, so V's mean comes back whole (rows that saw no key stay zero).
-        v_mean = tl.load(v_mean_ptr + kv_bh * HEAD_DIM_PAD + offs_d)
-        out = tl.where(seen[:, None], out + v_mean[None, :], 0.0)
+    v_mean = tl.load(v_mean_ptr + kv_bh * HEAD_DIM_PAD + offs_d) if SMOOTH_V else v_scale
     out_ptrs = out_ptr + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_om + offs_d[None, :]
-    tl.store(out_ptrs, out.to(out_ptr.dtype.element_ty), mask=m_ok[:, None] & (offs_d < HEAD_DIM)[None, :])
-    lse = tl.where(seen, (m_i + tl.math.log2(tl.where(seen, l_i, 1.0)) - LOG2_P_SCALE) * LN_2, float("-inf"))
-    tl.store(lse_ptr + bh * seqlen_q + offs_m, lse, mask=m_ok)
+    _store_output(acc, l_i, m_i, v_scale, v_mean, out_ptrs, lse_ptr + bh * seqlen_q + offs_m, m_ok,
+                  offs_d < HEAD_DIM, LOG2_P_SCALE, SMOOTH_V)
 
 
 def forward_launch(
