@@ -27,7 +27,7 @@ for step in "$@"; do
     demo) python3 -m fp8attn.cli demo 2>&1 | tee "$OUT/demo.txt" ;;
     profile) python3 benchmarks/host_profile.py 2>&1 | tee "$OUT/host_profile.txt" | head -45 ;;
     kernels) python3 benchmarks/kernel_times.py 2>&1 | tee "$OUT/kernel_times.txt" ;;
-    mission) timeout 200 python3 -m fp8attn.bench --suite mission --providers fp8attn,fp8attn-prequant,cudnn-fp8,sdpa-default,sdpa-flash \
+    mission) timeout 200 python3 -m fp8attn.bench --suite mission --providers fp8attn,sdpa-default,sdpa-flash \
                --out "$OUT" --name mission 2>&1 | tail -25 ;;
     sanitize) for tool in racecheck memcheck; do  # a few quantize and attention tests under compute-sanitizer
                 timeout 150 compute-sanitizer --tool $tool --error-exitcode 9 python3 -m pytest -q -p no:cacheprovider \
@@ -44,7 +44,6 @@ for step in "$@"; do
     recipes) timeout 300 python3 benchmarks/recipe_speed.py --out "$OUT" 2>&1 | tail -12 ;;
     sass) timeout 200 python3 -m pytest tests/test_kernel_code.py -q -p no:cacheprovider 2>&1 | tail -4 ;;
     qstudy) timeout 200 python3 benchmarks/quantize_launch_study.py --out "$OUT" 2>&1 | tail -20 ;;
-    single) timeout 200 python3 benchmarks/single_launch_study.py --out "$OUT" 2>&1 | tail -30 ;;
     split) timeout 120 python3 benchmarks/prequant_time_split.py 2>&1 | tee "$OUT/prequant_time_split.txt" ;;
     bandwidth) timeout 200 python3 benchmarks/quantize_bandwidth.py --out "$OUT" 2>&1 | tail -12 ;;
     configs) timeout 400 python3 benchmarks/config_study.py --recipes e4m3 --out "$OUT" 2>&1 | tail -80 ;;

@@ -71,18 +71,3 @@ def poisoned_allocations(monkeypatch):
 
     monkeypatch.setattr(torch, "empty", lambda *a, **kw: poison(real_empty(*a, **kw)))
     monkeypatch.setattr(torch, "empty_like", lambda *a, **kw: poison(real_empty_like(*a, **kw)))
-
-
-def force_launch_path(monkeypatch, path: str) -> None:
-    """Make :func:`fp8attn.attention` take one path for the rest of a test: ``"single"`` (one launch,
-    wherever that kernel supports the head dim and recipe) or ``"two"`` (quantize pass, then the FP8
-    kernel). The replay cache is swapped for an empty one, so no plan of the other path is replayed."""
-    from fp8attn import api
-    from fp8attn.kernels.attention_single_launch import single_launch_supports
-
-    if path not in ("single", "two"):
-        raise ValueError(f"path must be 'single' or 'two', got {path!r}")
-    monkeypatch.setattr(api, "single_launch_applies",
-                        lambda batch, heads, seqlen_q, seqlen_k, head_dim, recipe:
-                        path == "single" and single_launch_supports(head_dim, recipe))
-    monkeypatch.setattr(api, "_PLANS", api._PlanCache(capacity=api._PLANS.capacity))

@@ -24,7 +24,6 @@ from triton import knobs
 
 from fp8attn.fp8 import E4M3
 from fp8attn.kernels.attention_fwd import forward_launch
-from fp8attn.kernels.attention_single_launch import single_launch, single_launch_applies
 from fp8attn.kernels.launch import Launch, LaunchPlan
 from fp8attn.kernels.prequantized_layout import PREQUANTIZED_LAYOUT, prequantized_layout
 from fp8attn.quantize import allocate_quantized, padded_head_dim, quantize_launches
@@ -170,19 +169,15 @@ def _check_descale_values(descales: dict[str, torch.Tensor]) -> None:
 
 def _attention_launches(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, scale: float, recipe: Recipe,
-) -> tuple[torch.Tensor, torch.Tensor, list[Launch], tuple[torch.Tensor, ...]]:
-    """Allocate ``out``, ``lse`` and (for two launches) the quantized workspace; return ``out``, ``lse``,
-    the launches that fill them and every buffer allocated (for a :class:`LaunchPlan`)."""
+) -> tuple[torch.Tensor, torch.Tensor, list[Launch], torch.Tensor]:
+    """Allocate ``out``, ``lse`` and the quantized workspace; return them with the launches that fill them."""
     batch, num_q_heads, seqlen_q, head_dim = q.shape
+    qkv = allocate_quantized(batch, num_q_heads, k.shape[1], seqlen_q, k.shape[2], head_dim, recipe, q.device)
     out = torch.empty(q.shape, device=q.device, dtype=q.dtype)
     lse = torch.empty(q.shape[:3], device=q.device, dtype=torch.float32)
-    if single_launch_applies(batch, num_q_heads, seqlen_q, k.shape[2], head_dim, recipe):
-        return out, lse, [single_launch(q, k, v, out, lse, recipe=recipe, causal=causal, softmax_scale=scale)], (
-            out, lse)
-    qkv = allocate_quantized(batch, num_q_heads, k.shape[1], seqlen_q, k.shape[2], head_dim, recipe, q.device)
     launches = [*quantize_launches(q, k, v, recipe, qkv),
                 forward_launch(qkv, out, lse, causal=causal, softmax_scale=scale, p_scale=recipe.p_multiplier)]
-    return out, lse, launches, (out, lse, qkv.workspace)
+    return out, lse, launches, qkv.workspace
 
 
 def _attention_impl(
@@ -382,7 +377,7 @@ def attention(
     key = _replay_key((q, k, v), causal, scale, recipe)
     plan = _PLANS.get(key) if key is not None else None
     if plan is not None:
-        out, lse, *_ = plan.run((q, k, v))
+        out, lse, _ = plan.run((q, k, v))
         return (out, lse) if return_lse else out
     checked_scale = _check_inputs(q, k, v, causal, scale, _INPUT_DTYPES)
     r = resolve_recipe(recipe)
@@ -391,10 +386,10 @@ def attention(
         out, lse = _dispatch(_attention_op, _attention_impl, (q, k, v), causal, checked_scale, r.qk_format,
                              r.pv_format, r.q_block, r.k_block, r.smooth_k, r.smooth_v, r.hadamard, r.p_multiplier)
     else:
-        out, lse, launches, buffers = _attention_launches(q, k, v, causal, checked_scale, r)
+        out, lse, launches, workspace = _attention_launches(q, k, v, causal, checked_scale, r)
         for launch in launches:
             launch.run()
-        _PLANS[key] = LaunchPlan(launches, inputs=(q, k, v), allocated=buffers)
+        _PLANS[key] = LaunchPlan(launches, inputs=(q, k, v), allocated=(out, lse, workspace))
     return (out, lse) if return_lse else out
 
 

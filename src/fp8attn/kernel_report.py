@@ -156,20 +156,26 @@ def report_launch(launch, shape: str, arch: int = 90, compiled=None) -> KernelRe
 def library_launches(batch: int, heads: int, kv_heads: int, seqlen: int, head_dim: int, causal: bool,
                      recipe_name: str = "e4m3", dtype: torch.dtype = torch.bfloat16):
     """The launches one :func:`fp8attn.attention` call makes for this shape, on meta tensors."""
-    from fp8attn.api import _attention_launches
+    from fp8attn.kernels.attention_fwd import forward_launch
+    from fp8attn.quantize import allocate_quantized, quantize_launches
     from fp8attn.recipe import RECIPES
 
+    recipe = RECIPES[recipe_name]
     q = torch.empty(batch, heads, seqlen, head_dim, device="meta", dtype=dtype)
     k = torch.empty(batch, kv_heads, seqlen, head_dim, device="meta", dtype=dtype)
-    return _attention_launches(q, k, k, causal, head_dim**-0.5, RECIPES[recipe_name])[2]
+    qkv = allocate_quantized(batch, heads, kv_heads, seqlen, seqlen, head_dim, recipe, "meta")
+    out = torch.empty_like(q)
+    lse = torch.empty(batch, heads, seqlen, device="meta", dtype=torch.float32)
+    forward = forward_launch(qkv, out, lse, causal=causal, softmax_scale=head_dim**-0.5, p_scale=recipe.p_multiplier)
+    return [*quantize_launches(q, k, k, recipe, qkv), forward]
 
 
 def shapes_for(head_dims: tuple[int, ...]) -> list[tuple[int, int, int, int, int, bool]]:
-    """Per head dim, ``(B, Hq, Hkv, S, D, causal)``: long keys (a statistics launch, then the quantize
-    launch and the FP8 kernel), causal and not; 512 keys at B4 H16 (statistics inside the quantize
-    launch); the mission shape B1 H8 S512 (one launch up to D=64)."""
+    """Long keys (a statistics launch, then the quantize launch), causal and not, and short keys
+    (statistics inside the quantize launch, as at the mission shape B=1, H=8, S=512), per head dim:
+    ``(B, Hq, Hkv, S, D, causal)``."""
     return [(4, 16, 16, 4096, d, c) for d in head_dims for c in (False, True)] + [
-        (4, 16, 16, 512, d, False) for d in head_dims] + [(1, 8, 8, 512, d, False) for d in head_dims]
+        (1, 8, 8, 512, d, False) for d in head_dims]
 
 
 DEFAULT_SHAPES = shapes_for((64, 128, 256))
