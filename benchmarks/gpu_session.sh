@@ -10,6 +10,9 @@ if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     && export PYTHONPATH="$PYTHONPATH:/tmp/site"
 fi
+# One input seed for every test process (xdist workers would each draw their own), printed to replay a run.
+export FP8ATTN_SEED=${FP8ATTN_SEED:-$(python3 -c "import random; print(random.SystemRandom().randrange(2**31))")}
+echo "FP8ATTN_SEED=$FP8ATTN_SEED" | tee "$OUT/seed.txt"
 # pytest-xdist (carried in .whl/) spreads the GPU tests over processes: compiling kernels is most of their time.
 XDIST=$(python3 -c "import xdist" 2>/dev/null && echo "-n ${PYTEST_WORKERS:-12}")
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw,power.limit --format=csv | tee "$OUT/gpu.txt"
@@ -27,7 +30,7 @@ for step in "$@"; do
     demo) python3 -m fp8attn.cli demo 2>&1 | tee "$OUT/demo.txt" ;;
     profile) python3 benchmarks/host_profile.py 2>&1 | tee "$OUT/host_profile.txt" | head -45 ;;
     kernels) python3 benchmarks/kernel_times.py 2>&1 | tee "$OUT/kernel_times.txt" ;;
-    mission) timeout 200 python3 -m fp8attn.bench --suite mission --providers fp8attn,sdpa-default,sdpa-flash \
+    mission) timeout 200 python3 -m fp8attn.bench --suite mission --providers fp8attn,fp8attn-prequant,cudnn-fp8,sdpa-default,sdpa-flash \
                --out "$OUT" --name mission 2>&1 | tail -25 ;;
     sanitize) for tool in racecheck memcheck; do  # a few quantize and attention tests under compute-sanitizer
                 timeout 150 compute-sanitizer --tool $tool --error-exitcode 9 python3 -m pytest -q -p no:cacheprovider \

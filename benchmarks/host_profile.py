@@ -2,8 +2,8 @@
 
 Times each step of a replayed call on its own (host loop of many calls, one sync at the end), beside
 the whole call and PyTorch SDPA's eager call; then a cProfile of whole calls. The launch step is timed
-twice: through Triton's Python launcher (``CompiledKernel.run``) and through its C launch function,
-which replays call directly.
+twice: through Triton's Python launcher (``CompiledKernel.run``, what replays call) and through the C
+launch function behind it (``run.launch``), to show what the Python wrapper costs.
 
 Run on a GPU: ``python benchmarks/host_profile.py``.
 """
@@ -50,15 +50,16 @@ def main() -> None:
         for i, owner, offset in replay.pointers:
             values[i] = starts[owner] + offset
         calls.append((replay, values))
-    _, _, launches, _ = api._attention_launches(q, k, v, False, 0.125, fp8attn.recipes()["int8-hadamard-vsmooth"])
-    compiled = [launch.compiled() for launch in launches]
-
     def c_launches() -> None:
         for replay, values in calls:
-            replay.launch(*replay.grid, stream, *replay.head, *values)
+            kernel = replay.kernel
+            run = kernel.run
+            run.launch(*replay.grid, stream, kernel.function, run.launch_cooperative_grid, run.launch_pdl, None, None,
+                       kernel.packed_metadata, None, None, None, *values)
 
     def python_launcher() -> None:
-        for kernel, (replay, values) in zip(compiled, calls, strict=True):
+        for replay, values in calls:
+            kernel = replay.kernel
             kernel.run(*replay.grid, stream, kernel.function, kernel.packed_metadata, None, None, None, *values)
 
     shapes = plan._buffers
@@ -68,8 +69,8 @@ def main() -> None:
         "plan lookup": lambda: api._PLANS.get(key),
         f"allocations ({len(shapes)} torch.empty)": lambda: [torch.empty(s, dtype=d, device=q.device)
                                                              for s, d in shapes],
-        f"launches: C launch function ({len(calls)})": c_launches,
         f"launches: Triton's Python launcher ({len(calls)})": python_launcher,
+        f"launches: its C launch function ({len(calls)})": c_launches,
         "current stream": lambda: _current_stream(q.device),
         "PyTorch SDPA (default backends)": lambda: F.scaled_dot_product_attention(q, k, v),
     }

@@ -21,42 +21,24 @@ from fp8attn.reference import attention_emulated, emulate, prequantized_layout_e
 from tests.conftest import HAS_CUDA, INTERPRETED, make_qkv
 
 
-class _RecordingLauncher:
-    """Stands in for Triton 3.6's CudaLauncher: the attributes a replay reads, and a C launch function
-    that records its arguments after the stream and the nine launcher arguments (the kernel's own)."""
-
-    global_scratch_size = profile_scratch_size = 0
-    launch_cooperative_grid = launch_pdl = False
-
-    def __init__(self) -> None:
-        self.calls: list[tuple] = []
-
-    def launch(self, grid_x, grid_y, grid_z, stream, function, cooperative, pdl, global_scratch, profile_scratch,
-               metadata, launch_metadata, enter_hook, exit_hook, *args) -> None:
-        assert (function, metadata) == ("function", "metadata") and not cooperative and not pdl
-        assert global_scratch is profile_scratch is launch_metadata is enter_hook is exit_hook is None
-        self.calls.append((grid_x, grid_y, grid_z, stream, *args))
-
-
 class _RecordingKernel:
-    """Stands in for a JIT function and its compiled kernel: records every launch."""
+    """Stands in for a JIT function and its compiled kernel: records every launcher call."""
 
-    __name__ = name = "recording_kernel"
+    __name__ = "recording_kernel"
 
     def __init__(self) -> None:
         self.arg_names = ["x", "y", "out", "workspace_part", "n", "BLOCK"]
+        self.calls: list[tuple] = []
         self.function, self.packed_metadata = "function", "metadata"
-        self.run = _RecordingLauncher()
-
-    @property
-    def calls(self) -> list[tuple]:
-        return self.run.calls
 
     def warmup(self, *args, grid, **kwargs):
         return self
 
     def _init_handles(self) -> None:
         pass
+
+    def run(self, *args) -> None:
+        self.calls.append(args)
 
 
 def test_replay_points_launches_at_the_new_tensors(monkeypatch):
@@ -79,17 +61,8 @@ def test_replay_points_launches_at_the_new_tensors(monkeypatch):
     base = new_workspace.data_ptr()
     first, second = kernel.calls
     assert first[:4] == (3, 1, 1, 7) and second[:4] == (2, 2, 1, 7)
-    assert first[4:] == (a.data_ptr(), a.data_ptr(), new_out.data_ptr(), base + 16, 5, 8)
-    assert second[4] is constant and second[5:] == (a.data_ptr(), new_out.data_ptr(), base + 48, 6, 16)
-
-
-def test_kernels_that_need_scratch_memory_are_not_replayed():
-    """Triton allocates global scratch per launch in its Python launcher, which replays skip."""
-    kernel = _RecordingKernel()
-    kernel.run.global_scratch_size = 128
-    x, out = torch.zeros(4), torch.empty(4)
-    with pytest.raises(ValueError, match="recording_kernel needs scratch memory"):
-        LaunchPlan([Launch(kernel, (1,), (x, x, out, out, 1), {"BLOCK": 8}, {})], inputs=(x,), allocated=(out,))
+    assert first[9:] == (a.data_ptr(), a.data_ptr(), new_out.data_ptr(), base + 16, 5, 8)
+    assert second[9] is constant and second[10:] == (a.data_ptr(), new_out.data_ptr(), base + 48, 6, 16)
 
 
 def test_inputs_are_matched_by_identity_not_storage(monkeypatch):

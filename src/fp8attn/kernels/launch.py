@@ -3,8 +3,8 @@
 ``kernel[grid](...)`` re-derives the argument specialization of every launch (about 50 µs a launch
 for the forward kernel's ~40 arguments on an H100 host). A :class:`LaunchPlan` records, once per
 call signature, the compiled kernels and which argument is a pointer into which caller tensor, and
-replays them through Triton's C launch function directly (not even its Python wrapper): a call then
-costs the allocations and one C call per kernel.
+replays them with the C launcher directly: a call then costs the allocations and one launcher call
+per kernel.
 """
 
 from __future__ import annotations
@@ -50,23 +50,10 @@ class Launch:
 
 @dataclass(frozen=True)
 class _Replay:
-    launch: Any  # Triton's C launch function for the compiled kernel
-    head: tuple[Any, ...]  # the C launch's arguments between the stream and the kernel's parameters
+    kernel: Any  # triton.compiler.CompiledKernel
     grid: tuple[int, int, int]
     values: tuple[Any, ...]  # the launch's parameter values, pointers replaced below
     pointers: tuple[tuple[int, int, int], ...]  # (parameter index, tensor index, byte offset)
-
-
-def _c_launch(kernel: Any) -> tuple[Any, tuple[Any, ...]]:
-    """The C launch function of a compiled kernel and the arguments Triton's Python launcher (3.6's
-    ``CudaLauncher.__call__``) puts before the kernel's own: the function handle, cooperative-grid and
-    PDL flags, no scratch buffers, the packed metadata and no launch hooks. Kernels that need scratch
-    memory (allocated per launch) are refused: none of fp8attn's do."""
-    launcher = kernel.run
-    if launcher.global_scratch_size or launcher.profile_scratch_size:
-        raise ValueError(f"{kernel.name} needs scratch memory per launch, which replays do not allocate")
-    return launcher.launch, (kernel.function, launcher.launch_cooperative_grid, launcher.launch_pdl, None, None,
-                             kernel.packed_metadata, None, None, None)
 
 
 class LaunchPlan:
@@ -107,7 +94,7 @@ class LaunchPlan:
                 pointers.append((i, owner, value.data_ptr() - starts[owner]))
                 values[i] = None
             grid = (*launch.grid, 1, 1)[:3]
-            replays.append(_Replay(*_c_launch(kernel), grid, tuple(values), tuple(pointers)))
+            replays.append(_Replay(kernel, grid, tuple(values), tuple(pointers)))
         self._replays = tuple(replays)
         self._device = inputs[0].device
         self._buffers = tuple((tuple(t.shape), t.dtype) for t in allocated)
@@ -122,7 +109,8 @@ class LaunchPlan:
             values = list(replay.values)
             for i, owner, offset in replay.pointers:
                 values[i] = starts[owner] + offset
-            replay.launch(*replay.grid, stream, *replay.head, *values)
+            kernel = replay.kernel
+            kernel.run(*replay.grid, stream, kernel.function, kernel.packed_metadata, None, None, None, *values)
         return buffers
 
     @staticmethod
