@@ -59,22 +59,6 @@ def test_every_pv_promotion_interval_computes_the_same_function(device, gen, pro
     assert compare(out, want).rel_l2 <= KERNEL_VS_EMULATION
 
 
-@pytest.mark.parametrize("causal", [False, True])
-def test_skipping_unit_rescales_changes_no_bit(device, gen, causal):
-    """promote_every=0 with skip_unit_rescale multiplies the accumulator only in tiles where some row's
-    max grew; elsewhere alpha is exactly 1, so the output must be bit-identical."""
-    q, k, v = make_qkv(gen, (1, 2, 2, 200, 600, 64), kind="k_offset")
-    qkv = quantize_emulated(q, k, v, DEFAULT_RECIPE)
-    qkv = dataclasses.replace(qkv, **{f: getattr(qkv, f).to(device) for f in
-                                      ("q", "k", "v_t", "q_scale", "k_scale", "v_scale", "v_mean")})
-    outs = []
-    for skip in (False, True):
-        cfg = dataclasses.replace(forward_config(64, qkv.k_block), promote_every=0, skip_unit_rescale=skip)
-        outs.append(attention_forward(qkv, causal=causal, softmax_scale=0.125, p_scale=DEFAULT_RECIPE.p_multiplier,
-                                      out_dtype=torch.float16, config=cfg))
-    assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])
-
-
 def test_rows_without_visible_keys_are_zero(device, gen, poisoned_allocations):
     """Causal with Sq > Sk: query i sees keys j <= i + Sk - Sq, so the first Sq - Sk rows see none."""
     out, lse, *_ = _run(device, gen, (1, 1, 1, 200, 70, 64), causal=True)

@@ -53,7 +53,6 @@ class ForwardConfig:
     promote_every: int = 1
     qk_imprecise_acc: int | None = None
     pv_imprecise_acc: int | None = None
-    skip_unit_rescale: bool = False  # promote_every == 0 only: rescale acc only in tiles where a row max grew
 
 
 def forward_config(head_dim_pad: int, k_block: int, causal: bool = False, pv_fp16: bool = False) -> ForwardConfig:
@@ -103,21 +102,14 @@ def _softmax_step(qk, c, m_i, l_i, LOG2_P_SCALE: tl.constexpr):
 
 @triton.jit
 def _accumulate_pv(acc, acc_part, p, alpha, v, tile, PROMOTE_EVERY: tl.constexpr, PV_IMPRECISE_ACC: tl.constexpr,
-                   PV_FP16: tl.constexpr, SKIP_UNIT_RESCALE: tl.constexpr):
+                   PV_FP16: tl.constexpr):
     """``acc·alpha + P·V`` for key tile number ``tile``, with the recipe's P rounding and the promotion
     of FP8 partial sums to the fp32 accumulator every PROMOTE_EVERY tiles (see the module docstring)."""
     if PV_FP16:
         acc = tl.dot(p.to(tl.float16), v, acc * alpha[:, None])  # fp16 wgmma accumulates in fp32
     elif PROMOTE_EVERY == 0:
         p8 = p.to(tl.float8e4nv)
-        if SKIP_UNIT_RESCALE:
-            # alpha is exactly 1 for every row whose max did not grow: skip the multiply when that holds
-            # for all rows of the tile (the common case once the max has settled). Exact either way.
-            if tl.min(alpha, axis=0) < 1.0:
-                acc = acc * alpha[:, None]
-            acc = tl.dot(p8, v, acc, max_num_imprecise_acc=PV_IMPRECISE_ACC)
-        else:
-            acc = tl.dot(p8, v, acc * alpha[:, None], max_num_imprecise_acc=PV_IMPRECISE_ACC)
+        acc = tl.dot(p8, v, acc * alpha[:, None], max_num_imprecise_acc=PV_IMPRECISE_ACC)
     elif PROMOTE_EVERY == 1:
         p8 = p.to(tl.float8e4nv)
         acc = acc * alpha[:, None] + tl.dot(p8, v, max_num_imprecise_acc=PV_IMPRECISE_ACC)
@@ -139,7 +131,6 @@ def _attend_kv_tiles(
     BLOCK_N: tl.constexpr, HEAD_DIM_PAD: tl.constexpr, K_BLOCK: tl.constexpr,
     CAUSAL: tl.constexpr, MASKED: tl.constexpr, LOG2_P_SCALE: tl.constexpr, PROMOTE_EVERY: tl.constexpr,
     QK_IMPRECISE_ACC: tl.constexpr, PV_IMPRECISE_ACC: tl.constexpr, QK_INT8: tl.constexpr, PV_FP16: tl.constexpr,
-    SKIP_UNIT_RESCALE: tl.constexpr,
 ):
     offs_n0 = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM_PAD)
@@ -156,7 +147,7 @@ def _attend_kv_tiles(
         p, alpha, m_i, l_i = _softmax_step(qk, row_scale * k_scale, m_i, l_i, LOG2_P_SCALE)
         v = tl.trans(tl.load(vt_base + offs_d[:, None] * stride_vd + offs_n[None, :]))
         acc, acc_part = _accumulate_pv(acc, acc_part, p, alpha, v, start_n // BLOCK_N, PROMOTE_EVERY,
-                                       PV_IMPRECISE_ACC, PV_FP16, SKIP_UNIT_RESCALE)
+                                       PV_IMPRECISE_ACC, PV_FP16)
     return acc, acc_part, l_i, m_i
 
 
@@ -201,7 +192,7 @@ def _fp8_attention_fwd_kernel(
     HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     Q_BLOCK: tl.constexpr, K_BLOCK: tl.constexpr, CAUSAL: tl.constexpr, LOG2_P_SCALE: tl.constexpr,
     PROMOTE_EVERY: tl.constexpr, QK_IMPRECISE_ACC: tl.constexpr, PV_IMPRECISE_ACC: tl.constexpr,
-    QK_INT8: tl.constexpr, PV_FP16: tl.constexpr, SMOOTH_V: tl.constexpr, SKIP_UNIT_RESCALE: tl.constexpr,
+    QK_INT8: tl.constexpr, PV_FP16: tl.constexpr, SMOOTH_V: tl.constexpr,
 ):
     start_m = tl.program_id(0) * BLOCK_M
     bh = tl.program_id(1)
@@ -234,13 +225,13 @@ def _fp8_attention_fwd_kernel(
         acc, acc_part, l_i, m_i, q, row_scale, offs_m, k_base, vt_base, k_scale_base, stride_kn, stride_vd,
         0, full_hi, seqlen_k, diagonal,
         BLOCK_N, HEAD_DIM_PAD, K_BLOCK, CAUSAL, False, LOG2_P_SCALE, PROMOTE_EVERY, QK_IMPRECISE_ACC, PV_IMPRECISE_ACC,
-        QK_INT8, PV_FP16, SKIP_UNIT_RESCALE,
+        QK_INT8, PV_FP16,
     )
     acc, acc_part, l_i, m_i = _attend_kv_tiles(
         acc, acc_part, l_i, m_i, q, row_scale, offs_m, k_base, vt_base, k_scale_base, stride_kn, stride_vd,
         full_hi, hi, seqlen_k, diagonal,
         BLOCK_N, HEAD_DIM_PAD, K_BLOCK, CAUSAL, True, LOG2_P_SCALE, PROMOTE_EVERY, QK_IMPRECISE_ACC, PV_IMPRECISE_ACC,
-        QK_INT8, PV_FP16, SKIP_UNIT_RESCALE,
+        QK_INT8, PV_FP16,
     )
     if PROMOTE_EVERY > 1:
         acc += acc_part
@@ -274,7 +265,6 @@ def forward_launch(
         PROMOTE_EVERY=cfg.promote_every,
         QK_IMPRECISE_ACC=cfg.qk_imprecise_acc, PV_IMPRECISE_ACC=cfg.pv_imprecise_acc,
         QK_INT8=qkv.q.dtype == torch.int8, PV_FP16=qkv.v_t.dtype == torch.float16, SMOOTH_V=qkv.v_mean is not None,
-        SKIP_UNIT_RESCALE=cfg.skip_unit_rescale and cfg.promote_every == 0,
     )
     grid = (triton.cdiv(seqlen_q, cfg.block_m), batch * num_q_heads)
     return Launch(_fp8_attention_fwd_kernel, grid, args, constexprs,
