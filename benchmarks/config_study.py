@@ -44,11 +44,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=Path("."))
     parser.add_argument("--recipes", default=f"e4m3,{DEFAULT_RECIPE.name}")
+    parser.add_argument("--head-dims", default="64,128,256", help="comma list (default 64,128,256)")
     args = parser.parse_args()
     records = []
     for recipe_name in args.recipes.split(","):
         recipe = RECIPES[recipe_name]
-        for d in (64, 128, 256):
+        for d in map(int, args.head_dims.split(",")):
             for s, causal in SHAPES:
                 b, h = 16384 // s, 2048 // d
                 g = torch.Generator(device="cuda").manual_seed(0)

@@ -55,20 +55,22 @@ class ForwardConfig:
     pv_imprecise_acc: int | None = None
 
 
-def forward_config(head_dim_pad: int, k_block: int, causal: bool = False, pv_fp16: bool = False) -> ForwardConfig:
+def forward_config(head_dim_pad: int, k_block: int, causal: bool = False, pv_fp16: bool = False,
+                   qk_int8: bool = False) -> ForwardConfig:
     """The tile configuration used for a padded head dimension (one definition for kernel and emulation).
 
     Chosen from measurements on an H100 (``benchmarks/config_study.py``, docs/perf-notes.md) among
     configurations that do not spill registers on sm_90 (``fp8attn inspect`` shows it): one warpgroup
-    on 64 query rows beat two warpgroups on 128 rows by 9-39 % at D <= 128 and on causal D=256, and
-    lost 2-5 % on non-causal D=256; with fp16 P·V it spills at D=256. P·V is promoted to fp32 every
+    on 64 query rows beat two warpgroups on 128 rows by 9-39 % at D <= 128 and on causal D=256; on
+    non-causal D=256 it lost 1-9 % with E4M3 Q·Kᵀ and won 1-10 % with INT8 Q·Kᵀ (S 16k, 4k); with
+    fp16 P·V it spills at D=256. P·V is promoted to fp32 every
     key tile up to D=128 (on an H100 at S=16k this cost 2-4 % of speed and cut the accumulator's error
     from 0.54-0.68 % to 0.42-0.59 %); at D=256 the promotion's second accumulator halves the speed
     through register pressure, so the wgmma accumulator keeps the row (docs/perf-notes.md, "P·V
     promotion").
     """
     block_n = min(128 if head_dim_pad <= 128 else 64, k_block)
-    one_warpgroup = head_dim_pad <= 128 or (causal and not pv_fp16)
+    one_warpgroup = head_dim_pad <= 128 or ((causal or qk_int8) and not pv_fp16)
     return ForwardConfig(block_m=64 if one_warpgroup else 128, block_n=block_n, num_warps=4 if one_warpgroup else 8,
                          num_stages=3, promote_every=0 if head_dim_pad > 128 else 1)
 
@@ -249,7 +251,8 @@ def forward_launch(
 ) -> Launch:
     """The forward kernel's launch for ``qkv`` writing ``out (B, Hq, Sq, D)`` and ``lse (B, Hq, Sq)``."""
     batch, num_q_heads, seqlen_q, dp = qkv.q.shape
-    cfg = config or forward_config(dp, qkv.k_block, causal, pv_fp16=qkv.v_t.dtype == torch.float16)
+    cfg = config or forward_config(dp, qkv.k_block, causal, pv_fp16=qkv.v_t.dtype == torch.float16,
+                                   qk_int8=qkv.q.dtype == torch.int8)
     if qkv.k_block % cfg.block_n:
         raise ValueError(f"block_n={cfg.block_n} must divide the recipe's k_block={qkv.k_block}")
     args = (
