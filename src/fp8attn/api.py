@@ -207,14 +207,13 @@ def _prequantized_launches(
     causal: bool, scale: float, out_dtype: torch.dtype,
 ) -> tuple[torch.Tensor, torch.Tensor, list[Launch], tuple[torch.Tensor, ...]]:
     """Allocate ``out``, ``lse`` and the kernel layout; return them with the layout and forward launches
-    (the last item: the layout's own buffers, Q and K included only where they are copies)."""
+    (the last item: the layout's workspace, which holds the copies of Q and K where they are needed)."""
     qkv, layout_launch = prequantized_layout(q, k, v, q_descale, k_descale, v_descale)
     out = torch.empty(q.shape, device=q.device, dtype=out_dtype)
     lse = torch.empty(q.shape[:3], device=q.device, dtype=torch.float32)
     forward = forward_launch(qkv, out, lse, causal=causal, softmax_scale=scale,
                              p_scale=PREQUANTIZED_LAYOUT.p_multiplier)
-    copies = tuple(x for x, given in ((qkv.q, q), (qkv.k, k)) if x is not given)
-    return out, lse, [layout_launch, forward], (*copies, qkv.v_t, qkv.q_scale, qkv.k_scale, qkv.v_scale)
+    return out, lse, [layout_launch, forward], (qkv.workspace,)
 
 
 def _attention_prequantized_impl(

@@ -356,6 +356,28 @@ def _stats_chunk(seqlen_k: int) -> int:
 _WORKSPACE_ALIGN = 256  # bytes; each view of the workspace starts on this boundary
 
 
+def carve_workspace(
+    layout: dict[str, tuple[tuple[int, ...], torch.dtype] | None], device: torch.device | str,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor | None]]:
+    """One uninitialised byte buffer and a view of it per ``name: (shape, dtype)`` entry (None stays
+    None), each view starting on a 256-byte boundary: one allocation instead of one per tensor."""
+    offsets, size = {}, 0
+    for name, entry in layout.items():
+        if entry is not None:
+            offsets[name] = size
+            size += triton.cdiv(math.prod(entry[0]) * entry[1].itemsize, _WORKSPACE_ALIGN) * _WORKSPACE_ALIGN
+    workspace = torch.empty(size, device=device, dtype=torch.uint8)
+    views: dict[str, torch.Tensor | None] = {}
+    for name, entry in layout.items():
+        if entry is None:
+            views[name] = None
+            continue
+        shape, dtype = entry
+        start = offsets[name]
+        views[name] = workspace[start:start + math.prod(shape) * dtype.itemsize].view(dtype).view(shape)
+    return workspace, views
+
+
 def allocate_quantized(
     batch: int, num_q_heads: int, num_kv_heads: int, seqlen_q: int, seqlen_k: int, head_dim: int,
     recipe: Recipe, device: torch.device | str,
@@ -377,22 +399,9 @@ def allocate_quantized(
         "kv_partials": None if _inline_stats(batch, num_kv_heads, seqlen_k, dp) else
         ((batch * num_kv_heads, triton.cdiv(seqlen_k, _stats_chunk(seqlen_k)), _NUM_STATS, dp), f32),
     }
-    offsets, size = {}, 0
-    for name, entry in layout.items():
-        if entry is not None:
-            offsets[name] = size
-            size += triton.cdiv(math.prod(entry[0]) * entry[1].itemsize, _WORKSPACE_ALIGN) * _WORKSPACE_ALIGN
-    workspace = torch.empty(size, device=device, dtype=torch.uint8)
-
-    def view(name: str) -> torch.Tensor | None:
-        if layout[name] is None:
-            return None
-        shape, dtype = layout[name]
-        start = offsets[name]
-        return workspace[start:start + math.prod(shape) * dtype.itemsize].view(dtype).view(shape)
-
+    workspace, views = carve_workspace(layout, device)
     return QuantizedQKV(
-        **{name: view(name) for name in layout},
+        **views,
         seqlen_q=seqlen_q, seqlen_k=seqlen_k, head_dim=head_dim, q_block=recipe.q_block, k_block=recipe.k_block,
         workspace=workspace,
     )

@@ -20,7 +20,7 @@ import triton
 import triton.language as tl
 
 from fp8attn.kernels.launch import Launch
-from fp8attn.quantize import QuantizedQKV, padded_head_dim
+from fp8attn.quantize import QuantizedQKV, carve_workspace, padded_head_dim
 from fp8attn.recipe import E4M3_BLOCK
 
 # Caller-quantized E4M3 inputs are laid out like the "e4m3" recipe's (scale blocks, P's factor).
@@ -95,7 +95,8 @@ def prequantized_layout(
         q_descale: ``(B, Hq)`` float32; k_descale, v_descale: ``(B, Hkv)`` float32 (expanded views are fine).
 
     Returns the :class:`QuantizedQKV` (its ``q``/``k`` are the inputs themselves where they already have
-    the layout) and the :class:`Launch` that writes the rest; nothing is written until it runs.
+    the layout; everything else is a view of its one ``workspace`` allocation) and the :class:`Launch`
+    that writes the rest; nothing is written until it runs.
     """
     batch, num_q_heads, seqlen_q, head_dim = q.shape
     num_kv_heads, seqlen_k = k.shape[1], k.shape[2]
@@ -104,18 +105,19 @@ def prequantized_layout(
     num_q_blocks = triton.cdiv(seqlen_q, _BLOCK)
     copy_q = dp != head_dim or q.stride(-1) != 1
     copy_k = dp != head_dim or skp != seqlen_k or k.stride(-1) != 1
-    def empty(*shape: int, dtype: torch.dtype = q.dtype) -> torch.Tensor:
-        return torch.empty(shape, dtype=dtype, device=q.device)
-
+    f32 = torch.float32
+    workspace, views = carve_workspace({
+        "q": ((batch, num_q_heads, seqlen_q, dp), q.dtype) if copy_q else None,
+        "k": ((batch, num_kv_heads, skp, dp), q.dtype) if copy_k else None,
+        "v_t": ((batch, num_kv_heads, dp, skp), q.dtype),
+        "q_scale": ((batch, num_q_heads, num_q_blocks), f32),
+        "k_scale": ((batch, num_kv_heads, skp // _BLOCK), f32),
+        "v_scale": ((batch, num_kv_heads, dp), f32),
+    }, q.device)
     layout = QuantizedQKV(
-        q=empty(batch, num_q_heads, seqlen_q, dp) if copy_q else q,
-        k=empty(batch, num_kv_heads, skp, dp) if copy_k else k,
-        v_t=empty(batch, num_kv_heads, dp, skp),
-        q_scale=empty(batch, num_q_heads, num_q_blocks, dtype=torch.float32),
-        k_scale=empty(batch, num_kv_heads, skp // _BLOCK, dtype=torch.float32),
-        v_scale=empty(batch, num_kv_heads, dp, dtype=torch.float32),
+        **{**views, "q": views["q"] if copy_q else q, "k": views["k"] if copy_k else k},
         k_mean=None, v_mean=None, seqlen_q=seqlen_q, seqlen_k=seqlen_k, head_dim=head_dim,
-        q_block=_BLOCK, k_block=_BLOCK,
+        q_block=_BLOCK, k_block=_BLOCK, workspace=workspace,
     )
     launch = Launch(
         _prequantized_layout_kernel, (max(skp // _BLOCK, num_q_blocks), batch * num_kv_heads),
