@@ -62,12 +62,11 @@ def forward_config(head_dim_pad: int, k_block: int, causal: bool = False, pv_fp1
     Chosen from measurements on an H100 (``benchmarks/config_study.py``, docs/perf-notes.md) among
     configurations that do not spill registers on sm_90 (``fp8attn inspect`` shows it): one warpgroup
     on 64 query rows beat two warpgroups on 128 rows by 9-39 % at D <= 128 and on causal D=256; on
-    non-causal D=256 it lost 1-9 % with E4M3 Q·Kᵀ and won 1-10 % with INT8 Q·Kᵀ (S 16k, 4k); with
-    fp16 P·V it spills at D=256. P·V is promoted to fp32 every
-    key tile up to D=128 (on an H100 at S=16k this cost 2-4 % of speed and cut the accumulator's error
-    from 0.54-0.68 % to 0.42-0.59 %); at D=256 the promotion's second accumulator halves the speed
-    through register pressure, so the wgmma accumulator keeps the row (docs/perf-notes.md, "P·V
-    promotion").
+    non-causal D=256 it lost 1-9 % with E4M3 Q·Kᵀ and won 1-10 % with INT8 Q·Kᵀ (S 16k, 4k; perf-notes
+    section 15); with fp16 P·V it spills at D=256. P·V is promoted to fp32 every key tile up to D=128
+    (on an H100 at S=16k this cost 2-4 % of speed and cut the accumulator's error from 0.54-0.68 % to
+    0.42-0.59 %); at D=256 the promotion's second accumulator halves the speed through register
+    pressure, so the wgmma accumulator keeps the row (docs/perf-notes.md, "P·V promotion").
     """
     block_n = min(128 if head_dim_pad <= 128 else 64, k_block)
     one_warpgroup = head_dim_pad <= 128 or ((causal or qk_int8) and not pv_fp16)
