@@ -50,6 +50,7 @@ def main() -> None:
         for i, owner, offset in replay.pointers:
             values[i] = starts[owner] + offset
         calls.append((replay, values))
+
     def c_launches() -> None:
         for replay, values in calls:
             kernel = replay.kernel
