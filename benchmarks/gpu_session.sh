@@ -50,6 +50,7 @@ for step in "$@"; do
     split) timeout 120 python3 benchmarks/prequant_time_split.py 2>&1 | tee "$OUT/prequant_time_split.txt" ;;
     bandwidth) timeout 200 python3 benchmarks/quantize_bandwidth.py --out "$OUT" 2>&1 | tail -12 ;;
     configs) timeout 400 python3 benchmarks/config_study.py --recipes e4m3 --out "$OUT" 2>&1 | tail -80 ;;
+    wgmma) timeout 400 python3 benchmarks/wgmma_study.py --out "$OUT" 2>&1 | tee "$OUT/wgmma_study.txt" | tail -130 ;;
     study) timeout 300 python3 benchmarks/promotion_study.py --out "$OUT" 2>&1 | tail -20 ;;
     bench-quick) timeout 300 python3 -m fp8attn.bench --quick --out "$OUT" 2>&1 | tail -60 ;;
     bench) timeout ${BENCH_TIMEOUT:-560} python3 -m fp8attn.bench --out "$OUT" ${BENCH_ARGS:-} 2>&1 | tail -80 ;;

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 # Matrix instructions worth counting: FP8 wgmma, fp16/bf16 wgmma, Ampere-style mma, integer mma;
 # local-memory traffic (spills): LDL/STL.
@@ -90,10 +91,14 @@ def _tool(name: str) -> str:
 def _signature(launch) -> tuple[dict[str, str], dict[tuple[int], list], dict[str, int]]:
     """Triton signature, divisibility attributes and constants, as the runtime would specialize this
     launch (an integer argument equal to 1, such as a unit stride, becomes the constant 1)."""
-    names = [n for n in launch.kernel.arg_names if n not in launch.constexprs]
-    signature, attrs, ones = {}, {}, {}
+    options = {name: value for name, value in launch.options.items() if name in launch.kernel.arg_names}
+    names = [n for n in launch.kernel.arg_names if n not in launch.constexprs and n not in options]
+    signature, attrs, ones = {}, {}, {**options}
     for i, (name, value) in enumerate(zip(names, launch.args, strict=True)):
-        if isinstance(value, int) and not isinstance(value, bool) and value == 1:
+        if isinstance(value, TensorDescriptor):
+            block = ", ".join(map(str, value.block_shape))
+            signature[name] = f"tensordesc<{_TRITON_DTYPES[value.base.dtype]}[{block}],{value.layout!r}>"
+        elif isinstance(value, int) and not isinstance(value, bool) and value == 1:
             signature[name] = "constexpr"
             ones[name] = 1
         elif isinstance(value, torch.Tensor):
@@ -109,7 +114,7 @@ def _signature(launch) -> tuple[dict[str, str], dict[tuple[int], list], dict[str
             signature[name] = "fp32"
         else:
             raise TypeError(f"argument {name}: cannot derive a Triton type from {type(value).__name__}")
-    for name in launch.constexprs:
+    for name in [*launch.constexprs, *options]:
         signature[name] = "constexpr"
     return signature, attrs, ones
 
@@ -119,11 +124,13 @@ def compile_offline(launch, arch: int = 90):
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
+    from triton.experimental.gluon._runtime import GluonASTSource
 
     if not hasattr(launch.kernel, "cache_key"):
         raise RuntimeError("kernels are in Triton's interpreter (TRITON_INTERPRET=1): compile in a process without it")
     signature, attrs, ones = _signature(launch)
-    source = ASTSource(launch.kernel, signature, constexprs={**launch.constexprs, **ones}, attrs=attrs)
+    source_type = GluonASTSource if launch.kernel.is_gluon() else ASTSource
+    source = source_type(launch.kernel, signature, constexprs={**launch.constexprs, **ones}, attrs=attrs)
     return triton.compile(source, target=GPUTarget("cuda", arch, 32), options=dict(launch.options))
 
 

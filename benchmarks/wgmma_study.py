@@ -1,0 +1,134 @@
+"""The Gluon forward kernel (TMA + asynchronous wgmma) against the Triton one, kernel alone, on a GPU.
+
+Part 1, correctness: on ragged and causal-edge shapes both kernels read the same quantized inputs;
+outputs are poisoned with NaN first, and each kernel is compared with the float64 emulation of the
+recipe (``fp8attn.reference.attention_emulated``) and with the other kernel. Part 2, speed: FA3 sweep
+shapes (16k tokens, hidden 2048), ``triton.testing.do_bench`` medians with L2 flushed, for each
+``NUM_STAGES`` of the Gluon kernel. Run: ``python benchmarks/wgmma_study.py --out DIR``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+from pathlib import Path
+
+import torch
+import triton
+
+from fp8attn.bench import attention_flops
+from fp8attn.kernels.attention_fwd import forward_launch
+from fp8attn.kernels.attention_fwd_hopper import wgmma_forward_launch
+from fp8attn.metrics import compare
+from fp8attn.quantize import quantize_qkv
+from fp8attn.recipe import DEFAULT_RECIPE, RECIPES
+from fp8attn.reference import attention_emulated
+
+# (B, Hq, Hkv, Sq, Sk, D, causal): ragged lengths, Sq != Sk both ways, GQA, single rows, causal edges.
+CHECK_SHAPES = [
+    (2, 4, 2, 300, 1000, 128, True), (1, 3, 3, 1000, 300, 128, True), (2, 2, 2, 777, 777, 128, False),
+    (1, 4, 1, 1, 513, 128, False), (1, 2, 2, 257, 257, 64, True), (1, 2, 2, 1029, 1029, 64, False),
+    (1, 2, 2, 400, 900, 256, True), (2, 2, 1, 640, 640, 256, False), (1, 2, 2, 96, 40, 80, True),
+]
+SPEED_SHAPES = [(1024, False), (4096, False), (16384, False), (1024, True), (4096, True), (16384, True)]
+
+
+def _launch(kind: str, qkv, out, lse, causal: bool, recipe, stages: int):
+    kwargs = dict(causal=causal, softmax_scale=qkv.head_dim**-0.5, p_scale=recipe.p_multiplier)
+    if kind == "triton":
+        return forward_launch(qkv, out, lse, **kwargs)
+    return wgmma_forward_launch(qkv, out, lse, **kwargs, num_stages=stages)
+
+
+def _inputs(b, hq, hkv, sq, sk, d, recipe, seed):
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    q = torch.randn(b, hq, sq, d, device="cuda", dtype=torch.bfloat16, generator=g)
+    k = torch.randn(b, hkv, sk, d, device="cuda", dtype=torch.bfloat16, generator=g) + 0.5
+    v = torch.randn(b, hkv, sk, d, device="cuda", dtype=torch.bfloat16, generator=g)
+    return quantize_qkv(q, k, v, recipe)
+
+
+def check(recipes, seed: int) -> list[dict]:
+    records = []
+    for recipe in recipes:
+        for i, (b, hq, hkv, sq, sk, d, causal) in enumerate(CHECK_SHAPES):
+            qkv = _inputs(b, hq, hkv, sq, sk, d, recipe, seed + i)
+            emu, emu_lse = attention_emulated(qkv, causal=causal, scale=d**-0.5, p_scale=recipe.p_multiplier,
+                                              return_lse=True)
+            outs = {}
+            for kind in ("triton", "gluon"):
+                out = torch.full((b, hq, sq, d), float("nan"), device="cuda", dtype=torch.bfloat16)
+                lse = torch.full((b, hq, sq), float("nan"), device="cuda")
+                _launch(kind, qkv, out, lse, causal, recipe, 3).run()
+                outs[kind] = (out, lse)
+            (ot, lt), (og, lg) = outs["triton"], outs["gluon"]
+            finite_lse = torch.isfinite(emu_lse)
+            rec = dict(
+                recipe=recipe.name, shape=[b, hq, hkv, sq, sk, d], causal=causal,
+                gluon_nan=int(torch.isnan(og).sum() + torch.isnan(lg).sum()),
+                rel_l2_triton_vs_emulation=compare(ot.double(), emu).rel_l2,
+                rel_l2_gluon_vs_emulation=compare(og.double(), emu).rel_l2,
+                rel_l2_gluon_vs_triton=compare(og.double(), ot.double()).rel_l2,
+                identical_fraction=float((og == ot).double().mean()),
+                lse_max_abs_gluon_vs_emulation=float((lg.double() - emu_lse)[finite_lse].abs().max())
+                if finite_lse.any() else 0.0,
+                lse_inf_match=bool(torch.equal(torch.isinf(lg), ~finite_lse)),
+            )
+            records.append(rec)
+            print(f"check {recipe.name:22s} {rec['shape']} causal={causal!s:5} nan={rec['gluon_nan']} "
+                  f"tri/emu {rec['rel_l2_triton_vs_emulation']:.2e} glu/emu {rec['rel_l2_gluon_vs_emulation']:.2e} "
+                  f"glu/tri {rec['rel_l2_gluon_vs_triton']:.2e} same {rec['identical_fraction']:.3f} "
+                  f"lse {rec['lse_max_abs_gluon_vs_emulation']:.1e} inf-ok {rec['lse_inf_match']}", flush=True)
+    return records
+
+
+def speed(recipes, head_dims, stages_list) -> list[dict]:
+    records = []
+    for recipe in recipes:
+        for d in head_dims:
+            for s, causal in SPEED_SHAPES:
+                b, h = 16384 // s, 2048 // d
+                qkv = _inputs(b, h, h, s, s, d, recipe, 0)
+                out = torch.empty(b, h, s, d, device="cuda", dtype=torch.bfloat16)
+                lse = torch.empty(b, h, s, device="cuda")
+                flops = attention_flops(b, h, s, s, d, causal)
+                ref = None
+                for kind, stages in [("triton", 3), *(("gluon", st) for st in stages_list)]:
+                    launch = _launch(kind, qkv, out, lse, causal, recipe, stages)
+                    launch.run()
+                    result = out.clone()
+                    ref = result if ref is None else ref
+                    ms = triton.testing.do_bench(functools.partial(launch.run), warmup=25, rep=100,
+                                                 return_mode="median")
+                    rec = dict(recipe=recipe.name, D=d, S=s, B=b, H=h, causal=causal, kernel=kind, stages=stages,
+                               median_ms=ms, tflops=flops / ms / 1e9,
+                               rel_l2_vs_triton=compare(result.float(), ref.float()).rel_l2)
+                    records.append(rec)
+                    print(f"speed {recipe.name:22s} D{d:<3} S{s:<5} {'causal' if causal else 'full  '} {kind:6s} "
+                          f"st{stages} {rec['tflops']:7.1f} TFLOP/s {ms * 1e3:8.1f} µs diff {rec['rel_l2_vs_triton']:.1e}",
+                          flush=True)
+    return records
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, default=Path("."))
+    parser.add_argument("--recipes", default=f"e4m3,{DEFAULT_RECIPE.name}")
+    parser.add_argument("--head-dims", default="64,128,256")
+    parser.add_argument("--stages", default="3,4", help="Gluon NUM_STAGES values to time")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--skip-check", action="store_true")
+    args = parser.parse_args()
+    recipes = [RECIPES[name] for name in args.recipes.split(",")]
+    result = dict(gpu=torch.cuda.get_device_name(), seed=args.seed)
+    if not args.skip_check:
+        result["check"] = check(recipes, args.seed)
+    result["speed"] = speed(recipes, [int(d) for d in args.head_dims.split(",")],
+                            [int(s) for s in args.stages.split(",")])
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "wgmma_study.json").write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
