@@ -50,7 +50,14 @@ for step in "$@"; do
     split) timeout 120 python3 benchmarks/prequant_time_split.py 2>&1 | tee "$OUT/prequant_time_split.txt" ;;
     bandwidth) timeout 200 python3 benchmarks/quantize_bandwidth.py --out "$OUT" 2>&1 | tail -12 ;;
     configs) timeout 400 python3 benchmarks/config_study.py --recipes e4m3 --out "$OUT" 2>&1 | tail -80 ;;
-    wgmma) timeout 400 python3 benchmarks/wgmma_study.py --out "$OUT" 2>&1 | tee "$OUT/wgmma_study.txt" | tail -130 ;;
+    wgmma-check) timeout 150 python3 benchmarks/wgmma_study.py --only-check --out "$OUT" 2>&1 | tee "$OUT/wgmma_check.txt" | tail -30 ;;
+    wgmma) timeout 400 python3 benchmarks/wgmma_study.py --skip-check --out "$OUT" 2>&1 | tee "$OUT/wgmma_study.txt" | tail -150 ;;
+    wgmma-ncu) for target in 128,16384,0,3 256,16384,0,4; do
+                 timeout 200 ncu --clock-control none -k regex:_fp8_attention_fwd --section SpeedOfLight --section Occupancy \
+                   --section WarpStateStats --section SchedulerStats \
+                   --metrics sm__pipe_tensor_op_gmma_cycles_active.avg.pct_of_peak_sustained_active \
+                   python3 benchmarks/wgmma_study.py --recipes e4m3 --profile-target $target 2>&1
+               done | tee "$OUT/wgmma_ncu.txt" | grep -E "fwd|Tensor|gmma|Occupancy|Issued|Eligible|Stall|Throughput|Registers|Cycles" | head -90 ;;
     study) timeout 300 python3 benchmarks/promotion_study.py --out "$OUT" 2>&1 | tail -20 ;;
     bench-quick) timeout 300 python3 -m fp8attn.bench --quick --out "$OUT" 2>&1 | tail -60 ;;
     bench) timeout ${BENCH_TIMEOUT:-560} python3 -m fp8attn.bench --out "$OUT" ${BENCH_ARGS:-} 2>&1 | tail -80 ;;

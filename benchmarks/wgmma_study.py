@@ -38,7 +38,7 @@ def _launch(kind: str, qkv, out, lse, causal: bool, recipe, stages: int):
     kwargs = dict(causal=causal, softmax_scale=qkv.head_dim**-0.5, p_scale=recipe.p_multiplier)
     if kind == "triton":
         return forward_launch(qkv, out, lse, **kwargs)
-    return wgmma_forward_launch(qkv, out, lse, **kwargs, num_stages=stages)
+    return wgmma_forward_launch(qkv, out, lse, **kwargs, num_stages=stages, warp_specialized=kind == "ws")
 
 
 def _inputs(b, hq, hkv, sq, sk, d, recipe, seed):
@@ -57,20 +57,24 @@ def check(recipes, seed: int) -> list[dict]:
             emu, emu_lse = attention_emulated(qkv, causal=causal, scale=d**-0.5, p_scale=recipe.p_multiplier,
                                               return_lse=True)
             outs = {}
-            for kind in ("triton", "gluon"):
+            for kind in ("triton", "gluon", "ws"):
                 out = torch.full((b, hq, sq, d), float("nan"), device="cuda", dtype=torch.bfloat16)
                 lse = torch.full((b, hq, sq), float("nan"), device="cuda")
                 _launch(kind, qkv, out, lse, causal, recipe, 3).run()
                 outs[kind] = (out, lse)
-            (ot, lt), (og, lg) = outs["triton"], outs["gluon"]
+            (ot, lt), (og, lg), (ow, lw) = outs["triton"], outs["gluon"], outs["ws"]
             finite_lse = torch.isfinite(emu_lse)
             rec = dict(
+                ws_nan=int(torch.isnan(ow).sum() + torch.isnan(lw).sum()),
+                ws_identical=bool(torch.equal(ow, ot) and torch.equal(lw, lt)),
+                rel_l2_ws_vs_emulation=compare(ow.double(), emu).rel_l2,
                 recipe=recipe.name, shape=[b, hq, hkv, sq, sk, d], causal=causal,
                 gluon_nan=int(torch.isnan(og).sum() + torch.isnan(lg).sum()),
                 rel_l2_triton_vs_emulation=compare(ot.double(), emu).rel_l2,
                 rel_l2_gluon_vs_emulation=compare(og.double(), emu).rel_l2,
                 rel_l2_gluon_vs_triton=compare(og.double(), ot.double()).rel_l2,
                 identical_fraction=float((og == ot).double().mean()),
+                lse_identical=bool(torch.equal(lg, lt)),
                 lse_max_abs_gluon_vs_emulation=float((lg.double() - emu_lse)[finite_lse].abs().max())
                 if finite_lse.any() else 0.0,
                 lse_inf_match=bool(torch.equal(torch.isinf(lg), ~finite_lse)),
@@ -78,12 +82,15 @@ def check(recipes, seed: int) -> list[dict]:
             records.append(rec)
             print(f"check {recipe.name:22s} {rec['shape']} causal={causal!s:5} nan={rec['gluon_nan']} "
                   f"tri/emu {rec['rel_l2_triton_vs_emulation']:.2e} glu/emu {rec['rel_l2_gluon_vs_emulation']:.2e} "
-                  f"glu/tri {rec['rel_l2_gluon_vs_triton']:.2e} same {rec['identical_fraction']:.3f} "
-                  f"lse {rec['lse_max_abs_gluon_vs_emulation']:.1e} inf-ok {rec['lse_inf_match']}", flush=True)
+                  f"glu/tri {rec['rel_l2_gluon_vs_triton']:.2e} "
+                  f"same {rec['identical_fraction']:.3f}/{rec['lse_identical']} "
+                  f"lse {rec['lse_max_abs_gluon_vs_emulation']:.1e} inf-ok {rec['lse_inf_match']} "
+                  f"ws nan={rec['ws_nan']} same={rec['ws_identical']} ws/emu {rec['rel_l2_ws_vs_emulation']:.2e}",
+                  flush=True)
     return records
 
 
-def speed(recipes, head_dims, stages_list) -> list[dict]:
+def speed(recipes, head_dims, variants) -> list[dict]:
     records = []
     for recipe in recipes:
         for d in head_dims:
@@ -94,7 +101,7 @@ def speed(recipes, head_dims, stages_list) -> list[dict]:
                 lse = torch.empty(b, h, s, device="cuda")
                 flops = attention_flops(b, h, s, s, d, causal)
                 ref = None
-                for kind, stages in [("triton", 3), *(("gluon", st) for st in stages_list)]:
+                for kind, stages in [("triton", 3), *variants]:
                     launch = _launch(kind, qkv, out, lse, causal, recipe, stages)
                     launch.run()
                     result = out.clone()
@@ -106,8 +113,8 @@ def speed(recipes, head_dims, stages_list) -> list[dict]:
                                rel_l2_vs_triton=compare(result.float(), ref.float()).rel_l2)
                     records.append(rec)
                     print(f"speed {recipe.name:22s} D{d:<3} S{s:<5} {'causal' if causal else 'full  '} {kind:6s} "
-                          f"st{stages} {rec['tflops']:7.1f} TFLOP/s {ms * 1e3:8.1f} µs diff {rec['rel_l2_vs_triton']:.1e}",
-                          flush=True)
+                          f"st{stages} {rec['tflops']:7.1f} TFLOP/s {ms * 1e3:8.1f} µs "
+                          f"diff {rec['rel_l2_vs_triton']:.1e}", flush=True)
     return records
 
 
@@ -116,18 +123,33 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("."))
     parser.add_argument("--recipes", default=f"e4m3,{DEFAULT_RECIPE.name}")
     parser.add_argument("--head-dims", default="64,128,256")
-    parser.add_argument("--stages", default="3,4", help="Gluon NUM_STAGES values to time")
+    parser.add_argument("--variants", default="gluon:3,ws:3,ws:4", help="Gluon kernels to time, KIND:NUM_STAGES")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-check", action="store_true")
+    parser.add_argument("--only-check", action="store_true")
+    parser.add_argument("--profile-target", metavar="D,S,CAUSAL,STAGES",
+                        help="run each kernel once on this FA3 sweep shape and exit (a target for ncu)")
     args = parser.parse_args()
     recipes = [RECIPES[name] for name in args.recipes.split(",")]
+    if args.profile_target:
+        d, s, causal, stages = map(int, args.profile_target.split(","))
+        b, h = 16384 // s, 2048 // d
+        for recipe in recipes:
+            qkv = _inputs(b, h, h, s, s, d, recipe, 0)
+            out = torch.empty(b, h, s, d, device="cuda", dtype=torch.bfloat16)
+            lse = torch.empty(b, h, s, device="cuda")
+            for kind in ("triton", "gluon"):
+                _launch(kind, qkv, out, lse, bool(causal), recipe, stages).run()
+        torch.cuda.synchronize()
+        return
     result = dict(gpu=torch.cuda.get_device_name(), seed=args.seed)
     if not args.skip_check:
         result["check"] = check(recipes, args.seed)
-    result["speed"] = speed(recipes, [int(d) for d in args.head_dims.split(",")],
-                            [int(s) for s in args.stages.split(",")])
+    if not args.only_check:
+        variants = [(kind, int(stages)) for kind, stages in (v.split(":") for v in args.variants.split(","))]
+        result["speed"] = speed(recipes, [int(d) for d in args.head_dims.split(",")], variants)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "wgmma_study.json").write_text(json.dumps(result, indent=1))
+    (args.out / f"wgmma_study{'_check' if args.only_check else ''}.json").write_text(json.dumps(result, indent=1))
 
 
 if __name__ == "__main__":

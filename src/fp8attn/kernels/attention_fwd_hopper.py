@@ -24,8 +24,13 @@ import torch
 import triton
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
-from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma, warpgroup_mma, warpgroup_mma_wait
-from triton.experimental.gluon.language.nvidia.hopper import warpgroup_mma_init
+from triton.experimental.gluon.language.nvidia.hopper import (
+    mbarrier,
+    tma,
+    warpgroup_mma,
+    warpgroup_mma_init,
+    warpgroup_mma_wait,
+)
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 from fp8attn.kernels.attention_fwd import LOG2_E, forward_config
@@ -74,7 +79,8 @@ def _softmax_step(qk, c, m_i, l_i, LOG2_P_SCALE: gl.constexpr):
 @gluon.jit
 def _attend_tile(qk, acc, l_i, m_i, v_tile, k_scale_base, tile, offs_m, offs_n0, c_row, full_hi, seqlen_k, diagonal,
                  p_layout: gl.constexpr, pv_rows: gl.constexpr, BLOCK_N: gl.constexpr, K_BLOCK: gl.constexpr,
-                 CAUSAL: gl.constexpr, LOG2_P_SCALE: gl.constexpr, PROMOTE: gl.constexpr, QK_IN_FLIGHT: gl.constexpr):
+                 CAUSAL: gl.constexpr, LOG2_P_SCALE: gl.constexpr, PROMOTE: gl.constexpr, QK_IN_FLIGHT: gl.constexpr,
+                 PV_LEFT_RUNNING: gl.constexpr = True):
     """Softmax of one key tile's products ``qk``, then ``acc·alpha + P·V``.
 
     With PROMOTE the product lands in fresh registers and is added in fp32, waited for here; without,
@@ -90,9 +96,12 @@ def _attend_tile(qk, acc, l_i, m_i, v_tile, k_scale_base, tile, offs_m, offs_n0,
         pv = warpgroup_mma(p8, v_tile.permute((1, 0)), acc, use_acc=False, is_async=True)
         pv = warpgroup_mma_wait(0, deps=(pv,))
         acc = acc * alpha + pv
-    else:
+    elif PV_LEFT_RUNNING:
         acc = warpgroup_mma_wait(QK_IN_FLIGHT, deps=(acc,))
         acc = warpgroup_mma(p8, v_tile.permute((1, 0)), acc * alpha, is_async=True)
+    else:
+        acc = warpgroup_mma(p8, v_tile.permute((1, 0)), acc * alpha, is_async=True)
+        acc = warpgroup_mma_wait(0, deps=(acc,))
     return acc, l_i, m_i
 
 
@@ -111,7 +120,7 @@ def _fp8_attention_fwd_wgmma_kernel(
     BLOCK_N: gl.constexpr = k_desc.block_type.shape[0]
     QK_INT8: gl.constexpr = q_desc.dtype == gl.int8
     PV_IN_FLIGHT: gl.constexpr = 0 if PROMOTE else 1  # P·V groups left running at the end of an iteration
-    gl.static_assert(NUM_STAGES >= 3, "tile j + 1 must be loading while tiles j - 1 and j are in use")
+    gl.static_assert(NUM_STAGES >= 2 + PV_IN_FLIGHT, "tile j + 1 loads while tile j (and j - 1) are in use")
     qk_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
                                                          instr_shape=[16, BLOCK_N, 32])
     pv_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
@@ -149,7 +158,7 @@ def _fp8_attention_fwd_wgmma_kernel(
 
     mbarrier.expect(q_ready, q_desc.block_type.nbytes)
     tma.async_copy_global_to_shared(q_desc, [bh * seqlen_q + start_m, 0], q_ready, q_smem)
-    for i in gl.static_range(NUM_STAGES - 1):
+    for i in gl.static_range(NUM_STAGES - PV_IN_FLIGHT):
         if i < num_tiles:
             _issue_kv_load(k_desc, vt_desc, k_smem, v_smem, ready, i, kv_row, vt_row, BLOCK_N, NUM_STAGES)
 
@@ -182,10 +191,11 @@ def _fp8_attention_fwd_wgmma_kernel(
                                          offs_n0, c_row, full_hi, seqlen_k, diagonal, p_layout, pv_rows, BLOCK_N,
                                          K_BLOCK, CAUSAL, LOG2_P_SCALE, PROMOTE, 1)
             qk = warpgroup_mma_wait(PV_IN_FLIGHT, deps=(qk_next,))
-            # Tile j - 1's P·V has finished: its slot takes tile j + NUM_STAGES - 1.
-            if j + NUM_STAGES - 1 < num_tiles:
-                _issue_kv_load(k_desc, vt_desc, k_smem, v_smem, ready, j + NUM_STAGES - 1, kv_row, vt_row, BLOCK_N,
-                               NUM_STAGES)
+            # The newest finished P·V is tile j's (tile j - 1's while one runs on): its slot takes the tile
+            # NUM_STAGES later.
+            if j + NUM_STAGES - PV_IN_FLIGHT < num_tiles:
+                _issue_kv_load(k_desc, vt_desc, k_smem, v_smem, ready, j + NUM_STAGES - PV_IN_FLIGHT, kv_row, vt_row,
+                               BLOCK_N, NUM_STAGES)
         last = num_tiles - 1
         acc, l_i, m_i = _attend_tile(qk, acc, l_i, m_i, v_smem.index(last % NUM_STAGES), k_scale_base, last, offs_m,
                                      offs_n0, c_row, full_hi, seqlen_k, diagonal, p_layout, pv_rows, BLOCK_N, K_BLOCK,
@@ -216,6 +226,218 @@ def _fp8_attention_fwd_wgmma_kernel(
     gl.store(lse_ptr + bh * seqlen_q + offs_m, lse, mask=m_ok)
 
 
+@gluon.jit
+def _key_tiles(start_m, seqlen_q, seqlen_k, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, CAUSAL: gl.constexpr):
+    """Key tiles rows [start_m, start_m + BLOCK_M) visit, the end of the tiles they all see whole, and
+    the causal diagonal offset (bottom-right aligned)."""
+    diagonal = seqlen_k - seqlen_q
+    if CAUSAL:
+        hi = gl.maximum(gl.minimum(seqlen_k, start_m + BLOCK_M + diagonal), 0)
+        full_hi = gl.maximum(gl.minimum(seqlen_k, start_m + diagonal + 1), 0) // BLOCK_N * BLOCK_N
+    else:
+        hi = seqlen_k
+        full_hi = seqlen_k // BLOCK_N * BLOCK_N
+    return gl.cdiv(hi, BLOCK_N), full_hi, diagonal
+
+
+@gluon.jit
+def _ws_producer(
+    q_desc, k_desc, vt_desc, q_smem, k_smem, v_smem, ready, empty, q_ready,
+    q_scale_ptr, k_scale_ptr, v_scale_ptr, v_mean_ptr, out_ptr, lse_ptr,
+    seqlen_q, seqlen_k, seqlen_k_pad, num_q_heads, num_kv_heads, num_q_scale_blocks, num_k_scale_blocks,
+    qk_scale_log2, stride_ob, stride_oh, stride_om,
+    HEAD_DIM: gl.constexpr, Q_BLOCK: gl.constexpr, K_BLOCK: gl.constexpr, CAUSAL: gl.constexpr,
+    LOG2_P_SCALE: gl.constexpr, PROMOTE: gl.constexpr, SMOOTH_V: gl.constexpr, NUM_STAGES: gl.constexpr,
+):
+    """One warp: both consumers' Q tiles, then every key tile either consumer needs, into the ring.
+
+    A slot is refilled once each consumer that read its previous tile has released it (consumer 0,
+    the upper rows, may need fewer tiles under a causal mask and stops releasing early).
+    """
+    BLOCK_M: gl.constexpr = q_desc.block_type.shape[0]
+    BLOCK_N: gl.constexpr = k_desc.block_type.shape[0]
+    HEAD_DIM_PAD: gl.constexpr = q_desc.block_type.shape[1]
+    start_m = gl.program_id(0) * 2 * BLOCK_M
+    bh = gl.program_id(1)
+    b = bh // num_q_heads
+    kv_bh = b * num_kv_heads + (bh % num_q_heads) // (num_q_heads // num_kv_heads)
+    for c in gl.static_range(2):
+        mbarrier.expect(q_ready.index(c), q_desc.block_type.nbytes)
+        tma.async_copy_global_to_shared(q_desc, [bh * seqlen_q + start_m + c * BLOCK_M, 0], q_ready.index(c),
+                                        q_smem.index(c))
+    n0, _, _ = _key_tiles(start_m, seqlen_q, seqlen_k, BLOCK_M, BLOCK_N, CAUSAL)
+    n1, _, _ = _key_tiles(start_m + BLOCK_M, seqlen_q, seqlen_k, BLOCK_M, BLOCK_N, CAUSAL)
+    for t in range(gl.maximum(n0, n1)):
+        slot = t % NUM_STAGES
+        phase = ((t // NUM_STAGES) & 1) ^ 1  # a fresh barrier passes a wait for parity 1
+        mbarrier.wait(empty.index(slot), phase, pred=t < n0 + NUM_STAGES)
+        mbarrier.wait(empty.index(NUM_STAGES + slot), phase, pred=t < n1 + NUM_STAGES)
+        _issue_kv_load(k_desc, vt_desc, k_smem, v_smem, ready, t, kv_bh * seqlen_k_pad, kv_bh * HEAD_DIM_PAD,
+                       BLOCK_N, NUM_STAGES)
+
+
+@gluon.jit
+def _ws_consume(
+    q_desc, k_desc, vt_desc, q_smem, k_smem, v_smem, ready, empty, q_ready,
+    q_scale_ptr, k_scale_ptr, v_scale_ptr, v_mean_ptr, out_ptr, lse_ptr,
+    seqlen_q, seqlen_k, seqlen_k_pad, num_q_heads, num_kv_heads, num_q_scale_blocks, num_k_scale_blocks,
+    qk_scale_log2, stride_ob, stride_oh, stride_om,
+    HEAD_DIM: gl.constexpr, Q_BLOCK: gl.constexpr, K_BLOCK: gl.constexpr, CAUSAL: gl.constexpr,
+    LOG2_P_SCALE: gl.constexpr, PROMOTE: gl.constexpr, SMOOTH_V: gl.constexpr, NUM_STAGES: gl.constexpr,
+    WG: gl.constexpr,
+):
+    """One warpgroup: the 64 query rows number WG of the program's 128, against the ring's key tiles."""
+    BLOCK_M: gl.constexpr = q_desc.block_type.shape[0]
+    HEAD_DIM_PAD: gl.constexpr = q_desc.block_type.shape[1]
+    BLOCK_N: gl.constexpr = k_desc.block_type.shape[0]
+    QK_INT8: gl.constexpr = q_desc.dtype == gl.int8
+    qk_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                         instr_shape=[16, BLOCK_N, 32])
+    pv_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                         instr_shape=[16, HEAD_DIM_PAD, 32])
+    p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=pv_layout, k_width=4)
+    qk_rows: gl.constexpr = gl.SliceLayout(1, qk_layout)
+    pv_rows: gl.constexpr = gl.SliceLayout(1, pv_layout)
+    pv_cols: gl.constexpr = gl.SliceLayout(0, pv_layout)
+
+    start_m = gl.program_id(0) * 2 * BLOCK_M + WG * BLOCK_M
+    bh = gl.program_id(1)
+    b = bh // num_q_heads
+    h = bh % num_q_heads
+    kv_bh = b * num_kv_heads + h // (num_q_heads // num_kv_heads)
+    num_tiles, full_hi, diagonal = _key_tiles(start_m, seqlen_q, seqlen_k, BLOCK_M, BLOCK_N, CAUSAL)
+
+    offs_m = start_m + gl.arange(0, BLOCK_M, layout=qk_rows)
+    offs_n0 = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, qk_layout))
+    m_ok = offs_m < seqlen_q
+    q_scale = gl.load(q_scale_ptr + bh * num_q_scale_blocks + offs_m // Q_BLOCK, mask=m_ok, other=1.0)
+    c_row = q_scale * qk_scale_log2
+    k_scale_base = k_scale_ptr + kv_bh * num_k_scale_blocks
+    qk_zero = gl.zeros([BLOCK_M, BLOCK_N], gl.int32 if QK_INT8 else gl.float32, qk_layout)
+    acc = gl.zeros([BLOCK_M, HEAD_DIM_PAD], gl.float32, pv_layout)
+    l_i = gl.zeros([BLOCK_M], gl.float32, qk_rows)
+    m_i = gl.full([BLOCK_M], float("-inf"), gl.float32, qk_rows)
+    q_tile = q_smem.index(WG)
+    mbarrier.wait(q_ready.index(WG), 0)
+    if num_tiles > 0:
+        mbarrier.wait(ready.index(0), 0)
+        qk = warpgroup_mma(q_tile, k_smem.index(0).permute((1, 0)), qk_zero, use_acc=False, is_async=True)
+        qk = warpgroup_mma_wait(0, deps=(qk,))
+        for j in range(0, num_tiles - 1):
+            nxt = (j + 1) % NUM_STAGES
+            mbarrier.wait(ready.index(nxt), ((j + 1) // NUM_STAGES) & 1)
+            qk_next = warpgroup_mma(q_tile, k_smem.index(nxt).permute((1, 0)), qk_zero, use_acc=False,
+                                    is_async=True)
+            acc, l_i, m_i = _attend_tile(qk, acc, l_i, m_i, v_smem.index(j % NUM_STAGES), k_scale_base, j, offs_m,
+                                         offs_n0, c_row, full_hi, seqlen_k, diagonal, p_layout, pv_rows, BLOCK_N,
+                                         K_BLOCK, CAUSAL, LOG2_P_SCALE, PROMOTE, 1, False)
+            qk = warpgroup_mma_wait(0, deps=(qk_next,))
+            mbarrier.arrive(empty.index(WG * NUM_STAGES + j % NUM_STAGES), count=1)
+        last = num_tiles - 1
+        acc, l_i, m_i = _attend_tile(qk, acc, l_i, m_i, v_smem.index(last % NUM_STAGES), k_scale_base, last, offs_m,
+                                     offs_n0, c_row, full_hi, seqlen_k, diagonal, p_layout, pv_rows, BLOCK_N, K_BLOCK,
+                                     CAUSAL, LOG2_P_SCALE, PROMOTE, 0, False)
+        mbarrier.arrive(empty.index(WG * NUM_STAGES + last % NUM_STAGES), count=1)
+
+    offs_d = gl.arange(0, HEAD_DIM_PAD, layout=pv_cols)
+    offs_mo = start_m + gl.arange(0, BLOCK_M, layout=pv_rows)
+    l_o = gl.convert_layout(l_i, pv_rows)
+    seen = l_o > 0
+    inv_l = gl.where(seen, 1.0 / gl.where(seen, l_o, 1.0), 0.0)
+    v_scale = gl.load(v_scale_ptr + kv_bh * HEAD_DIM_PAD + offs_d)
+    out = acc * gl.expand_dims(inv_l, 1) * gl.expand_dims(v_scale, 0)
+    if SMOOTH_V:
+        v_mean = gl.load(v_mean_ptr + kv_bh * HEAD_DIM_PAD + offs_d)
+        out = gl.where(gl.expand_dims(seen, 1), out + gl.expand_dims(v_mean, 0), 0.0)
+    out_ptrs = (out_ptr + b * stride_ob + h * stride_oh + gl.expand_dims(offs_mo, 1) * stride_om
+                + gl.expand_dims(offs_d, 0))
+    store_ok = gl.expand_dims(offs_mo < seqlen_q, 1) & gl.expand_dims(offs_d < HEAD_DIM, 0)
+    gl.store(out_ptrs, out.to(out_ptr.dtype.element_ty), mask=store_ok)
+    seen_q = l_i > 0
+    lse = gl.where(seen_q, (m_i + gl.log2(gl.where(seen_q, l_i, 1.0)) - LOG2_P_SCALE) * LN_2, float("-inf"))
+    gl.store(lse_ptr + bh * seqlen_q + offs_m, lse, mask=m_ok)
+
+
+@gluon.jit
+def _ws_consumer0(
+    q_desc, k_desc, vt_desc, q_smem, k_smem, v_smem, ready, empty, q_ready,
+    q_scale_ptr, k_scale_ptr, v_scale_ptr, v_mean_ptr, out_ptr, lse_ptr,
+    seqlen_q, seqlen_k, seqlen_k_pad, num_q_heads, num_kv_heads, num_q_scale_blocks, num_k_scale_blocks,
+    qk_scale_log2, stride_ob, stride_oh, stride_om,
+    HEAD_DIM: gl.constexpr, Q_BLOCK: gl.constexpr, K_BLOCK: gl.constexpr, CAUSAL: gl.constexpr,
+    LOG2_P_SCALE: gl.constexpr, PROMOTE: gl.constexpr, SMOOTH_V: gl.constexpr, NUM_STAGES: gl.constexpr,
+):
+    _ws_consume(q_desc, k_desc, vt_desc, q_smem, k_smem, v_smem, ready, empty, q_ready,
+                q_scale_ptr, k_scale_ptr, v_scale_ptr, v_mean_ptr, out_ptr, lse_ptr,
+                seqlen_q, seqlen_k, seqlen_k_pad, num_q_heads, num_kv_heads, num_q_scale_blocks, num_k_scale_blocks,
+                qk_scale_log2, stride_ob, stride_oh, stride_om,
+                HEAD_DIM, Q_BLOCK, K_BLOCK, CAUSAL, LOG2_P_SCALE, PROMOTE, SMOOTH_V, NUM_STAGES, 0)
+
+
+@gluon.jit
+def _ws_consumer1(
+    q_desc, k_desc, vt_desc, q_smem, k_smem, v_smem, ready, empty, q_ready,
+    q_scale_ptr, k_scale_ptr, v_scale_ptr, v_mean_ptr, out_ptr, lse_ptr,
+    seqlen_q, seqlen_k, seqlen_k_pad, num_q_heads, num_kv_heads, num_q_scale_blocks, num_k_scale_blocks,
+    qk_scale_log2, stride_ob, stride_oh, stride_om,
+    HEAD_DIM: gl.constexpr, Q_BLOCK: gl.constexpr, K_BLOCK: gl.constexpr, CAUSAL: gl.constexpr,
+    LOG2_P_SCALE: gl.constexpr, PROMOTE: gl.constexpr, SMOOTH_V: gl.constexpr, NUM_STAGES: gl.constexpr,
+):
+    _ws_consume(q_desc, k_desc, vt_desc, q_smem, k_smem, v_smem, ready, empty, q_ready,
+                q_scale_ptr, k_scale_ptr, v_scale_ptr, v_mean_ptr, out_ptr, lse_ptr,
+                seqlen_q, seqlen_k, seqlen_k_pad, num_q_heads, num_kv_heads, num_q_scale_blocks, num_k_scale_blocks,
+                qk_scale_log2, stride_ob, stride_oh, stride_om,
+                HEAD_DIM, Q_BLOCK, K_BLOCK, CAUSAL, LOG2_P_SCALE, PROMOTE, SMOOTH_V, NUM_STAGES, 1)
+
+
+@gluon.jit
+def _fp8_attention_fwd_ws_kernel(
+    q_desc, k_desc, vt_desc, q_scale_ptr, k_scale_ptr, v_scale_ptr, v_mean_ptr, out_ptr, lse_ptr,
+    seqlen_q, seqlen_k, seqlen_k_pad, num_q_heads, num_kv_heads, num_q_scale_blocks, num_k_scale_blocks,
+    qk_scale_log2,
+    stride_ob, stride_oh, stride_om,
+    HEAD_DIM: gl.constexpr, Q_BLOCK: gl.constexpr, K_BLOCK: gl.constexpr, CAUSAL: gl.constexpr,
+    LOG2_P_SCALE: gl.constexpr, PROMOTE: gl.constexpr, SMOOTH_V: gl.constexpr, NUM_STAGES: gl.constexpr,
+    CONSUMER_REGS: gl.constexpr, num_warps: gl.constexpr,
+):
+    """Warp-specialized: two consumer warpgroups (64 query rows each) share one TMA producer warp's ring."""
+    gl.static_assert(num_warps == 4, "the default partition is consumer warpgroup 0")
+    BLOCK_M: gl.constexpr = q_desc.block_type.shape[0]
+    HEAD_DIM_PAD: gl.constexpr = q_desc.block_type.shape[1]
+    BLOCK_N: gl.constexpr = k_desc.block_type.shape[0]
+    q_smem = gl.allocate_shared_memory(q_desc.dtype, [2, BLOCK_M, HEAD_DIM_PAD], q_desc.layout)
+    k_smem = gl.allocate_shared_memory(k_desc.dtype, [NUM_STAGES, BLOCK_N, HEAD_DIM_PAD], k_desc.layout)
+    v_smem = gl.allocate_shared_memory(vt_desc.dtype, [NUM_STAGES, HEAD_DIM_PAD, BLOCK_N], vt_desc.layout)
+    ready = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
+    empty = gl.allocate_shared_memory(gl.int64, [2 * NUM_STAGES, 1], mbarrier.MBarrierLayout())
+    q_ready = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+    for i in gl.static_range(NUM_STAGES):
+        mbarrier.init(ready.index(i), count=1)
+        mbarrier.init(empty.index(i), count=1)
+        mbarrier.init(empty.index(NUM_STAGES + i), count=1)
+    for i in gl.static_range(2):
+        mbarrier.init(q_ready.index(i), count=1)
+    # The argument tuples are written out in the call: an assigned tuple would turn its constexprs into tensors.
+    gl.warp_specialize([
+        (_ws_consumer0, (q_desc, k_desc, vt_desc, q_smem, k_smem, v_smem, ready, empty, q_ready,
+                          q_scale_ptr, k_scale_ptr, v_scale_ptr, v_mean_ptr, out_ptr, lse_ptr,
+                          seqlen_q, seqlen_k, seqlen_k_pad, num_q_heads, num_kv_heads, num_q_scale_blocks,
+                          num_k_scale_blocks, qk_scale_log2, stride_ob, stride_oh, stride_om,
+                          HEAD_DIM, Q_BLOCK, K_BLOCK, CAUSAL, LOG2_P_SCALE, PROMOTE, SMOOTH_V, NUM_STAGES)),
+        (_ws_consumer1, (q_desc, k_desc, vt_desc, q_smem, k_smem, v_smem, ready, empty, q_ready,
+                          q_scale_ptr, k_scale_ptr, v_scale_ptr, v_mean_ptr, out_ptr, lse_ptr,
+                          seqlen_q, seqlen_k, seqlen_k_pad, num_q_heads, num_kv_heads, num_q_scale_blocks,
+                          num_k_scale_blocks, qk_scale_log2, stride_ob, stride_oh, stride_om,
+                          HEAD_DIM, Q_BLOCK, K_BLOCK, CAUSAL, LOG2_P_SCALE, PROMOTE, SMOOTH_V, NUM_STAGES)),
+        (_ws_producer, (q_desc, k_desc, vt_desc, q_smem, k_smem, v_smem, ready, empty, q_ready,
+                          q_scale_ptr, k_scale_ptr, v_scale_ptr, v_mean_ptr, out_ptr, lse_ptr,
+                          seqlen_q, seqlen_k, seqlen_k_pad, num_q_heads, num_kv_heads, num_q_scale_blocks,
+                          num_k_scale_blocks, qk_scale_log2, stride_ob, stride_oh, stride_om,
+                          HEAD_DIM, Q_BLOCK, K_BLOCK, CAUSAL, LOG2_P_SCALE, PROMOTE, SMOOTH_V, NUM_STAGES)),
+    ], [4, 1],
+                       [CONSUMER_REGS, 24])
+
+
 _GL_DTYPES = {torch.float8_e4m3fn: gl.float8e4nv, torch.int8: gl.int8}
 
 
@@ -226,7 +448,7 @@ def _descriptor(t2d: torch.Tensor, block: list[int]) -> TensorDescriptor:
 
 def wgmma_forward_launch(
     qkv: QuantizedQKV, out: torch.Tensor, lse: torch.Tensor, *, causal: bool, softmax_scale: float, p_scale: float,
-    num_stages: int = 2,
+    num_stages: int = 3, warp_specialized: bool = False, consumer_regs: int = 240, maxnreg: int = 168,
 ) -> Launch:
     """The Gluon forward kernel's launch for ``qkv`` (8-bit P·V recipes, contiguous kernel layout)."""
     batch, num_q_heads, seqlen_q, dp = qkv.q.shape
@@ -238,7 +460,8 @@ def wgmma_forward_launch(
     cfg = forward_config(dp, qkv.k_block, causal, qk_int8=qkv.q.dtype == torch.int8)
     if cfg.promote_every not in (0, 1) or cfg.qk_imprecise_acc is not None or cfg.pv_imprecise_acc is not None:
         raise ValueError(f"the wgmma kernel runs promote_every 0 or 1 without imprecise-accumulation limits: {cfg}")
-    q_desc = _descriptor(qkv.q.reshape(-1, dp), [cfg.block_m, dp])
+    block_m = 64 if warp_specialized else cfg.block_m
+    q_desc = _descriptor(qkv.q.reshape(-1, dp), [block_m, dp])
     k_desc = _descriptor(qkv.k.reshape(-1, dp), [cfg.block_n, dp])
     vt_desc = _descriptor(qkv.v_t.reshape(-1, seqlen_k_pad), [dp, cfg.block_n])
     args = (
@@ -252,5 +475,9 @@ def wgmma_forward_launch(
         LOG2_P_SCALE=math.log2(p_scale), PROMOTE=cfg.promote_every == 1, SMOOTH_V=qkv.v_mean is not None,
         NUM_STAGES=num_stages,
     )
+    if warp_specialized:
+        grid = (triton.cdiv(seqlen_q, 2 * block_m), batch * num_q_heads)
+        return Launch(_fp8_attention_fwd_ws_kernel, grid, args, dict(constexprs, CONSUMER_REGS=consumer_regs),
+                      dict(num_warps=4, maxnreg=maxnreg))
     grid = (triton.cdiv(seqlen_q, cfg.block_m), batch * num_q_heads)
     return Launch(_fp8_attention_fwd_wgmma_kernel, grid, args, constexprs, dict(num_warps=cfg.num_warps))
