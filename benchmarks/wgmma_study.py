@@ -1,10 +1,12 @@
-"""The Gluon forward kernel (TMA + asynchronous wgmma) against the Triton one, kernel alone, on a GPU.
+"""The warp-specialized Gluon forward kernel against the Triton one, kernel alone, on a Hopper GPU.
 
 Part 1, correctness: on ragged and causal-edge shapes both kernels read the same quantized inputs;
 outputs are poisoned with NaN first, and each kernel is compared with the float64 emulation of the
 recipe (``fp8attn.reference.attention_emulated``) and with the other kernel. Part 2, speed: FA3 sweep
 shapes (16k tokens, hidden 2048), ``triton.testing.do_bench`` medians with L2 flushed, for each
 ``NUM_STAGES`` of the Gluon kernel. Run: ``python benchmarks/wgmma_study.py --out DIR``.
+(The single-warpgroup Gluon kernel measured as "gluon" in docs/measurements/wgmma_study_h100_v*.json
+is at commit 15b14ba, its first draft (v1) at 1eea34a; perf-notes section 16.)
 """
 
 from __future__ import annotations
@@ -18,8 +20,8 @@ import torch
 import triton
 
 from fp8attn.bench import attention_flops
-from fp8attn.kernels.attention_fwd import forward_launch
-from fp8attn.kernels.attention_fwd_hopper import wgmma_forward_launch
+from fp8attn.kernels.attention_fwd import forward_config, forward_launch
+from fp8attn.kernels.attention_fwd_hopper import hopper_forward_launch
 from fp8attn.metrics import compare
 from fp8attn.quantize import quantize_qkv
 from fp8attn.recipe import DEFAULT_RECIPE, RECIPES
@@ -37,8 +39,9 @@ SPEED_SHAPES = [(1024, False), (4096, False), (16384, False), (1024, True), (409
 def _launch(kind: str, qkv, out, lse, causal: bool, recipe, stages: int):
     kwargs = dict(causal=causal, softmax_scale=qkv.head_dim**-0.5, p_scale=recipe.p_multiplier)
     if kind == "triton":
-        return forward_launch(qkv, out, lse, **kwargs)
-    return wgmma_forward_launch(qkv, out, lse, **kwargs, num_stages=stages, warp_specialized=kind == "ws")
+        cfg = forward_config(qkv.q.shape[-1], qkv.k_block, causal, qk_int8=qkv.q.dtype == torch.int8)
+        return forward_launch(qkv, out, lse, **kwargs, config=cfg)  # an explicit config: the Triton kernel
+    return hopper_forward_launch(qkv, out, lse, **kwargs, num_stages=stages)
 
 
 def _inputs(b, hq, hkv, sq, sk, d, recipe, seed):
@@ -57,36 +60,27 @@ def check(recipes, seed: int) -> list[dict]:
             emu, emu_lse = attention_emulated(qkv, causal=causal, scale=d**-0.5, p_scale=recipe.p_multiplier,
                                               return_lse=True)
             outs = {}
-            for kind in ("triton", "gluon", "ws"):
+            for kind in ("triton", "hopper"):
                 out = torch.full((b, hq, sq, d), float("nan"), device="cuda", dtype=torch.bfloat16)
                 lse = torch.full((b, hq, sq), float("nan"), device="cuda")
                 _launch(kind, qkv, out, lse, causal, recipe, 3).run()
                 outs[kind] = (out, lse)
-            (ot, lt), (og, lg), (ow, lw) = outs["triton"], outs["gluon"], outs["ws"]
+            (ot, lt), (og, lg) = outs["triton"], outs["hopper"]
             finite_lse = torch.isfinite(emu_lse)
             rec = dict(
-                ws_nan=int(torch.isnan(ow).sum() + torch.isnan(lw).sum()),
-                ws_identical=bool(torch.equal(ow, ot) and torch.equal(lw, lt)),
-                rel_l2_ws_vs_emulation=compare(ow.double(), emu).rel_l2,
                 recipe=recipe.name, shape=[b, hq, hkv, sq, sk, d], causal=causal,
-                gluon_nan=int(torch.isnan(og).sum() + torch.isnan(lg).sum()),
+                hopper_nan=int(torch.isnan(og).sum() + torch.isnan(lg).sum()),
+                identical=bool(torch.equal(og, ot) and torch.equal(lg, lt)),
                 rel_l2_triton_vs_emulation=compare(ot.double(), emu).rel_l2,
-                rel_l2_gluon_vs_emulation=compare(og.double(), emu).rel_l2,
-                rel_l2_gluon_vs_triton=compare(og.double(), ot.double()).rel_l2,
-                identical_fraction=float((og == ot).double().mean()),
-                lse_identical=bool(torch.equal(lg, lt)),
-                lse_max_abs_gluon_vs_emulation=float((lg.double() - emu_lse)[finite_lse].abs().max())
+                rel_l2_hopper_vs_emulation=compare(og.double(), emu).rel_l2,
+                lse_max_abs_hopper_vs_emulation=float((lg.double() - emu_lse)[finite_lse].abs().max())
                 if finite_lse.any() else 0.0,
-                lse_inf_match=bool(torch.equal(torch.isinf(lg), ~finite_lse)),
             )
             records.append(rec)
-            print(f"check {recipe.name:22s} {rec['shape']} causal={causal!s:5} nan={rec['gluon_nan']} "
-                  f"tri/emu {rec['rel_l2_triton_vs_emulation']:.2e} glu/emu {rec['rel_l2_gluon_vs_emulation']:.2e} "
-                  f"glu/tri {rec['rel_l2_gluon_vs_triton']:.2e} "
-                  f"same {rec['identical_fraction']:.3f}/{rec['lse_identical']} "
-                  f"lse {rec['lse_max_abs_gluon_vs_emulation']:.1e} inf-ok {rec['lse_inf_match']} "
-                  f"ws nan={rec['ws_nan']} same={rec['ws_identical']} ws/emu {rec['rel_l2_ws_vs_emulation']:.2e}",
-                  flush=True)
+            print(f"check {recipe.name:22s} {rec['shape']} causal={causal!s:5} nan={rec['hopper_nan']} "
+                  f"identical={rec['identical']} triton/emu {rec['rel_l2_triton_vs_emulation']:.2e} "
+                  f"hopper/emu {rec['rel_l2_hopper_vs_emulation']:.2e} "
+                  f"lse {rec['lse_max_abs_hopper_vs_emulation']:.1e}", flush=True)
     return records
 
 
@@ -123,7 +117,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("."))
     parser.add_argument("--recipes", default=f"e4m3,{DEFAULT_RECIPE.name}")
     parser.add_argument("--head-dims", default="64,128,256")
-    parser.add_argument("--variants", default="gluon:3,ws:3,ws:4", help="Gluon kernels to time, KIND:NUM_STAGES")
+    parser.add_argument("--variants", default="hopper:3,hopper:4",
+                        help="kernels to time besides the Triton one, KIND:NUM_STAGES")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-check", action="store_true")
     parser.add_argument("--only-check", action="store_true")

@@ -248,7 +248,17 @@ def forward_launch(
     qkv: QuantizedQKV, out: torch.Tensor, lse: torch.Tensor, *, causal: bool, softmax_scale: float, p_scale: float,
     config: ForwardConfig | None = None,
 ) -> Launch:
-    """The forward kernel's launch for ``qkv`` writing ``out (B, Hq, Sq, D)`` and ``lse (B, Hq, Sq)``."""
+    """The forward kernel's launch for ``qkv`` writing ``out (B, Hq, Sq, D)`` and ``lse (B, Hq, Sq)``.
+
+    Without a ``config``, shapes where the warp-specialized Gluon kernel is faster on Hopper get that
+    kernel instead (same arithmetic, bit-identical output: :mod:`fp8attn.kernels.attention_fwd_hopper`).
+    """
+    if config is None:
+        from fp8attn.kernels import attention_fwd_hopper  # imports this module: resolved at call time
+
+        if attention_fwd_hopper.hopper_kernel_applies(qkv):
+            return attention_fwd_hopper.hopper_forward_launch(qkv, out, lse, causal=causal,
+                                                              softmax_scale=softmax_scale, p_scale=p_scale)
     batch, num_q_heads, seqlen_q, dp = qkv.q.shape
     cfg = config or forward_config(dp, qkv.k_block, causal, pv_fp16=qkv.v_t.dtype == torch.float16,
                                    qk_int8=qkv.q.dtype == torch.int8)

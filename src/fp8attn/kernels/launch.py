@@ -9,12 +9,14 @@ per kernel.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from triton import knobs
+from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 from triton.runtime import driver
 
 
@@ -42,10 +44,10 @@ class Launch:
         return kernel.result() if hasattr(kernel, "result") else kernel
 
     def bound_values(self) -> list[Any]:
-        """Every parameter's value in the kernel's order, as Triton's launcher takes them."""
-        values = list(self.args)
-        values += [self.constexprs[name] for name in self.kernel.arg_names[len(self.args):]]
-        return values
+        """Every parameter's value in the kernel's order, as Triton's launcher takes them (a Gluon
+        kernel's ``num_warps`` parameter is the launch option)."""
+        named = {**self.options, **self.constexprs}
+        return [*self.args, *(named[name] for name in self.kernel.arg_names[len(self.args):])]
 
 
 @dataclass(frozen=True)
@@ -84,15 +86,18 @@ class LaunchPlan:
             values = launch.bound_values()
             pointers = []
             for i, value in enumerate(values):
-                if not isinstance(value, torch.Tensor) or value.data_ptr() in keep:
+                tensor = value.base if isinstance(value, TensorDescriptor) else value
+                if not isinstance(tensor, torch.Tensor) or tensor.data_ptr() in keep:
                     continue
-                owner = next((j for j, t in enumerate(inputs) if value is t), None)
+                owner = next((j for j, t in enumerate(inputs) if tensor is t), None)
                 if owner is None:
-                    owner = next((len(inputs) + j for j, t in enumerate(allocated) if _same_storage(value, t)), None)
+                    owner = next((len(inputs) + j for j, t in enumerate(allocated) if _same_storage(tensor, t)), None)
                 if owner is None:
                     raise ValueError(f"argument {i} of {launch.kernel.__name__} is not a view of the plan's tensors")
-                pointers.append((i, owner, value.data_ptr() - starts[owner]))
-                values[i] = None
+                pointers.append((i, owner, tensor.data_ptr() - starts[owner]))
+                # A TMA descriptor is rebuilt around each replay's address; it keeps no tensor alive.
+                values[i] = None if tensor is value else dataclasses.replace(
+                    value, base=_Address(tensor.data_ptr(), tensor.dtype))
             grid = (*launch.grid, 1, 1)[:3]
             replays.append(_Replay(kernel, grid, tuple(values), tuple(pointers)))
         self._replays = tuple(replays)
@@ -108,7 +113,11 @@ class LaunchPlan:
         for replay in self._replays:
             values = list(replay.values)
             for i, owner, offset in replay.pointers:
-                values[i] = starts[owner] + offset
+                desc = values[i]
+                if desc is None:
+                    values[i] = starts[owner] + offset
+                else:
+                    values[i] = dataclasses.replace(desc, base=_Address(starts[owner] + offset, desc.base.dtype))
             kernel = replay.kernel
             kernel.run(*replay.grid, stream, kernel.function, kernel.packed_metadata, None, None, None, *values)
         return buffers
@@ -118,6 +127,17 @@ class LaunchPlan:
         """Replays run compiled CUDA kernels, and step aside for launch hooks (profilers)."""
         return (device.type == "cuda" and not knobs.runtime.interpret
                 and _idle(knobs.runtime.launch_enter_hook) and _idle(knobs.runtime.launch_exit_hook))
+
+
+@dataclass(frozen=True)
+class _Address:
+    """What Triton's launcher reads of a TMA descriptor's base tensor: its address and dtype."""
+
+    address: int
+    dtype: torch.dtype
+
+    def data_ptr(self) -> int:
+        return self.address
 
 
 def _idle(hook: Any) -> bool:
