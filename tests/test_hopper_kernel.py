@@ -95,3 +95,23 @@ def test_library_runs_long_d256_on_the_hopper_kernel_and_replays_it(gen, recipe)
         assert launch.kernel.__name__ == "_fp8_attention_fwd_ws_kernel"
         launch.run()
         assert torch.equal(out, want), f"call {call}"
+
+
+@needs_hopper
+def test_prequantized_path_replays_the_hopper_kernel(gen):
+    """attention_prequantized reads the caller's E4M3 tensors in place where their layout allows: the
+    TMA descriptors then point into inputs, which a replay must re-point at the new call's inputs."""
+    shape = (1, 2, 2, HOPPER_MIN_SEQLEN, HOPPER_MIN_SEQLEN, 256)
+
+    def inputs():
+        return [t.to(torch.float8_e4m3fn) for t in make_qkv(gen, shape, dtype=torch.bfloat16, device="cuda")]
+
+    _PLANS.clear()
+    fp8attn.attention_prequantized(*inputs(), 0.5, 1.0, 2.0, causal=True)  # records the plan
+    q, k, v = inputs()
+    out = fp8attn.attention_prequantized(q, k, v, 0.5, 1.0, 2.0, causal=True)  # replays it
+    (plan,) = _PLANS.values()
+    assert any(r.kernel.name == "_fp8_attention_fwd_ws_kernel" for r in plan._replays)
+    _PLANS.clear()
+    fresh = fp8attn.attention_prequantized(q, k, v, 0.5, 1.0, 2.0, causal=True)  # records anew: launched directly
+    assert torch.isfinite(out).all() and torch.equal(out, fresh)

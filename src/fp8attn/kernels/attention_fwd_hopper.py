@@ -301,9 +301,15 @@ HOPPER_MIN_SEQLEN = 4096
 _ROWS_PER_CONSUMER = 64
 
 
-def _descriptor(t2d: torch.Tensor, block: list[int]) -> TensorDescriptor:
-    layout = gl.NVMMASharedLayout.get_default_for(block, _GL_DTYPES[t2d.dtype])
-    return TensorDescriptor(t2d, list(t2d.shape), list(t2d.stride()), block, layout)
+def _descriptor(t: torch.Tensor, block: list[int]) -> TensorDescriptor:
+    """A TMA descriptor over contiguous ``t`` seen as 2-D: all leading dims as rows, the last as columns.
+
+    The base stays ``t`` itself, not a reshaped view: a launch plan recognises a caller's input by
+    identity when it replays (:class:`fp8attn.kernels.launch.LaunchPlan`).
+    """
+    rows, cols = t.numel() // t.shape[-1], t.shape[-1]
+    layout = gl.NVMMASharedLayout.get_default_for(block, _GL_DTYPES[t.dtype])
+    return TensorDescriptor(t, [rows, cols], [cols, 1], block, layout)
 
 
 @functools.cache
@@ -348,9 +354,9 @@ def hopper_forward_launch(
     if not all(t.is_contiguous() for t in (qkv.q, qkv.k, qkv.v_t)):
         raise ValueError("the Hopper kernel reads q, k and v_t through 2-D TMA views: they must be contiguous")
     cfg = forward_config(dp, qkv.k_block, causal, qk_int8=qkv.q.dtype == torch.int8)
-    q_desc = _descriptor(qkv.q.view(-1, dp), [_ROWS_PER_CONSUMER, dp])
-    k_desc = _descriptor(qkv.k.view(-1, dp), [cfg.block_n, dp])
-    vt_desc = _descriptor(qkv.v_t.view(-1, seqlen_k_pad), [dp, cfg.block_n])
+    q_desc = _descriptor(qkv.q, [_ROWS_PER_CONSUMER, dp])
+    k_desc = _descriptor(qkv.k, [cfg.block_n, dp])
+    vt_desc = _descriptor(qkv.v_t, [dp, cfg.block_n])
     args = (
         q_desc, k_desc, vt_desc, qkv.q_scale, qkv.k_scale, qkv.v_scale,
         qkv.v_mean if qkv.v_mean is not None else qkv.v_scale, out, lse,
