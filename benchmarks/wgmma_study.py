@@ -133,7 +133,7 @@ def main() -> None:
             qkv = _inputs(b, h, h, s, s, d, recipe, 0)
             out = torch.empty(b, h, s, d, device="cuda", dtype=torch.bfloat16)
             lse = torch.empty(b, h, s, device="cuda")
-            for kind in ("triton", "gluon"):
+            for kind in ("triton", "hopper"):
                 _launch(kind, qkv, out, lse, bool(causal), recipe, stages).run()
         torch.cuda.synchronize()
         return
