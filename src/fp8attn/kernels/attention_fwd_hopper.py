@@ -89,34 +89,6 @@ def _attend_tile(qk, acc, l_i, m_i, v_tile, k_scale_base, tile, offs_m, offs_n0,
 
 
 @gluon.jit
-def _pipelined_tile(q_tile, k_smem, v_smem, ready, empty, turn, acc, p, alpha, m_i, l_i, j, n_other, qk_zero,
-                    k_scale_base, offs_m, offs_n0, c_row, seqlen_k, diagonal, p_layout: gl.constexpr,
-                    pv_rows: gl.constexpr, BLOCK_N: gl.constexpr, K_BLOCK: gl.constexpr, CAUSAL: gl.constexpr,
-                    LOG2_P_SCALE: gl.constexpr, NUM_STAGES: gl.constexpr, PING_PONG: gl.constexpr,
-                    WG: gl.constexpr, MASKED: gl.constexpr):
-    """One iteration of the P·V-in-flight schedule: P_j·V_j (P and alpha from the previous call) under
-    tile j + 1's softmax. Returns the accumulator and tile j + 1's P, alpha, row max and row sum."""
-    nxt = (j + 1) % NUM_STAGES
-    mbarrier.wait(ready.index(nxt), ((j + 1) // NUM_STAGES) & 1)
-    if PING_PONG:  # consumer 1 (more rows under a causal mask) stops waiting once consumer 0 is done
-        mbarrier.wait(turn.index(WG), (j & 1) ^ (1 - WG), pred=(j < n_other - 1) | (WG == 0))
-    qk = warpgroup_mma(q_tile, k_smem.index(nxt).permute((1, 0)), qk_zero, use_acc=False, is_async=True)
-    p8 = gl.convert_layout(p.to(gl.float8e4nv), p_layout)
-    acc = warpgroup_mma(p8, v_smem.index(j % NUM_STAGES).permute((1, 0)),
-                        acc * gl.expand_dims(gl.convert_layout(alpha, pv_rows), 1), is_async=True)
-    if PING_PONG:
-        mbarrier.arrive(turn.index(1 - WG), count=1)
-    qk = warpgroup_mma_wait(1, deps=(qk,)).to(gl.float32)
-    if MASKED:
-        qk = _mask_scores(qk, offs_m, (j + 1) * BLOCK_N + offs_n0, seqlen_k, diagonal, CAUSAL)
-    k_scale = gl.load(k_scale_base + (j + 1) * BLOCK_N // K_BLOCK)
-    p, alpha, m_i, l_i = _softmax_step(qk, c_row * k_scale, m_i, l_i, LOG2_P_SCALE)
-    acc = warpgroup_mma_wait(0, deps=(acc,))
-    mbarrier.arrive(empty.index(WG * NUM_STAGES + j % NUM_STAGES), count=1)
-    return acc, p, alpha, m_i, l_i
-
-
-@gluon.jit
 def _key_tiles(start_m, seqlen_q, seqlen_k, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, CAUSAL: gl.constexpr):
     """Number of key tiles rows [start_m, start_m + BLOCK_M) visit, the end of the tiles all of them
     see whole, and the causal diagonal offset."""
@@ -126,13 +98,12 @@ def _key_tiles(start_m, seqlen_q, seqlen_k, BLOCK_M: gl.constexpr, BLOCK_N: gl.c
 
 @gluon.jit
 def _ws_producer(
-    q_desc, k_desc, vt_desc, q_smem, k_smem, v_smem, ready, empty, q_ready, turn,
+    q_desc, k_desc, vt_desc, q_smem, k_smem, v_smem, ready, empty, q_ready,
     q_scale_ptr, k_scale_ptr, v_scale_ptr, v_mean_ptr, out_ptr, lse_ptr,
     seqlen_q, seqlen_k, seqlen_k_pad, num_q_heads, num_kv_heads, num_q_scale_blocks, num_k_scale_blocks,
     qk_scale_log2, stride_ob, stride_oh, stride_om,
     HEAD_DIM: gl.constexpr, Q_BLOCK: gl.constexpr, K_BLOCK: gl.constexpr, CAUSAL: gl.constexpr,
     LOG2_P_SCALE: gl.constexpr, PROMOTE: gl.constexpr, SMOOTH_V: gl.constexpr, NUM_STAGES: gl.constexpr,
-    PING_PONG: gl.constexpr,
 ):
     """One warp: both consumers' Q tiles, then every key tile either consumer needs, into the ring.
 
@@ -163,13 +134,13 @@ def _ws_producer(
 
 @gluon.jit
 def _ws_consume(
-    q_desc, k_desc, vt_desc, q_smem, k_smem, v_smem, ready, empty, q_ready, turn,
+    q_desc, k_desc, vt_desc, q_smem, k_smem, v_smem, ready, empty, q_ready,
     q_scale_ptr, k_scale_ptr, v_scale_ptr, v_mean_ptr, out_ptr, lse_ptr,
     seqlen_q, seqlen_k, seqlen_k_pad, num_q_heads, num_kv_heads, num_q_scale_blocks, num_k_scale_blocks,
     qk_scale_log2, stride_ob, stride_oh, stride_om,
     HEAD_DIM: gl.constexpr, Q_BLOCK: gl.constexpr, K_BLOCK: gl.constexpr, CAUSAL: gl.constexpr,
     LOG2_P_SCALE: gl.constexpr, PROMOTE: gl.constexpr, SMOOTH_V: gl.constexpr, NUM_STAGES: gl.constexpr,
-    PING_PONG: gl.constexpr, WG: gl.constexpr,
+    WG: gl.constexpr,
 ):
     """One warpgroup: the 64 query rows number WG of the program's 128, against the ring's key tiles."""
     BLOCK_M: gl.constexpr = q_desc.block_type.shape[0]
@@ -208,48 +179,20 @@ def _ws_consume(
         mbarrier.wait(ready.index(0), 0)
         qk = warpgroup_mma(q_tile, k_smem.index(0).permute((1, 0)), qk_zero, use_acc=False, is_async=True)
         qk = warpgroup_mma_wait(0, deps=(qk,))
-        if PROMOTE:
-            # The P·V product is added to acc in fp32, so it is waited for in its own iteration.
-            for j in range(0, num_tiles - 1):
-                nxt = (j + 1) % NUM_STAGES
-                mbarrier.wait(ready.index(nxt), ((j + 1) // NUM_STAGES) & 1)
-                qk_next = warpgroup_mma(q_tile, k_smem.index(nxt).permute((1, 0)), qk_zero, use_acc=False,
-                                        is_async=True)
-                acc, l_i, m_i = _attend_tile(qk, acc, l_i, m_i, v_smem.index(j % NUM_STAGES), k_scale_base, j,
-                                             offs_m, offs_n0, c_row, full_hi, seqlen_k, diagonal, p_layout, pv_rows,
-                                             BLOCK_N, K_BLOCK, CAUSAL, LOG2_P_SCALE, PROMOTE)
-                qk = warpgroup_mma_wait(0, deps=(qk_next,))
-                mbarrier.arrive(empty.index(WG * NUM_STAGES + j % NUM_STAGES), count=1)
-            last = num_tiles - 1
-            acc, l_i, m_i = _attend_tile(qk, acc, l_i, m_i, v_smem.index(last % NUM_STAGES), k_scale_base, last,
-                                         offs_m, offs_n0, c_row, full_hi, seqlen_k, diagonal, p_layout, pv_rows,
-                                         BLOCK_N, K_BLOCK, CAUSAL, LOG2_P_SCALE, PROMOTE)
-        else:
-            # Softmax one tile ahead: iteration j issues Q·K_{j+1}ᵀ and P_j·V_j, waits for the scores only,
-            # and runs tile j + 1's softmax while P_j·V_j accumulates. No branch may sit between the P·V
-            # issue and its wait (ptxas waits at every control-flow join), so fully visible tiles and
-            # masked ones run in separate loops. With PING_PONG the two consumers take turns issuing (an
-            # mbarrier each way), so one's softmax runs under the other's matmuls.
-            n_other, _, _ = _key_tiles(start_m + (1 - 2 * WG) * BLOCK_M, seqlen_q, seqlen_k, BLOCK_M, BLOCK_N, CAUSAL)
-            qk, c = _scores(qk.to(gl.float32), k_scale_base, 0, offs_m, offs_n0, c_row, full_hi, seqlen_k, diagonal,
-                            BLOCK_N, K_BLOCK, CAUSAL)
-            p, alpha, m_i, l_i = _softmax_step(qk, c, m_i, l_i, LOG2_P_SCALE)
-            num_full = full_hi // BLOCK_N
-            for j in range(0, num_full - 1):
-                acc, p, alpha, m_i, l_i = _pipelined_tile(
-                    q_tile, k_smem, v_smem, ready, empty, turn, acc, p, alpha, m_i, l_i, j, n_other, qk_zero,
-                    k_scale_base, offs_m, offs_n0, c_row, seqlen_k, diagonal, p_layout, pv_rows, BLOCK_N, K_BLOCK,
-                    CAUSAL, LOG2_P_SCALE, NUM_STAGES, PING_PONG, WG, False)
-            for j in range(gl.maximum(num_full - 1, 0), num_tiles - 1):
-                acc, p, alpha, m_i, l_i = _pipelined_tile(
-                    q_tile, k_smem, v_smem, ready, empty, turn, acc, p, alpha, m_i, l_i, j, n_other, qk_zero,
-                    k_scale_base, offs_m, offs_n0, c_row, seqlen_k, diagonal, p_layout, pv_rows, BLOCK_N, K_BLOCK,
-                    CAUSAL, LOG2_P_SCALE, NUM_STAGES, PING_PONG, WG, True)
-            last = num_tiles - 1
-            p8 = gl.convert_layout(p.to(gl.float8e4nv), p_layout)
-            acc = warpgroup_mma(p8, v_smem.index(last % NUM_STAGES).permute((1, 0)),
-                                acc * gl.expand_dims(gl.convert_layout(alpha, pv_rows), 1), is_async=True)
-            acc = warpgroup_mma_wait(0, deps=(acc,))
+        for j in range(0, num_tiles - 1):
+            nxt = (j + 1) % NUM_STAGES
+            mbarrier.wait(ready.index(nxt), ((j + 1) // NUM_STAGES) & 1)
+            qk_next = warpgroup_mma(q_tile, k_smem.index(nxt).permute((1, 0)), qk_zero, use_acc=False,
+                                    is_async=True)
+            acc, l_i, m_i = _attend_tile(qk, acc, l_i, m_i, v_smem.index(j % NUM_STAGES), k_scale_base, j, offs_m,
+                                         offs_n0, c_row, full_hi, seqlen_k, diagonal, p_layout, pv_rows, BLOCK_N,
+                                         K_BLOCK, CAUSAL, LOG2_P_SCALE, PROMOTE)
+            qk = warpgroup_mma_wait(0, deps=(qk_next,))
+            mbarrier.arrive(empty.index(WG * NUM_STAGES + j % NUM_STAGES), count=1)
+        last = num_tiles - 1
+        acc, l_i, m_i = _attend_tile(qk, acc, l_i, m_i, v_smem.index(last % NUM_STAGES), k_scale_base, last, offs_m,
+                                     offs_n0, c_row, full_hi, seqlen_k, diagonal, p_layout, pv_rows, BLOCK_N, K_BLOCK,
+                                     CAUSAL, LOG2_P_SCALE, PROMOTE)
         mbarrier.arrive(empty.index(WG * NUM_STAGES + last % NUM_STAGES), count=1)
 
     offs_d = gl.arange(0, HEAD_DIM_PAD, layout=pv_cols)
@@ -273,36 +216,34 @@ def _ws_consume(
 
 @gluon.jit
 def _ws_consumer0(
-    q_desc, k_desc, vt_desc, q_smem, k_smem, v_smem, ready, empty, q_ready, turn,
+    q_desc, k_desc, vt_desc, q_smem, k_smem, v_smem, ready, empty, q_ready,
     q_scale_ptr, k_scale_ptr, v_scale_ptr, v_mean_ptr, out_ptr, lse_ptr,
     seqlen_q, seqlen_k, seqlen_k_pad, num_q_heads, num_kv_heads, num_q_scale_blocks, num_k_scale_blocks,
     qk_scale_log2, stride_ob, stride_oh, stride_om,
     HEAD_DIM: gl.constexpr, Q_BLOCK: gl.constexpr, K_BLOCK: gl.constexpr, CAUSAL: gl.constexpr,
     LOG2_P_SCALE: gl.constexpr, PROMOTE: gl.constexpr, SMOOTH_V: gl.constexpr, NUM_STAGES: gl.constexpr,
-    PING_PONG: gl.constexpr,
 ):
-    _ws_consume(q_desc, k_desc, vt_desc, q_smem, k_smem, v_smem, ready, empty, q_ready, turn,
+    _ws_consume(q_desc, k_desc, vt_desc, q_smem, k_smem, v_smem, ready, empty, q_ready,
                 q_scale_ptr, k_scale_ptr, v_scale_ptr, v_mean_ptr, out_ptr, lse_ptr,
                 seqlen_q, seqlen_k, seqlen_k_pad, num_q_heads, num_kv_heads, num_q_scale_blocks, num_k_scale_blocks,
                 qk_scale_log2, stride_ob, stride_oh, stride_om,
-                HEAD_DIM, Q_BLOCK, K_BLOCK, CAUSAL, LOG2_P_SCALE, PROMOTE, SMOOTH_V, NUM_STAGES, PING_PONG, 0)
+                HEAD_DIM, Q_BLOCK, K_BLOCK, CAUSAL, LOG2_P_SCALE, PROMOTE, SMOOTH_V, NUM_STAGES, 0)
 
 
 @gluon.jit
 def _ws_consumer1(
-    q_desc, k_desc, vt_desc, q_smem, k_smem, v_smem, ready, empty, q_ready, turn,
+    q_desc, k_desc, vt_desc, q_smem, k_smem, v_smem, ready, empty, q_ready,
     q_scale_ptr, k_scale_ptr, v_scale_ptr, v_mean_ptr, out_ptr, lse_ptr,
     seqlen_q, seqlen_k, seqlen_k_pad, num_q_heads, num_kv_heads, num_q_scale_blocks, num_k_scale_blocks,
     qk_scale_log2, stride_ob, stride_oh, stride_om,
     HEAD_DIM: gl.constexpr, Q_BLOCK: gl.constexpr, K_BLOCK: gl.constexpr, CAUSAL: gl.constexpr,
     LOG2_P_SCALE: gl.constexpr, PROMOTE: gl.constexpr, SMOOTH_V: gl.constexpr, NUM_STAGES: gl.constexpr,
-    PING_PONG: gl.constexpr,
 ):
-    _ws_consume(q_desc, k_desc, vt_desc, q_smem, k_smem, v_smem, ready, empty, q_ready, turn,
+    _ws_consume(q_desc, k_desc, vt_desc, q_smem, k_smem, v_smem, ready, empty, q_ready,
                 q_scale_ptr, k_scale_ptr, v_scale_ptr, v_mean_ptr, out_ptr, lse_ptr,
                 seqlen_q, seqlen_k, seqlen_k_pad, num_q_heads, num_kv_heads, num_q_scale_blocks, num_k_scale_blocks,
                 qk_scale_log2, stride_ob, stride_oh, stride_om,
-                HEAD_DIM, Q_BLOCK, K_BLOCK, CAUSAL, LOG2_P_SCALE, PROMOTE, SMOOTH_V, NUM_STAGES, PING_PONG, 1)
+                HEAD_DIM, Q_BLOCK, K_BLOCK, CAUSAL, LOG2_P_SCALE, PROMOTE, SMOOTH_V, NUM_STAGES, 1)
 
 
 @gluon.jit
@@ -313,7 +254,7 @@ def _fp8_attention_fwd_ws_kernel(
     stride_ob, stride_oh, stride_om,
     HEAD_DIM: gl.constexpr, Q_BLOCK: gl.constexpr, K_BLOCK: gl.constexpr, CAUSAL: gl.constexpr,
     LOG2_P_SCALE: gl.constexpr, PROMOTE: gl.constexpr, SMOOTH_V: gl.constexpr, NUM_STAGES: gl.constexpr,
-    PING_PONG: gl.constexpr, CONSUMER_REGS: gl.constexpr, num_warps: gl.constexpr,
+    CONSUMER_REGS: gl.constexpr, num_warps: gl.constexpr,
 ):
     """Warp-specialized: two consumer warpgroups (64 query rows each) share one TMA producer warp's ring."""
     gl.static_assert(num_warps == 4, "the default partition is consumer warpgroup 0")
@@ -326,34 +267,29 @@ def _fp8_attention_fwd_ws_kernel(
     ready = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
     empty = gl.allocate_shared_memory(gl.int64, [2 * NUM_STAGES, 1], mbarrier.MBarrierLayout())
     q_ready = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
-    turn = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
     for i in gl.static_range(NUM_STAGES):
         mbarrier.init(ready.index(i), count=1)
         mbarrier.init(empty.index(i), count=1)
         mbarrier.init(empty.index(NUM_STAGES + i), count=1)
     for i in gl.static_range(2):
         mbarrier.init(q_ready.index(i), count=1)
-        mbarrier.init(turn.index(i), count=1)
     # The argument tuples are written out in the call: an assigned tuple would turn its constexprs into tensors.
     gl.warp_specialize([
-        (_ws_consumer0, (q_desc, k_desc, vt_desc, q_smem, k_smem, v_smem, ready, empty, q_ready, turn,
+        (_ws_consumer0, (q_desc, k_desc, vt_desc, q_smem, k_smem, v_smem, ready, empty, q_ready,
                           q_scale_ptr, k_scale_ptr, v_scale_ptr, v_mean_ptr, out_ptr, lse_ptr,
                           seqlen_q, seqlen_k, seqlen_k_pad, num_q_heads, num_kv_heads, num_q_scale_blocks,
                           num_k_scale_blocks, qk_scale_log2, stride_ob, stride_oh, stride_om,
-                          HEAD_DIM, Q_BLOCK, K_BLOCK, CAUSAL, LOG2_P_SCALE, PROMOTE, SMOOTH_V, NUM_STAGES,
-                          PING_PONG)),
-        (_ws_consumer1, (q_desc, k_desc, vt_desc, q_smem, k_smem, v_smem, ready, empty, q_ready, turn,
+                          HEAD_DIM, Q_BLOCK, K_BLOCK, CAUSAL, LOG2_P_SCALE, PROMOTE, SMOOTH_V, NUM_STAGES)),
+        (_ws_consumer1, (q_desc, k_desc, vt_desc, q_smem, k_smem, v_smem, ready, empty, q_ready,
                           q_scale_ptr, k_scale_ptr, v_scale_ptr, v_mean_ptr, out_ptr, lse_ptr,
                           seqlen_q, seqlen_k, seqlen_k_pad, num_q_heads, num_kv_heads, num_q_scale_blocks,
                           num_k_scale_blocks, qk_scale_log2, stride_ob, stride_oh, stride_om,
-                          HEAD_DIM, Q_BLOCK, K_BLOCK, CAUSAL, LOG2_P_SCALE, PROMOTE, SMOOTH_V, NUM_STAGES,
-                          PING_PONG)),
-        (_ws_producer, (q_desc, k_desc, vt_desc, q_smem, k_smem, v_smem, ready, empty, q_ready, turn,
+                          HEAD_DIM, Q_BLOCK, K_BLOCK, CAUSAL, LOG2_P_SCALE, PROMOTE, SMOOTH_V, NUM_STAGES)),
+        (_ws_producer, (q_desc, k_desc, vt_desc, q_smem, k_smem, v_smem, ready, empty, q_ready,
                           q_scale_ptr, k_scale_ptr, v_scale_ptr, v_mean_ptr, out_ptr, lse_ptr,
                           seqlen_q, seqlen_k, seqlen_k_pad, num_q_heads, num_kv_heads, num_q_scale_blocks,
                           num_k_scale_blocks, qk_scale_log2, stride_ob, stride_oh, stride_om,
-                          HEAD_DIM, Q_BLOCK, K_BLOCK, CAUSAL, LOG2_P_SCALE, PROMOTE, SMOOTH_V, NUM_STAGES,
-                          PING_PONG)),
+                          HEAD_DIM, Q_BLOCK, K_BLOCK, CAUSAL, LOG2_P_SCALE, PROMOTE, SMOOTH_V, NUM_STAGES)),
     ], [4, 1],
                        [CONSUMER_REGS, 24])
 
@@ -402,7 +338,7 @@ def hopper_kernel_applies(qkv: QuantizedQKV) -> bool:
 
 def hopper_forward_launch(
     qkv: QuantizedQKV, out: torch.Tensor, lse: torch.Tensor, *, causal: bool, softmax_scale: float, p_scale: float,
-    num_stages: int = 3, consumer_regs: int = 240, maxnreg: int = 168, ping_pong: bool = False,
+    num_stages: int = 3, consumer_regs: int = 240, maxnreg: int = 168,
 ) -> Launch:
     """The Gluon kernel's launch for ``qkv`` writing ``out (B, Hq, Sq, D)`` and ``lse (B, Hq, Sq)``.
 
@@ -430,7 +366,7 @@ def hopper_forward_launch(
     constexprs = dict(
         HEAD_DIM=qkv.head_dim, Q_BLOCK=qkv.q_block, K_BLOCK=qkv.k_block, CAUSAL=causal,
         LOG2_P_SCALE=math.log2(p_scale), PROMOTE=cfg.promote_every == 1, SMOOTH_V=qkv.v_mean is not None,
-        NUM_STAGES=num_stages, PING_PONG=ping_pong, CONSUMER_REGS=consumer_regs,
+        NUM_STAGES=num_stages, CONSUMER_REGS=consumer_regs,
     )
     grid = (triton.cdiv(seqlen_q, 2 * _ROWS_PER_CONSUMER), batch * num_q_heads)
     return Launch(_fp8_attention_fwd_ws_kernel, grid, args, constexprs, dict(num_warps=4, maxnreg=maxnreg))
