@@ -37,11 +37,11 @@ from fp8attn.kernels.attention_fwd import LOG2_E, forward_config
 from fp8attn.kernels.launch import Launch
 from fp8attn.quantize import QuantizedQKV
 
-LN_2: gl.constexpr = gl.constexpr(math.log(2.0))
-# The Triton kernel's helpers, compiled as Gluon: one definition of the masking and softmax arithmetic.
+# The Triton kernel's helpers, compiled as Gluon: one definition of the masking, softmax and epilogue.
 _mask_scores = gluon.jit(attention_fwd._mask_scores.fn)
 _softmax_step = gluon.jit(attention_fwd._softmax_step.fn)
 _key_range = gluon.jit(attention_fwd._key_range.fn)
+_store_output = gluon.jit(attention_fwd._store_output.fn)
 
 
 @gluon.jit
@@ -197,21 +197,12 @@ def _ws_consume(
 
     offs_d = gl.arange(0, HEAD_DIM_PAD, layout=pv_cols)
     offs_mo = start_m + gl.arange(0, BLOCK_M, layout=pv_rows)
-    l_o = gl.convert_layout(l_i, pv_rows)
-    seen = l_o > 0
-    inv_l = gl.where(seen, 1.0 / gl.where(seen, l_o, 1.0), 0.0)
     v_scale = gl.load(v_scale_ptr + kv_bh * HEAD_DIM_PAD + offs_d)
-    out = acc * gl.expand_dims(inv_l, 1) * gl.expand_dims(v_scale, 0)
-    if SMOOTH_V:
-        v_mean = gl.load(v_mean_ptr + kv_bh * HEAD_DIM_PAD + offs_d)
-        out = gl.where(gl.expand_dims(seen, 1), out + gl.expand_dims(v_mean, 0), 0.0)
+    v_mean = gl.load(v_mean_ptr + kv_bh * HEAD_DIM_PAD + offs_d) if SMOOTH_V else v_scale
     out_ptrs = (out_ptr + b * stride_ob + h * stride_oh + gl.expand_dims(offs_mo, 1) * stride_om
                 + gl.expand_dims(offs_d, 0))
-    store_ok = gl.expand_dims(offs_mo < seqlen_q, 1) & gl.expand_dims(offs_d < HEAD_DIM, 0)
-    gl.store(out_ptrs, out.to(out_ptr.dtype.element_ty), mask=store_ok)
-    seen_q = l_i > 0
-    lse = gl.where(seen_q, (m_i + gl.log2(gl.where(seen_q, l_i, 1.0)) - LOG2_P_SCALE) * LN_2, float("-inf"))
-    gl.store(lse_ptr + bh * seqlen_q + offs_m, lse, mask=m_ok)
+    _store_output(acc, gl.convert_layout(l_i, pv_rows), gl.convert_layout(m_i, pv_rows), v_scale, v_mean, out_ptrs,
+                  lse_ptr + bh * seqlen_q + offs_mo, offs_mo < seqlen_q, offs_d < HEAD_DIM, LOG2_P_SCALE, SMOOTH_V)
 
 
 @gluon.jit
