@@ -72,6 +72,9 @@ class LaunchPlan:
     argument (shapes, strides) and the 16-byte alignment of the input pointers (allocated buffers
     come from PyTorch's allocator, which aligns them to 512 bytes); and which inputs are one and the
     same object, since a plan recorded with ``q is k`` reads both from input 0.
+
+    A TMA descriptor argument (a Gluon kernel's) is matched by its base tensor the same way and rebuilt
+    around the new address on each replay, with the recorded shape, strides, block and layout.
     """
 
     def __init__(self, launches: Sequence[Launch], inputs: Sequence[torch.Tensor],
