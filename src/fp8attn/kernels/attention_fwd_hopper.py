@@ -206,38 +206,6 @@ def _ws_consume(
 
 
 @gluon.jit
-def _ws_consumer0(
-    q_desc, k_desc, vt_desc, q_smem, k_smem, v_smem, ready, empty, q_ready,
-    q_scale_ptr, k_scale_ptr, v_scale_ptr, v_mean_ptr, out_ptr, lse_ptr,
-    seqlen_q, seqlen_k, seqlen_k_pad, num_q_heads, num_kv_heads, num_q_scale_blocks, num_k_scale_blocks,
-    qk_scale_log2, stride_ob, stride_oh, stride_om,
-    HEAD_DIM: gl.constexpr, Q_BLOCK: gl.constexpr, K_BLOCK: gl.constexpr, CAUSAL: gl.constexpr,
-    LOG2_P_SCALE: gl.constexpr, PROMOTE: gl.constexpr, SMOOTH_V: gl.constexpr, NUM_STAGES: gl.constexpr,
-):
-    _ws_consume(q_desc, k_desc, vt_desc, q_smem, k_smem, v_smem, ready, empty, q_ready,
-                q_scale_ptr, k_scale_ptr, v_scale_ptr, v_mean_ptr, out_ptr, lse_ptr,
-                seqlen_q, seqlen_k, seqlen_k_pad, num_q_heads, num_kv_heads, num_q_scale_blocks, num_k_scale_blocks,
-                qk_scale_log2, stride_ob, stride_oh, stride_om,
-                HEAD_DIM, Q_BLOCK, K_BLOCK, CAUSAL, LOG2_P_SCALE, PROMOTE, SMOOTH_V, NUM_STAGES, 0)
-
-
-@gluon.jit
-def _ws_consumer1(
-    q_desc, k_desc, vt_desc, q_smem, k_smem, v_smem, ready, empty, q_ready,
-    q_scale_ptr, k_scale_ptr, v_scale_ptr, v_mean_ptr, out_ptr, lse_ptr,
-    seqlen_q, seqlen_k, seqlen_k_pad, num_q_heads, num_kv_heads, num_q_scale_blocks, num_k_scale_blocks,
-    qk_scale_log2, stride_ob, stride_oh, stride_om,
-    HEAD_DIM: gl.constexpr, Q_BLOCK: gl.constexpr, K_BLOCK: gl.constexpr, CAUSAL: gl.constexpr,
-    LOG2_P_SCALE: gl.constexpr, PROMOTE: gl.constexpr, SMOOTH_V: gl.constexpr, NUM_STAGES: gl.constexpr,
-):
-    _ws_consume(q_desc, k_desc, vt_desc, q_smem, k_smem, v_smem, ready, empty, q_ready,
-                q_scale_ptr, k_scale_ptr, v_scale_ptr, v_mean_ptr, out_ptr, lse_ptr,
-                seqlen_q, seqlen_k, seqlen_k_pad, num_q_heads, num_kv_heads, num_q_scale_blocks, num_k_scale_blocks,
-                qk_scale_log2, stride_ob, stride_oh, stride_om,
-                HEAD_DIM, Q_BLOCK, K_BLOCK, CAUSAL, LOG2_P_SCALE, PROMOTE, SMOOTH_V, NUM_STAGES, 1)
-
-
-@gluon.jit
 def _fp8_attention_fwd_ws_kernel(
     q_desc, k_desc, vt_desc, q_scale_ptr, k_scale_ptr, v_scale_ptr, v_mean_ptr, out_ptr, lse_ptr,
     seqlen_q, seqlen_k, seqlen_k_pad, num_q_heads, num_kv_heads, num_q_scale_blocks, num_k_scale_blocks,
@@ -264,18 +232,19 @@ def _fp8_attention_fwd_ws_kernel(
         mbarrier.init(empty.index(NUM_STAGES + i), count=1)
     for i in gl.static_range(2):
         mbarrier.init(q_ready.index(i), count=1)
-    # The argument tuples are written out in the call: an assigned tuple would turn its constexprs into tensors.
+    # Consumer warpgroup 0 is the default partition, 1 and the producer are workers. The argument tuples are
+    # written out in the call: an assigned tuple would turn its constexprs into tensors.
     gl.warp_specialize([
-        (_ws_consumer0, (q_desc, k_desc, vt_desc, q_smem, k_smem, v_smem, ready, empty, q_ready,
+        (_ws_consume, (q_desc, k_desc, vt_desc, q_smem, k_smem, v_smem, ready, empty, q_ready,
                           q_scale_ptr, k_scale_ptr, v_scale_ptr, v_mean_ptr, out_ptr, lse_ptr,
                           seqlen_q, seqlen_k, seqlen_k_pad, num_q_heads, num_kv_heads, num_q_scale_blocks,
                           num_k_scale_blocks, qk_scale_log2, stride_ob, stride_oh, stride_om,
-                          HEAD_DIM, Q_BLOCK, K_BLOCK, CAUSAL, LOG2_P_SCALE, PROMOTE, SMOOTH_V, NUM_STAGES)),
-        (_ws_consumer1, (q_desc, k_desc, vt_desc, q_smem, k_smem, v_smem, ready, empty, q_ready,
+                          HEAD_DIM, Q_BLOCK, K_BLOCK, CAUSAL, LOG2_P_SCALE, PROMOTE, SMOOTH_V, NUM_STAGES, 0)),
+        (_ws_consume, (q_desc, k_desc, vt_desc, q_smem, k_smem, v_smem, ready, empty, q_ready,
                           q_scale_ptr, k_scale_ptr, v_scale_ptr, v_mean_ptr, out_ptr, lse_ptr,
                           seqlen_q, seqlen_k, seqlen_k_pad, num_q_heads, num_kv_heads, num_q_scale_blocks,
                           num_k_scale_blocks, qk_scale_log2, stride_ob, stride_oh, stride_om,
-                          HEAD_DIM, Q_BLOCK, K_BLOCK, CAUSAL, LOG2_P_SCALE, PROMOTE, SMOOTH_V, NUM_STAGES)),
+                          HEAD_DIM, Q_BLOCK, K_BLOCK, CAUSAL, LOG2_P_SCALE, PROMOTE, SMOOTH_V, NUM_STAGES, 1)),
         (_ws_producer, (q_desc, k_desc, vt_desc, q_smem, k_smem, v_smem, ready, empty, q_ready,
                           q_scale_ptr, k_scale_ptr, v_scale_ptr, v_mean_ptr, out_ptr, lse_ptr,
                           seqlen_q, seqlen_k, seqlen_k_pad, num_q_heads, num_kv_heads, num_q_scale_blocks,
