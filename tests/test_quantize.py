@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from fp8attn import quantize as quantize_module
-from fp8attn.fp8 import E4M3_MAX
+from fp8attn.fp8 import E4M3, E4M3_MAX
 from fp8attn.quantize import padded_head_dim, quantize_qkv
 from fp8attn.recipe import RECIPES
 from fp8attn.reference import quantize_emulated
@@ -119,3 +119,28 @@ def test_inline_statistics_match_the_statistics_launch(device, gen, poisoned_all
         _codes_agree(getattr(inline, name), getattr(launched, name))
     for name in ("k_scale", "v_scale", "v_mean"):
         torch.testing.assert_close(getattr(inline, name), getattr(launched, name), rtol=1e-5, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("recipe", ["int8-hadamard-vsmooth", "e4m3"])
+@pytest.mark.parametrize("seqlen_k", [300, 700], ids=["inline_stats", "stats_launch"])
+@pytest.mark.parametrize("tiles_per_program", [2, 3])
+def test_programs_taking_several_tiles_write_what_one_tile_programs_write(
+    device, gen, poisoned_allocations, recipe, seqlen_k, tiles_per_program,
+):
+    """A quantize program takes several consecutive tiles of one head (a head's last program fewer):
+    the tensors are bit for bit those of one program per tile, including a ragged last group."""
+    q, k, v = make_qkv(gen, (2, 2, 1, 300, seqlen_k, 64), device=device, kind="k_offset")
+    r = RECIPES[recipe]
+    one = quantize_qkv(q, k, v, r, tiles_per_program=1)
+    several = quantize_qkv(q, k, v, r, tiles_per_program=tiles_per_program)
+    for name in ("q", "k", "v_t", "q_scale", "k_scale", "v_scale", "k_mean", "v_mean"):
+        a, b = getattr(one, name), getattr(several, name)
+        if a is not None:
+            assert torch.equal(a.view(torch.uint8) if a.dtype == E4M3 else a, b.view(torch.uint8) if b.dtype == E4M3
+                               else b), name
+
+
+def test_tiles_per_program_must_be_positive(gen):
+    q, k, v = make_qkv(gen, (1, 1, 1, 8, 8, 64))
+    with pytest.raises(ValueError, match="tiles_per_program must be at least 1, got 0"):
+        quantize_qkv(q, k, v, RECIPES["e4m3"], tiles_per_program=0)

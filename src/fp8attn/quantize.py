@@ -39,6 +39,10 @@ _NUM_STATS = 4  # K sum, V sum, V max, V min
 # Keys this short (and few enough in all) are reduced inside the quantize launch, saving a launch.
 _INLINE_STATS_MAX_SEQLEN = 512
 _INLINE_STATS_MAX_ELEMENTS = 2**22
+_STATS_STAGES = 3  # the statistics loop's pipeline depth
+_QUANTIZE_STAGES = 2
+_TARGET_PROGRAMS = 1024
+_MAX_TILES_PER_PROGRAM = 8
 NUM_STATS: tl.constexpr = tl.constexpr(_NUM_STATS)
 E4M3_MAX_F32: tl.constexpr = tl.constexpr(E4M3_MAX)
 
@@ -100,27 +104,33 @@ def hadamard_scale(head_dim_pad: int) -> float:
 @triton.jit
 def _kv_token_stats(
     k_base, v_base, stride_kt, stride_vt, start, end, d_ok,
-    TILE: tl.constexpr, HEAD_DIM_PAD: tl.constexpr, SMOOTH_K: tl.constexpr,
+    TILE: tl.constexpr, HEAD_DIM_PAD: tl.constexpr, K_SUM: tl.constexpr, V_STATS: tl.constexpr,
+    NUM_STAGES: tl.constexpr,
 ):
-    """K's sum and V's sum, max and min per channel over tokens [start, end).
+    """K's sum (when K_SUM) and V's sum, max and min (when V_STATS) per channel over tokens
+    [start, end); V's max and min are 0 in padded channels, the other results 0 where not asked for.
 
     The loop combines whole tiles element-wise and reduces across tokens once at the end: a
     reduction along the token axis crosses warps (shared memory and a barrier), too slow per tile.
+    Its loads are pipelined (``NUM_STAGES``): a loop without a dot is pipelined only when asked.
     """
     k_sum = tl.zeros([TILE, HEAD_DIM_PAD], dtype=tl.float32)
     v_sum = tl.zeros([TILE, HEAD_DIM_PAD], dtype=tl.float32)
     v_max = tl.full([TILE, HEAD_DIM_PAD], float("-inf"), dtype=tl.float32)
     v_min = tl.full([TILE, HEAD_DIM_PAD], float("inf"), dtype=tl.float32)
-    for tile_start in tl.range(start, end, TILE):
+    for tile_start in tl.range(start, end, TILE, num_stages=NUM_STAGES):
         offs_t = tile_start + tl.arange(0, TILE)
         ok = (offs_t < end)[:, None] & d_ok[None, :]
-        if SMOOTH_K:
+        if K_SUM:
             k_sum += tl.load(k_base + offs_t[:, None] * stride_kt, mask=ok, other=0.0).to(tl.float32)
-        v = tl.load(v_base + offs_t[:, None] * stride_vt, mask=ok, other=0.0).to(tl.float32)
-        v_sum += v
-        v_max = tl.maximum(v_max, tl.where(ok, v, float("-inf")))
-        v_min = tl.minimum(v_min, tl.where(ok, v, float("inf")))
-    return tl.sum(k_sum, axis=0), tl.sum(v_sum, axis=0), tl.max(v_max, axis=0), tl.min(v_min, axis=0)
+        if V_STATS:
+            v = tl.load(v_base + offs_t[:, None] * stride_vt, mask=ok, other=0.0).to(tl.float32)
+            v_sum += v
+            v_max = tl.maximum(v_max, tl.where(ok, v, float("-inf")))
+            v_min = tl.minimum(v_min, tl.where(ok, v, float("inf")))
+    v_max = tl.where(d_ok, tl.max(v_max, axis=0), 0.0)
+    v_min = tl.where(d_ok, tl.min(v_min, axis=0), 0.0)
+    return tl.sum(k_sum, axis=0), tl.sum(v_sum, axis=0), v_max, v_min
 
 
 @triton.jit
@@ -130,6 +140,7 @@ def _kv_stats_kernel(
     stride_kb, stride_kh, stride_kt, stride_kd,
     stride_vb, stride_vh, stride_vt, stride_vd,
     CHUNK: tl.constexpr, TILE: tl.constexpr, HEAD_DIM_PAD: tl.constexpr, SMOOTH_K: tl.constexpr,
+    NUM_STAGES: tl.constexpr,
 ):
     chunk = tl.program_id(0)
     num_chunks = tl.num_programs(0)
@@ -142,12 +153,12 @@ def _kv_stats_kernel(
     v_base = v_ptr + b * stride_vb + h * stride_vh + offs_d[None, :] * stride_vd
     end = tl.minimum((chunk + 1) * CHUNK, seqlen_k)
     k_sum, v_sum, v_max, v_min = _kv_token_stats(k_base, v_base, stride_kt, stride_vt, chunk * CHUNK, end, d_ok,
-                                                 TILE, HEAD_DIM_PAD, SMOOTH_K)
+                                                 TILE, HEAD_DIM_PAD, SMOOTH_K, True, NUM_STAGES)
     out = stats_ptr + ((bh * num_chunks + chunk) * NUM_STATS) * HEAD_DIM_PAD + offs_d
     tl.store(out, k_sum)
     tl.store(out + HEAD_DIM_PAD, v_sum)
-    tl.store(out + 2 * HEAD_DIM_PAD, tl.where(d_ok, v_max, 0.0))
-    tl.store(out + 3 * HEAD_DIM_PAD, tl.where(d_ok, v_min, 0.0))
+    tl.store(out + 2 * HEAD_DIM_PAD, v_max)
+    tl.store(out + 3 * HEAD_DIM_PAD, v_min)
 
 
 @triton.jit
@@ -167,21 +178,28 @@ def _to_8bit(x, INT8: tl.constexpr):
 
 
 @triton.jit
-def _load_rotated(ptrs, mask, h_ptr, rot_scale, HEAD_DIM_PAD: tl.constexpr, HADAMARD: tl.constexpr,
-                  DOT_IN_FP32: tl.constexpr):
-    """Load a ``[T, Dp]`` tile as fp32, times the normalised Hadamard matrix when HADAMARD.
+def _hadamard_tile(h_ptr, HEAD_DIM_PAD: tl.constexpr, HADAMARD: tl.constexpr):
+    """The ``[Dp, Dp]`` ±1 Hadamard matrix, loaded once per program, when HADAMARD (else ``h_ptr``,
+    unused)."""
+    if HADAMARD:
+        offs = tl.arange(0, HEAD_DIM_PAD)
+        return tl.load(h_ptr + offs[:, None] * HEAD_DIM_PAD + offs[None, :])
+    else:
+        return h_ptr
+
+
+@triton.jit
+def _rotate(x, hadamard, rot_scale, HADAMARD: tl.constexpr, DOT_IN_FP32: tl.constexpr):
+    """A ``[T, Dp]`` fp16/bf16 tile as fp32, times the normalised Hadamard matrix when HADAMARD.
 
     The ±1 matrix makes every product exact; the accumulation is fp32 either way (on tensor cores in
     the input dtype, or, under the interpreter, which cannot multiply bf16, in fp32).
     """
-    x = tl.load(ptrs, mask=mask, other=0.0)
     if HADAMARD:
-        offs = tl.arange(0, HEAD_DIM_PAD)
-        h = tl.load(h_ptr + offs[:, None] * HEAD_DIM_PAD + offs[None, :])
         if DOT_IN_FP32:
-            x = tl.dot(x.to(tl.float32), h.to(tl.float32), input_precision="ieee")
+            x = tl.dot(x.to(tl.float32), hadamard.to(tl.float32), input_precision="ieee")
         else:
-            x = tl.dot(x, h)
+            x = tl.dot(x, hadamard)
         return x * rot_scale
     else:
         return x.to(tl.float32)
@@ -259,90 +277,187 @@ def _quantize_v_block(v, v_mean, v_inv, ok, SMOOTH_V: tl.constexpr, V_FP16: tl.c
 
 
 @triton.jit
+def _program_tiles(pid, num_tiles, tiles_per_program):
+    """Program ``pid``'s share of one tensor: its (batch·head) index and the tiles [first, last) of
+    that head, ``tiles_per_program`` consecutive ones (fewer in a head's last program)."""
+    programs_per_head = tl.cdiv(num_tiles, tiles_per_program)
+    first = (pid % programs_per_head) * tiles_per_program
+    return pid // programs_per_head, first, tl.minimum(first + tiles_per_program, num_tiles)
+
+
+@triton.jit
+def _head_stats(
+    k_ptr, v_ptr, stats_ptr, bh, b, h, seqlen_k, num_chunks, d_ok,
+    stride_kb, stride_kh, stride_kt, stride_kd, stride_vb, stride_vh, stride_vt, stride_vd,
+    HEAD_DIM_PAD: tl.constexpr, K_SUM: tl.constexpr, V_STATS: tl.constexpr,
+    INLINE_STATS: tl.constexpr, STATS_TILE: tl.constexpr, NUM_STAGES: tl.constexpr,
+):
+    """K's sum and V's sum, max and min over one head's keys (those asked for; see ``_kv_token_stats``):
+    reduced here from the keys (short keys, ``INLINE_STATS``) or from the statistics pass's partials."""
+    offs_d = tl.arange(0, HEAD_DIM_PAD)
+    if INLINE_STATS:
+        return _kv_token_stats(
+            k_ptr + b * stride_kb + h * stride_kh + offs_d[None, :] * stride_kd,
+            v_ptr + b * stride_vb + h * stride_vh + offs_d[None, :] * stride_vd,
+            stride_kt, stride_vt, 0, seqlen_k, d_ok, STATS_TILE, HEAD_DIM_PAD, K_SUM, V_STATS, NUM_STAGES,
+        )
+    else:
+        stats = stats_ptr + (bh * num_chunks) * NUM_STATS * HEAD_DIM_PAD + offs_d
+        k_sum = tl.zeros([HEAD_DIM_PAD], dtype=tl.float32)
+        v_sum = tl.zeros([HEAD_DIM_PAD], dtype=tl.float32)
+        v_max = tl.full([HEAD_DIM_PAD], float("-inf"), dtype=tl.float32)
+        v_min = tl.full([HEAD_DIM_PAD], float("inf"), dtype=tl.float32)
+        for c in range(num_chunks):
+            if K_SUM:
+                k_sum += tl.load(stats + c * NUM_STATS * HEAD_DIM_PAD)
+            if V_STATS:
+                v_sum += tl.load(stats + (c * NUM_STATS + 1) * HEAD_DIM_PAD)
+                v_max = tl.maximum(v_max, tl.load(stats + (c * NUM_STATS + 2) * HEAD_DIM_PAD))
+                v_min = tl.minimum(v_min, tl.load(stats + (c * NUM_STATS + 3) * HEAD_DIM_PAD))
+        return k_sum, v_sum, v_max, v_min
+
+
+@triton.jit
+def _quantize_q_tiles(
+    pid, q_ptr, h_ptr, q8_ptr, q_scale_ptr, seqlen_q, num_q_heads, tiles_per_program, rot_scale, d_ok,
+    stride_qb, stride_qh, stride_qt, stride_qd,
+    Q_TILE: tl.constexpr, Q_BLOCK: tl.constexpr, HEAD_DIM_PAD: tl.constexpr, QK_INT8: tl.constexpr,
+    QK_MAX: tl.constexpr, HADAMARD: tl.constexpr, DOT_IN_FP32: tl.constexpr, NUM_STAGES: tl.constexpr,
+):
+    """Tiles of Q_TILE query tokens of one head: rotated (HADAMARD), in 8 bits, one scale per Q_BLOCK."""
+    bh, first, last = _program_tiles(pid, tl.cdiv(seqlen_q, Q_TILE), tiles_per_program)
+    b = bh // num_q_heads
+    h = bh % num_q_heads
+    offs_d = tl.arange(0, HEAD_DIM_PAD)
+    q_head = q_ptr + b * stride_qb + h * stride_qh + offs_d[None, :] * stride_qd
+    hadamard = _hadamard_tile(h_ptr, HEAD_DIM_PAD, HADAMARD)
+    num_blocks = tl.cdiv(seqlen_q, Q_BLOCK)
+    for tile in tl.range(first, last, num_stages=NUM_STAGES):
+        offs_t = tile * Q_TILE + tl.arange(0, Q_TILE)
+        t_ok = offs_t < seqlen_q
+        x = tl.load(q_head + offs_t[:, None] * stride_qt, mask=t_ok[:, None] & d_ok[None, :], other=0.0)
+        x8, block_scale = _quantize_q_rows(_rotate(x, hadamard, rot_scale, HADAMARD, DOT_IN_FP32),
+                                           Q_TILE, Q_BLOCK, QK_MAX, QK_INT8)
+        tl.store(q8_ptr + (bh * seqlen_q + offs_t[:, None]) * HEAD_DIM_PAD + offs_d[None, :], x8, mask=t_ok[:, None])
+        offs_blk = tile * (Q_TILE // Q_BLOCK) + tl.arange(0, Q_TILE // Q_BLOCK)
+        tl.store(q_scale_ptr + bh * num_blocks + offs_blk, block_scale, mask=offs_blk < num_blocks)
+
+
+@triton.jit
+def _quantize_k_blocks(
+    pid, k_ptr, v_ptr, h_ptr, stats_ptr, k8_ptr, k_scale_ptr, k_mean_ptr,
+    seqlen_k, seqlen_k_pad, num_kv_heads, num_chunks, tiles_per_program, rot_scale, d_ok,
+    stride_kb, stride_kh, stride_kt, stride_kd, stride_vb, stride_vh, stride_vt, stride_vd,
+    K_BLOCK: tl.constexpr, HEAD_DIM_PAD: tl.constexpr, QK_INT8: tl.constexpr, QK_MAX: tl.constexpr,
+    SMOOTH_K: tl.constexpr, HADAMARD: tl.constexpr, DOT_IN_FP32: tl.constexpr,
+    INLINE_STATS: tl.constexpr, STATS_TILE: tl.constexpr, NUM_STAGES: tl.constexpr,
+):
+    """Blocks of K_BLOCK keys of one head: rotated (HADAMARD), smoothed (SMOOTH_K), in 8 bits with one
+    scale each; rows past seqlen_k are written as zeros."""
+    num_blocks = seqlen_k_pad // K_BLOCK
+    bh, first, last = _program_tiles(pid, num_blocks, tiles_per_program)
+    b = bh // num_kv_heads
+    h = bh % num_kv_heads
+    offs_d = tl.arange(0, HEAD_DIM_PAD)
+    k_mean = tl.zeros([HEAD_DIM_PAD], dtype=tl.float32)
+    if SMOOTH_K:
+        k_sum, _, _, _ = _head_stats(
+            k_ptr, v_ptr, stats_ptr, bh, b, h, seqlen_k, num_chunks, d_ok,
+            stride_kb, stride_kh, stride_kt, stride_kd, stride_vb, stride_vh, stride_vt, stride_vd,
+            HEAD_DIM_PAD, True, False, INLINE_STATS, STATS_TILE, NUM_STAGES,
+        )
+        k_mean = _k_mean(k_sum, seqlen_k, rot_scale, HEAD_DIM_PAD, HADAMARD)
+        if first == 0:
+            tl.store(k_mean_ptr + bh * HEAD_DIM_PAD + offs_d, k_mean)
+    k_head = k_ptr + b * stride_kb + h * stride_kh + offs_d[None, :] * stride_kd
+    hadamard = _hadamard_tile(h_ptr, HEAD_DIM_PAD, HADAMARD)
+    for block in tl.range(first, last, num_stages=NUM_STAGES):
+        offs_t = block * K_BLOCK + tl.arange(0, K_BLOCK)
+        row_ok = offs_t < seqlen_k
+        k = tl.load(k_head + offs_t[:, None] * stride_kt, mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+        k8, k_scale = _quantize_k_block(_rotate(k, hadamard, rot_scale, HADAMARD, DOT_IN_FP32), k_mean, row_ok,
+                                        QK_MAX, QK_INT8, SMOOTH_K)
+        tl.store(k8_ptr + (bh * seqlen_k_pad + offs_t[:, None]) * HEAD_DIM_PAD + offs_d[None, :], k8)
+        tl.store(k_scale_ptr + bh * num_blocks + block, k_scale)
+
+
+@triton.jit
+def _quantize_v_blocks(
+    pid, k_ptr, v_ptr, stats_ptr, vt_ptr, v_scale_ptr, v_mean_ptr,
+    seqlen_k, seqlen_k_pad, num_kv_heads, num_chunks, tiles_per_program, d_ok,
+    stride_kb, stride_kh, stride_kt, stride_kd, stride_vb, stride_vh, stride_vt, stride_vd,
+    K_BLOCK: tl.constexpr, HEAD_DIM_PAD: tl.constexpr, V_FP16: tl.constexpr, SMOOTH_V: tl.constexpr,
+    INLINE_STATS: tl.constexpr, STATS_TILE: tl.constexpr, NUM_STAGES: tl.constexpr,
+):
+    """Blocks of K_BLOCK tokens of one head's V: smoothed (SMOOTH_V), scaled per channel, written
+    transposed (``[Dp, Skp]``, the K-major layout P·V needs on Hopper); padding written as zeros."""
+    num_blocks = seqlen_k_pad // K_BLOCK
+    bh, first, last = _program_tiles(pid, num_blocks, tiles_per_program)
+    b = bh // num_kv_heads
+    h = bh % num_kv_heads
+    offs_d = tl.arange(0, HEAD_DIM_PAD)
+    _, v_sum, v_max, v_min = _head_stats(
+        k_ptr, v_ptr, stats_ptr, bh, b, h, seqlen_k, num_chunks, d_ok,
+        stride_kb, stride_kh, stride_kt, stride_kd, stride_vb, stride_vh, stride_vt, stride_vd,
+        HEAD_DIM_PAD, False, True, INLINE_STATS, STATS_TILE, NUM_STAGES,
+    )
+    v_mean, v_scale = _v_mean_and_scale(v_sum, v_max, v_min, seqlen_k, SMOOTH_V)
+    v_inv = tl.math.div_rn(tl.full(v_scale.shape, 1.0, tl.float32), v_scale)
+    if first == 0:
+        tl.store(v_scale_ptr + bh * HEAD_DIM_PAD + offs_d, v_scale)
+        if SMOOTH_V:
+            tl.store(v_mean_ptr + bh * HEAD_DIM_PAD + offs_d, v_mean)
+    v_head = v_ptr + b * stride_vb + h * stride_vh + offs_d[None, :] * stride_vd
+    for block in tl.range(first, last, num_stages=NUM_STAGES):
+        offs_t = block * K_BLOCK + tl.arange(0, K_BLOCK)
+        ok = (offs_t < seqlen_k)[:, None] & d_ok[None, :]
+        v = tl.load(v_head + offs_t[:, None] * stride_vt, mask=ok, other=0.0).to(tl.float32)
+        vq = _quantize_v_block(v, v_mean, v_inv, ok, SMOOTH_V, V_FP16)
+        tl.store(vt_ptr + (bh * HEAD_DIM_PAD + offs_d[None, :]) * seqlen_k_pad + offs_t[:, None], vq)
+
+
+@triton.jit
 def _quantize_qkv_kernel(
     q_ptr, k_ptr, v_ptr, h_ptr,
     q8_ptr, k8_ptr, vt_ptr, q_scale_ptr, k_scale_ptr, v_scale_ptr, k_mean_ptr, v_mean_ptr, stats_ptr,
-    seqlen_q, seqlen_k, seqlen_k_pad, num_q_heads, num_kv_heads, head_dim, num_chunks, num_q_programs, rot_scale,
+    seqlen_q, seqlen_k, seqlen_k_pad, num_q_heads, num_kv_heads, head_dim, num_chunks,
+    tiles_per_program, num_q_programs, num_k_programs, rot_scale,
     stride_qb, stride_qh, stride_qt, stride_qd,
     stride_kb, stride_kh, stride_kt, stride_kd,
     stride_vb, stride_vh, stride_vt, stride_vd,
     Q_TILE: tl.constexpr, Q_BLOCK: tl.constexpr, K_BLOCK: tl.constexpr, HEAD_DIM_PAD: tl.constexpr,
     QK_INT8: tl.constexpr, QK_MAX: tl.constexpr, V_FP16: tl.constexpr,
     SMOOTH_K: tl.constexpr, SMOOTH_V: tl.constexpr, HADAMARD: tl.constexpr, DOT_IN_FP32: tl.constexpr,
-    INLINE_STATS: tl.constexpr, STATS_TILE: tl.constexpr,
+    INLINE_STATS: tl.constexpr, STATS_TILE: tl.constexpr, NUM_STAGES: tl.constexpr,
 ):
+    """Programs [0, num_q_programs) quantize Q, the next num_k_programs K, the rest V; each takes
+    ``tiles_per_program`` consecutive tiles of one head, its loads pipelined ``NUM_STAGES`` deep."""
     pid = tl.program_id(0)
-    offs_d = tl.arange(0, HEAD_DIM_PAD)
     # head_dim is a runtime value on purpose: as a constant it lets LLVM prove whole register tiles of
     # padded channels zero, and ptxas miscompiles the fp8 packing of those constants (12.8: F2FP ...
     # MERGE_C with R1 instead of a zero half; on the H100: non-zero bytes in V's padding).
-    d_ok = offs_d < head_dim
+    d_ok = tl.arange(0, HEAD_DIM_PAD) < head_dim
     if pid < num_q_programs:
-        # One tile of Q_TILE query tokens, one scale per Q_BLOCK of them.
-        num_tiles = tl.cdiv(seqlen_q, Q_TILE)
-        bh = pid // num_tiles
-        tile = pid % num_tiles
-        b = bh // num_q_heads
-        h = bh % num_q_heads
-        offs_t = tile * Q_TILE + tl.arange(0, Q_TILE)
-        t_ok = offs_t < seqlen_q
-        ptrs = q_ptr + b * stride_qb + h * stride_qh + offs_t[:, None] * stride_qt + offs_d[None, :] * stride_qd
-        x = _load_rotated(ptrs, t_ok[:, None] & d_ok[None, :], h_ptr, rot_scale, HEAD_DIM_PAD, HADAMARD, DOT_IN_FP32)
-        x8, block_scale = _quantize_q_rows(x, Q_TILE, Q_BLOCK, QK_MAX, QK_INT8)
-        tl.store(q8_ptr + (bh * seqlen_q + offs_t[:, None]) * HEAD_DIM_PAD + offs_d[None, :], x8, mask=t_ok[:, None])
-        num_blocks = tl.cdiv(seqlen_q, Q_BLOCK)
-        offs_blk = tile * (Q_TILE // Q_BLOCK) + tl.arange(0, Q_TILE // Q_BLOCK)
-        tl.store(q_scale_ptr + bh * num_blocks + offs_blk, block_scale, mask=offs_blk < num_blocks)
+        _quantize_q_tiles(
+            pid, q_ptr, h_ptr, q8_ptr, q_scale_ptr, seqlen_q, num_q_heads, tiles_per_program, rot_scale, d_ok,
+            stride_qb, stride_qh, stride_qt, stride_qd,
+            Q_TILE, Q_BLOCK, HEAD_DIM_PAD, QK_INT8, QK_MAX, HADAMARD, DOT_IN_FP32, NUM_STAGES,
+        )
+    elif pid < num_q_programs + num_k_programs:
+        _quantize_k_blocks(
+            pid - num_q_programs, k_ptr, v_ptr, h_ptr, stats_ptr, k8_ptr, k_scale_ptr, k_mean_ptr,
+            seqlen_k, seqlen_k_pad, num_kv_heads, num_chunks, tiles_per_program, rot_scale, d_ok,
+            stride_kb, stride_kh, stride_kt, stride_kd, stride_vb, stride_vh, stride_vt, stride_vd,
+            K_BLOCK, HEAD_DIM_PAD, QK_INT8, QK_MAX, SMOOTH_K, HADAMARD, DOT_IN_FP32,
+            INLINE_STATS, STATS_TILE, NUM_STAGES,
+        )
     else:
-        # One block of K_BLOCK keys and the same tokens of V. Rows past seqlen_k are written as zeros.
-        kv_pid = pid - num_q_programs
-        num_blocks = seqlen_k_pad // K_BLOCK
-        bh = kv_pid // num_blocks
-        block = kv_pid % num_blocks
-        b = bh // num_kv_heads
-        h = bh % num_kv_heads
-        offs_t = block * K_BLOCK + tl.arange(0, K_BLOCK)
-        ok = (offs_t < seqlen_k)[:, None] & d_ok[None, :]
-        if INLINE_STATS:
-            # Short keys: reduce this head's K and V here instead of in a statistics launch.
-            k_sum, v_sum, v_max, v_min = _kv_token_stats(
-                k_ptr + b * stride_kb + h * stride_kh + offs_d[None, :] * stride_kd,
-                v_ptr + b * stride_vb + h * stride_vh + offs_d[None, :] * stride_vd,
-                stride_kt, stride_vt, 0, seqlen_k, d_ok, STATS_TILE, HEAD_DIM_PAD, SMOOTH_K,
-            )
-            v_max = tl.where(d_ok, v_max, 0.0)
-            v_min = tl.where(d_ok, v_min, 0.0)
-        else:
-            stats = stats_ptr + (bh * num_chunks) * NUM_STATS * HEAD_DIM_PAD + offs_d
-            k_sum = tl.zeros([HEAD_DIM_PAD], dtype=tl.float32)
-            v_sum = tl.zeros([HEAD_DIM_PAD], dtype=tl.float32)
-            v_max = tl.full([HEAD_DIM_PAD], float("-inf"), dtype=tl.float32)
-            v_min = tl.full([HEAD_DIM_PAD], float("inf"), dtype=tl.float32)
-            for c in range(num_chunks):
-                k_sum += tl.load(stats + c * NUM_STATS * HEAD_DIM_PAD)
-                v_sum += tl.load(stats + (c * NUM_STATS + 1) * HEAD_DIM_PAD)
-                v_max = tl.maximum(v_max, tl.load(stats + (c * NUM_STATS + 2) * HEAD_DIM_PAD))
-                v_min = tl.minimum(v_min, tl.load(stats + (c * NUM_STATS + 3) * HEAD_DIM_PAD))
-
-        k_ptrs = k_ptr + b * stride_kb + h * stride_kh + offs_t[:, None] * stride_kt + offs_d[None, :] * stride_kd
-        k = _load_rotated(k_ptrs, ok, h_ptr, rot_scale, HEAD_DIM_PAD, HADAMARD, DOT_IN_FP32)
-        k_mean = _k_mean(k_sum, seqlen_k, rot_scale, HEAD_DIM_PAD, HADAMARD) if SMOOTH_K else k_sum
-        k8, k_scale = _quantize_k_block(k, k_mean, offs_t < seqlen_k, QK_MAX, QK_INT8, SMOOTH_K)
-        tl.store(k8_ptr + (bh * seqlen_k_pad + offs_t[:, None]) * HEAD_DIM_PAD + offs_d[None, :], k8)
-        tl.store(k_scale_ptr + bh * num_blocks + block, k_scale)
-
-        v_ptrs = v_ptr + b * stride_vb + h * stride_vh + offs_t[:, None] * stride_vt + offs_d[None, :] * stride_vd
-        v = tl.load(v_ptrs, mask=ok, other=0.0).to(tl.float32)
-        v_mean, v_scale = _v_mean_and_scale(v_sum, v_max, v_min, seqlen_k, SMOOTH_V)
-        v_inv = tl.math.div_rn(tl.full(v_scale.shape, 1.0, tl.float32), v_scale)
-        vq = _quantize_v_block(v, v_mean, v_inv, ok, SMOOTH_V, V_FP16)
-        tl.store(vt_ptr + (bh * HEAD_DIM_PAD + offs_d[None, :]) * seqlen_k_pad + offs_t[:, None], vq)
-        if block == 0:
-            tl.store(v_scale_ptr + bh * HEAD_DIM_PAD + offs_d, v_scale)
-            if SMOOTH_K:
-                tl.store(k_mean_ptr + bh * HEAD_DIM_PAD + offs_d, k_mean)
-            if SMOOTH_V:
-                tl.store(v_mean_ptr + bh * HEAD_DIM_PAD + offs_d, v_mean)
+        _quantize_v_blocks(
+            pid - num_q_programs - num_k_programs, k_ptr, v_ptr, stats_ptr, vt_ptr, v_scale_ptr, v_mean_ptr,
+            seqlen_k, seqlen_k_pad, num_kv_heads, num_chunks, tiles_per_program, d_ok,
+            stride_kb, stride_kh, stride_kt, stride_kd, stride_vb, stride_vh, stride_vt, stride_vd,
+            K_BLOCK, HEAD_DIM_PAD, V_FP16, SMOOTH_V, INLINE_STATS, STATS_TILE, NUM_STAGES,
+        )
 
 
 
@@ -416,9 +531,11 @@ def _inline_stats(batch: int, num_kv_heads: int, seqlen_k: int, head_dim_pad: in
 
 def quantize_launches(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, recipe: Recipe, out: QuantizedQKV,
+    tiles_per_program: int | None = None,
 ) -> tuple[Launch, ...]:
     """The launches that fill ``out``: the K/V statistics pass (unless the keys are short enough to
-    reduce inline), then the fused quantize pass."""
+    reduce inline), then the fused quantize pass. ``tiles_per_program`` (Q tiles or K/V blocks a
+    quantize program takes; None: by :func:`tiles_per_program_for`) is there for tests and studies."""
     batch, num_q_heads, seqlen_q, head_dim = q.shape
     num_kv_heads, seqlen_k = k.shape[1], k.shape[2]
     dp, skp = out.k.shape[-1], out.k.shape[2]
@@ -429,31 +546,54 @@ def quantize_launches(
             _kv_stats_kernel, (stats.shape[1], batch * num_kv_heads),
             (k, v, stats, seqlen_k, num_kv_heads, head_dim, *k.stride(), *v.stride()),
             dict(CHUNK=_stats_chunk(seqlen_k), TILE=_STATS_TILE_ELEMENTS // dp, HEAD_DIM_PAD=dp,
-                 SMOOTH_K=recipe.smooth_k),
-            dict(num_warps=8, num_stages=2),
+                 SMOOTH_K=recipe.smooth_k, NUM_STAGES=_STATS_STAGES),
+            dict(num_warps=8),
         ))
     unused = out.v_scale  # stands in for pointers a recipe does not read
-    num_q_programs = batch * num_q_heads * triton.cdiv(seqlen_q, MAX_Q_BLOCK)
-    num_kv_programs = batch * num_kv_heads * (skp // recipe.k_block)
+    q_tiles = batch * num_q_heads * triton.cdiv(seqlen_q, MAX_Q_BLOCK)
+    kv_blocks = batch * num_kv_heads * (skp // recipe.k_block)
+    if tiles_per_program is None:
+        tiles_per_program = tiles_per_program_for(q_tiles + 2 * kv_blocks)
+    if tiles_per_program < 1:
+        raise ValueError(f"tiles_per_program must be at least 1, got {tiles_per_program}")
+    num_q_programs = batch * num_q_heads * triton.cdiv(triton.cdiv(seqlen_q, MAX_Q_BLOCK), tiles_per_program)
+    num_kv_programs = batch * num_kv_heads * triton.cdiv(skp // recipe.k_block, tiles_per_program)
     hadamard = hadamard_matrix(dp, q.dtype, q.device) if recipe.hadamard else unused
     launches.append(Launch(
-        _quantize_qkv_kernel, (num_q_programs + num_kv_programs,),
+        _quantize_qkv_kernel, (num_q_programs + 2 * num_kv_programs,),
         (
             q, k, v, hadamard, out.q, out.k, out.v_t, out.q_scale, out.k_scale, out.v_scale,
             out.k_mean if out.k_mean is not None else unused, out.v_mean if out.v_mean is not None else unused,
             stats if stats is not None else unused,
             seqlen_q, seqlen_k, skp, num_q_heads, num_kv_heads, head_dim, 0 if stats is None else stats.shape[1],
-            num_q_programs, hadamard_scale(dp), *q.stride(), *k.stride(), *v.stride(),
+            tiles_per_program, num_q_programs, num_kv_programs, hadamard_scale(dp),
+            *q.stride(), *k.stride(), *v.stride(),
         ),
         dict(Q_TILE=MAX_Q_BLOCK, Q_BLOCK=recipe.q_block, K_BLOCK=recipe.k_block, HEAD_DIM_PAD=dp,
              QK_INT8=recipe.qk_format == "int8", QK_MAX=recipe.qk_max, V_FP16=recipe.pv_format == "fp16",
              SMOOTH_K=recipe.smooth_k, SMOOTH_V=recipe.smooth_v,
              HADAMARD=recipe.hadamard, DOT_IN_FP32=bool(knobs.runtime.interpret),
-             INLINE_STATS=stats is None, STATS_TILE=_STATS_TILE_ELEMENTS // dp),
+             INLINE_STATS=stats is None, STATS_TILE=_STATS_TILE_ELEMENTS // dp,
+             NUM_STAGES=_quantize_stages(dp, recipe)),
         dict(num_warps=8, **_quantize_register_cap(dp, inline_stats=stats is None)),
         constants=(hadamard,) if recipe.hadamard else (),
     ))
     return tuple(launches)
+
+
+def tiles_per_program_for(num_tiles: int) -> int:
+    """Tiles (Q tiles and K and V blocks together) each quantize program takes: one while there are
+    few (short inputs are latency-bound: every tile its own program), up to
+    ``_MAX_TILES_PER_PROGRAM`` once there are more than ``_TARGET_PROGRAMS`` programs' worth, so each
+    program's pipelined loop has loads in flight while it converts the tile before."""
+    return max(1, min(_MAX_TILES_PER_PROGRAM, num_tiles // _TARGET_PROGRAMS))
+
+
+def _quantize_stages(head_dim_pad: int, recipe: Recipe) -> int:
+    """Pipeline depth of the quantize programs' tile loops (tiles in shared memory at once). None at
+    padded D=256 with the Hadamard rotation: its 128 KB matrix and one 64 KB tile already take 192 KB
+    of shared memory, a second tile would not fit."""
+    return 1 if recipe.hadamard and head_dim_pad == 256 else _QUANTIZE_STAGES
 
 
 def _quantize_register_cap(head_dim_pad: int, inline_stats: bool) -> dict[str, int]:
@@ -465,13 +605,16 @@ def _quantize_register_cap(head_dim_pad: int, inline_stats: bool) -> dict[str, i
     return {"maxnreg": 128} if capped else {}
 
 
-def quantize_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, recipe: Recipe) -> QuantizedQKV:
+def quantize_qkv(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, recipe: Recipe, tiles_per_program: int | None = None,
+) -> QuantizedQKV:
     """Quantize fp16/bf16 ``q (B, Hq, Sq, D)``, ``k, v (B, Hkv, Sk, D)`` by ``recipe``.
 
     Inputs may have any strides. Arguments are assumed checked (see :mod:`fp8attn.api`).
+    ``tiles_per_program``: see :func:`quantize_launches`.
     """
     batch, num_q_heads, seqlen_q, head_dim = q.shape
     out = allocate_quantized(batch, num_q_heads, k.shape[1], seqlen_q, k.shape[2], head_dim, recipe, q.device)
-    for launch in quantize_launches(q, k, v, recipe, out):
+    for launch in quantize_launches(q, k, v, recipe, out, tiles_per_program):
         launch.run()
     return out

@@ -1,0 +1,165 @@
+"""The quantize pass with pipelined tile loops against the kernels before, in one run (perf-notes §17).
+
+Variants: the statistics launch's pipeline depth, and the quantize launch's pipeline depth (tiles in
+shared memory at once) and tiles per program. For each bandwidth shape of
+``benchmarks/quantize_bandwidth.py`` it times (``triton.testing.do_bench``, L2 flushed, median) each
+launch alone and the whole pass, before (``--before``: a copy of ``src/fp8attn/quantize.py`` from an
+earlier commit) and after, checks that both write the same bytes, and at the mission shape times the
+pass in a CUDA graph (device time per call).
+
+Run on a GPU: ``python benchmarks/quantize_pipeline_study.py --before PATH [--out DIR]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import importlib.util
+import itertools
+import json
+import sys
+from pathlib import Path
+
+import torch
+import triton
+from benchmarks.quantize_bandwidth import SHAPES, copy_bandwidth, quantize_bytes
+
+from fp8attn import quantize
+from fp8attn.recipe import DEFAULT_RECIPE, RECIPES
+
+MISSION = (1, 8, 512, 64)
+OUTPUTS = ("q", "k", "v_t", "q_scale", "k_scale", "v_scale", "k_mean", "v_mean")
+
+
+def load_module(path: Path, name: str):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def median_ms(fn) -> float:
+    return triton.testing.do_bench(fn, warmup=10, rep=60, return_mode="median")
+
+
+def graph_us(fn, calls: int = 20, replays: int = 50) -> float:
+    """Device time per call of ``fn`` captured ``calls`` times in one CUDA graph."""
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):
+        fn()
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, stream=stream):
+        for _ in range(calls):
+            fn()
+    graph.replay()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    times = []
+    for _ in range(replays):
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) * 1e3 / calls)
+    return sorted(times)[len(times) // 2]
+
+
+def same_bytes(a, b) -> bool:
+    for name in OUTPUTS:
+        x, y = getattr(a, name), getattr(b, name)
+        if (x is None) != (y is None):
+            return False
+        if x is not None and not torch.equal(x.view(torch.uint8), y.view(torch.uint8)):
+            return False
+    return True
+
+
+def launches_of(module, q, k, v, recipe, **kwargs):
+    out = module.allocate_quantized(*q.shape[:2], k.shape[1], q.shape[2], k.shape[2], q.shape[3], recipe, q.device)
+    return out, module.quantize_launches(q, k, v, recipe, out, **kwargs)
+
+
+def run_all(launches) -> None:
+    for launch in launches:
+        launch.run()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--before", type=Path, required=True, help="quantize.py of the commit to compare with")
+    parser.add_argument("--out", type=Path, default=Path("."))
+    parser.add_argument("--recipes", default=f"{DEFAULT_RECIPE.name},e4m3")
+    parser.add_argument("--stats-stages", default="1,2,3,4")
+    parser.add_argument("--stages", default="1,2,3")
+    parser.add_argument("--tiles", default="1,2,4,8,16")
+    args = parser.parse_args()
+    before = load_module(args.before, "quantize_before")
+    copy = copy_bandwidth()
+    print(f"copy bandwidth (read + write): {copy / 1e12:.2f} TB/s", flush=True)
+    records = []
+    default_stats_stages, default_stages = quantize._STATS_STAGES, quantize._quantize_stages
+    for name, (b, h, s, d) in itertools.product(args.recipes.split(","), SHAPES):
+        recipe = RECIPES[name]
+        q, k, v = (torch.randn(b, h, s, d, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+        row = dict(recipe=name, B=b, H=h, S=s, D=d)
+        out_before, launches = launches_of(before, q, k, v, recipe)
+        run_all(launches)
+        row["before_ms"] = [median_ms(launch.run) for launch in launches]
+        row["before_total_ms"] = median_ms(functools.partial(before.quantize_qkv, q, k, v, recipe))
+        out_after = quantize.quantize_qkv(q, k, v, recipe)
+        row["same_bytes"] = same_bytes(out_before, out_after)
+        nbytes = quantize_bytes(q, k, v, recipe.pv_format == "fp16", out_after.kv_partials is not None)
+        row["after_total_ms"] = median_ms(functools.partial(quantize.quantize_qkv, q, k, v, recipe))
+        row["bytes"] = nbytes
+        row["fraction_before"] = nbytes / (row["before_total_ms"] * 1e-3) / copy
+        row["fraction_after"] = nbytes / (row["after_total_ms"] * 1e-3) / copy
+        row["stats_ms"] = {}
+        for stages in map(int, args.stats_stages.split(",")):
+            quantize._STATS_STAGES = stages
+            _, launches = launches_of(quantize, q, k, v, recipe)
+            row["stats_ms"][stages] = median_ms(launches[0].run)
+        quantize._STATS_STAGES = default_stats_stages
+        row["quantize_ms"] = {}
+        for stages, tiles in itertools.product(map(int, args.stages.split(",")), map(int, args.tiles.split(","))):
+            quantize._quantize_stages = lambda *_, n=stages: n
+            try:
+                out, launches = launches_of(quantize, q, k, v, recipe, tiles_per_program=tiles)
+                run_all(launches)
+                ok = same_bytes(out_before, out)
+                row["quantize_ms"][f"{stages},{tiles}"] = (median_ms(launches[-1].run), ok)
+            except triton.runtime.errors.OutOfResources as e:
+                row["quantize_ms"][f"{stages},{tiles}"] = (None, str(e).splitlines()[0])
+        quantize._quantize_stages = default_stages
+        records.append(row)
+        best = min((v for v in row["quantize_ms"].items() if v[1][0] is not None), key=lambda kv: kv[1][0])
+        print(f"{name:22s} B{b} H{h} S{s} D{d}: before {row['before_total_ms'] * 1e3:6.1f} µs "
+              f"({row['fraction_before']:.0%}), launches {[round(t * 1e3, 1) for t in row['before_ms']]}; "
+              f"after {row['after_total_ms'] * 1e3:6.1f} µs ({row['fraction_after']:.0%}), same bytes "
+              f"{row['same_bytes']}; stats by stages {({k: round(t * 1e3, 1) for k, t in row['stats_ms'].items()})}; "
+              f"best quantize (stages,tiles) {best[0]}: {best[1][0] * 1e3:.1f} µs", flush=True)
+        print("   quantize µs by (stages,tiles):",
+              {key: (None if t is None else round(t * 1e3, 1), ok) for key, (t, ok) in row["quantize_ms"].items()},
+              flush=True)
+        del q, k, v
+    mission = []
+    for name in args.recipes.split(","):
+        recipe = RECIPES[name]
+        q, k, v = (torch.randn(*MISSION, device="cuda", dtype=torch.float16) for _ in range(3))
+        outs = {}
+        row = dict(recipe=name, shape=MISSION)
+        for label, module in (("before", before), ("after", quantize)):
+            out, launches = launches_of(module, q, k, v, recipe)
+            row[f"{label}_graph_us"] = graph_us(lambda launches=launches: run_all(launches))
+            outs[label] = out
+        row["same_bytes"] = same_bytes(outs["before"], outs["after"])
+        mission.append(row)
+        print(f"mission {name}: CUDA graph per call before {row['before_graph_us']:.2f} µs, after "
+              f"{row['after_graph_us']:.2f} µs, same bytes {row['same_bytes']}", flush=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "quantize_pipeline_study.json").write_text(json.dumps(
+        dict(gpu=torch.cuda.get_device_name(), copy_bytes_per_s=copy, records=records, mission=mission), indent=1))
+
+
+if __name__ == "__main__":
+    main()
