@@ -1,7 +1,7 @@
-"""The quantize pass with pipelined tile loops against the kernels before, in one run (perf-notes §17).
+"""The quantize pass against the kernels before, in one run (perf-notes §17).
 
-Variants: the statistics launch's pipeline depth, and the quantize launch's pipeline depth (tiles in
-shared memory at once) and tiles per program. For each bandwidth shape of
+Variants: the statistics launch's target number of programs (its chunk length) and the quantize
+launch's tiles per program. For each bandwidth shape of
 ``benchmarks/quantize_bandwidth.py`` it times (``triton.testing.do_bench``, L2 flushed, median) each
 launch alone and the whole pass, before (``--before``: a copy of ``src/fp8attn/quantize.py`` from an
 earlier commit) and after, checks that both write the same bytes, and at the mission shape times the
@@ -90,15 +90,15 @@ def main() -> None:
     parser.add_argument("--before", type=Path, required=True, help="quantize.py of the commit to compare with")
     parser.add_argument("--out", type=Path, default=Path("."))
     parser.add_argument("--recipes", default=f"{DEFAULT_RECIPE.name},e4m3")
-    parser.add_argument("--stats-stages", default="1,2,3,4")
-    parser.add_argument("--stages", default="1,2,3")
-    parser.add_argument("--tiles", default="1,2,4,8,16")
+    parser.add_argument("--stats-targets", default="256,512,1024,1000000",
+                        help="statistics launch: programs to aim for (1000000: only the 32-chunk rule, as before)")
+    parser.add_argument("--tiles", default="1,4,8,16", help="quantize launch: tiles per program")
     args = parser.parse_args()
     before = load_module(args.before, "quantize_before")
     copy = copy_bandwidth()
     print(f"copy bandwidth (read + write): {copy / 1e12:.2f} TB/s", flush=True)
     records = []
-    default_stats_stages, default_stages = quantize._STATS_STAGES, quantize._quantize_stages
+    default_stats_target = quantize._STATS_TARGET_PROGRAMS
     for name, (b, h, s, d) in itertools.product(args.recipes.split(","), SHAPES):
         recipe = RECIPES[name]
         q, k, v = (torch.randn(b, h, s, d, device="cuda", dtype=torch.bfloat16) for _ in range(3))
@@ -115,32 +115,26 @@ def main() -> None:
         row["fraction_before"] = nbytes / (row["before_total_ms"] * 1e-3) / copy
         row["fraction_after"] = nbytes / (row["after_total_ms"] * 1e-3) / copy
         row["stats_ms"] = {}
-        for stages in map(int, args.stats_stages.split(",")):
-            quantize._STATS_STAGES = stages
-            _, launches = launches_of(quantize, q, k, v, recipe)
-            row["stats_ms"][stages] = median_ms(launches[0].run)
-        quantize._STATS_STAGES = default_stats_stages
+        for target in map(int, args.stats_targets.split(",")):
+            quantize._STATS_TARGET_PROGRAMS = target
+            out, launches = launches_of(quantize, q, k, v, recipe)
+            run_all(launches)
+            row["stats_ms"][target] = (median_ms(launches[0].run), same_bytes(out_before, out))
+        quantize._STATS_TARGET_PROGRAMS = default_stats_target
         row["quantize_ms"] = {}
-        for stages, tiles in itertools.product(map(int, args.stages.split(",")), map(int, args.tiles.split(","))):
-            quantize._quantize_stages = lambda *_, n=stages: n
-            try:
-                out, launches = launches_of(quantize, q, k, v, recipe, tiles_per_program=tiles)
-                run_all(launches)
-                ok = same_bytes(out_before, out)
-                row["quantize_ms"][f"{stages},{tiles}"] = (median_ms(launches[-1].run), ok)
-            except triton.runtime.errors.OutOfResources as e:
-                row["quantize_ms"][f"{stages},{tiles}"] = (None, str(e).splitlines()[0])
-        quantize._quantize_stages = default_stages
+        for tiles in map(int, args.tiles.split(",")):
+            out, launches = launches_of(quantize, q, k, v, recipe, tiles_per_program=tiles)
+            run_all(launches)
+            row["quantize_ms"][tiles] = (median_ms(launches[-1].run), same_bytes(out_before, out))
         records.append(row)
-        best = min((v for v in row["quantize_ms"].items() if v[1][0] is not None), key=lambda kv: kv[1][0])
         print(f"{name:22s} B{b} H{h} S{s} D{d}: before {row['before_total_ms'] * 1e3:6.1f} µs "
               f"({row['fraction_before']:.0%}), launches {[round(t * 1e3, 1) for t in row['before_ms']]}; "
-              f"after {row['after_total_ms'] * 1e3:6.1f} µs ({row['fraction_after']:.0%}), same bytes "
-              f"{row['same_bytes']}; stats by stages {({k: round(t * 1e3, 1) for k, t in row['stats_ms'].items()})}; "
-              f"best quantize (stages,tiles) {best[0]}: {best[1][0] * 1e3:.1f} µs", flush=True)
-        print("   quantize µs by (stages,tiles):",
-              {key: (None if t is None else round(t * 1e3, 1), ok) for key, (t, ok) in row["quantize_ms"].items()},
-              flush=True)
+              f"after {row['after_total_ms'] * 1e3:6.1f} µs ({row['fraction_after']:.0%}), "
+              f"same bytes {row['same_bytes']}", flush=True)
+        print("   statistics µs by target programs:",
+              {key: (round(t * 1e3, 1), ok) for key, (t, ok) in row["stats_ms"].items()}, flush=True)
+        print("   quantize µs by tiles per program:",
+              {key: (round(t * 1e3, 1), ok) for key, (t, ok) in row["quantize_ms"].items()}, flush=True)
         del q, k, v
     mission = []
     for name in args.recipes.split(","):

@@ -34,14 +34,14 @@ from fp8attn.recipe import MAX_Q_BLOCK, Recipe
 # so chunks are made larger for long sequences to keep that sum short.
 _STATS_MIN_CHUNK = 256
 _STATS_MAX_CHUNKS = 32
+_STATS_TARGET_PROGRAMS = 512
 _STATS_TILE_ELEMENTS = 4096  # tokens per stats tile = this / padded head dim: ~128 registers a thread, no spills
 _NUM_STATS = 4  # K sum, V sum, V max, V min
 # Keys this short (and few enough in all) are reduced inside the quantize launch, saving a launch.
 _INLINE_STATS_MAX_SEQLEN = 512
 _INLINE_STATS_MAX_ELEMENTS = 2**22
 _STATS_STAGES = 3  # the statistics loop's pipeline depth
-_QUANTIZE_STAGES = 2
-_TARGET_PROGRAMS = 1024
+_TARGET_PROGRAMS = 384  # quantize programs to aim for: about three per SM of an H100
 _MAX_TILES_PER_PROGRAM = 8
 NUM_STATS: tl.constexpr = tl.constexpr(_NUM_STATS)
 E4M3_MAX_F32: tl.constexpr = tl.constexpr(E4M3_MAX)
@@ -290,7 +290,7 @@ def _head_stats(
     k_ptr, v_ptr, stats_ptr, bh, b, h, seqlen_k, num_chunks, d_ok,
     stride_kb, stride_kh, stride_kt, stride_kd, stride_vb, stride_vh, stride_vt, stride_vd,
     HEAD_DIM_PAD: tl.constexpr, K_SUM: tl.constexpr, V_STATS: tl.constexpr,
-    INLINE_STATS: tl.constexpr, STATS_TILE: tl.constexpr, NUM_STAGES: tl.constexpr,
+    INLINE_STATS: tl.constexpr, STATS_TILE: tl.constexpr, STATS_STAGES: tl.constexpr,
 ):
     """K's sum and V's sum, max and min over one head's keys (those asked for; see ``_kv_token_stats``):
     reduced here from the keys (short keys, ``INLINE_STATS``) or from the statistics pass's partials."""
@@ -299,7 +299,7 @@ def _head_stats(
         return _kv_token_stats(
             k_ptr + b * stride_kb + h * stride_kh + offs_d[None, :] * stride_kd,
             v_ptr + b * stride_vb + h * stride_vh + offs_d[None, :] * stride_vd,
-            stride_kt, stride_vt, 0, seqlen_k, d_ok, STATS_TILE, HEAD_DIM_PAD, K_SUM, V_STATS, NUM_STAGES,
+            stride_kt, stride_vt, 0, seqlen_k, d_ok, STATS_TILE, HEAD_DIM_PAD, K_SUM, V_STATS, STATS_STAGES,
         )
     else:
         stats = stats_ptr + (bh * num_chunks) * NUM_STATS * HEAD_DIM_PAD + offs_d
@@ -322,7 +322,7 @@ def _quantize_q_tiles(
     pid, q_ptr, h_ptr, q8_ptr, q_scale_ptr, seqlen_q, num_q_heads, tiles_per_program, rot_scale, d_ok,
     stride_qb, stride_qh, stride_qt, stride_qd,
     Q_TILE: tl.constexpr, Q_BLOCK: tl.constexpr, HEAD_DIM_PAD: tl.constexpr, QK_INT8: tl.constexpr,
-    QK_MAX: tl.constexpr, HADAMARD: tl.constexpr, DOT_IN_FP32: tl.constexpr, NUM_STAGES: tl.constexpr,
+    QK_MAX: tl.constexpr, HADAMARD: tl.constexpr, DOT_IN_FP32: tl.constexpr,
 ):
     """Tiles of Q_TILE query tokens of one head: rotated (HADAMARD), in 8 bits, one scale per Q_BLOCK."""
     bh, first, last = _program_tiles(pid, tl.cdiv(seqlen_q, Q_TILE), tiles_per_program)
@@ -332,7 +332,7 @@ def _quantize_q_tiles(
     q_head = q_ptr + b * stride_qb + h * stride_qh + offs_d[None, :] * stride_qd
     hadamard = _hadamard_tile(h_ptr, HEAD_DIM_PAD, HADAMARD)
     num_blocks = tl.cdiv(seqlen_q, Q_BLOCK)
-    for tile in tl.range(first, last, num_stages=NUM_STAGES):
+    for tile in tl.range(first, last, num_stages=1):  # pipelined was slower (perf-notes §17)
         offs_t = tile * Q_TILE + tl.arange(0, Q_TILE)
         t_ok = offs_t < seqlen_q
         x = tl.load(q_head + offs_t[:, None] * stride_qt, mask=t_ok[:, None] & d_ok[None, :], other=0.0)
@@ -350,7 +350,7 @@ def _quantize_k_blocks(
     stride_kb, stride_kh, stride_kt, stride_kd, stride_vb, stride_vh, stride_vt, stride_vd,
     K_BLOCK: tl.constexpr, HEAD_DIM_PAD: tl.constexpr, QK_INT8: tl.constexpr, QK_MAX: tl.constexpr,
     SMOOTH_K: tl.constexpr, HADAMARD: tl.constexpr, DOT_IN_FP32: tl.constexpr,
-    INLINE_STATS: tl.constexpr, STATS_TILE: tl.constexpr, NUM_STAGES: tl.constexpr,
+    INLINE_STATS: tl.constexpr, STATS_TILE: tl.constexpr, STATS_STAGES: tl.constexpr,
 ):
     """Blocks of K_BLOCK keys of one head: rotated (HADAMARD), smoothed (SMOOTH_K), in 8 bits with one
     scale each; rows past seqlen_k are written as zeros."""
@@ -364,14 +364,14 @@ def _quantize_k_blocks(
         k_sum, _, _, _ = _head_stats(
             k_ptr, v_ptr, stats_ptr, bh, b, h, seqlen_k, num_chunks, d_ok,
             stride_kb, stride_kh, stride_kt, stride_kd, stride_vb, stride_vh, stride_vt, stride_vd,
-            HEAD_DIM_PAD, True, False, INLINE_STATS, STATS_TILE, NUM_STAGES,
+            HEAD_DIM_PAD, True, False, INLINE_STATS, STATS_TILE, STATS_STAGES,
         )
         k_mean = _k_mean(k_sum, seqlen_k, rot_scale, HEAD_DIM_PAD, HADAMARD)
         if first == 0:
             tl.store(k_mean_ptr + bh * HEAD_DIM_PAD + offs_d, k_mean)
     k_head = k_ptr + b * stride_kb + h * stride_kh + offs_d[None, :] * stride_kd
     hadamard = _hadamard_tile(h_ptr, HEAD_DIM_PAD, HADAMARD)
-    for block in tl.range(first, last, num_stages=NUM_STAGES):
+    for block in tl.range(first, last, num_stages=1):  # pipelined was slower (perf-notes §17)
         offs_t = block * K_BLOCK + tl.arange(0, K_BLOCK)
         row_ok = offs_t < seqlen_k
         k = tl.load(k_head + offs_t[:, None] * stride_kt, mask=row_ok[:, None] & d_ok[None, :], other=0.0)
@@ -387,7 +387,7 @@ def _quantize_v_blocks(
     seqlen_k, seqlen_k_pad, num_kv_heads, num_chunks, tiles_per_program, d_ok,
     stride_kb, stride_kh, stride_kt, stride_kd, stride_vb, stride_vh, stride_vt, stride_vd,
     K_BLOCK: tl.constexpr, HEAD_DIM_PAD: tl.constexpr, V_FP16: tl.constexpr, SMOOTH_V: tl.constexpr,
-    INLINE_STATS: tl.constexpr, STATS_TILE: tl.constexpr, NUM_STAGES: tl.constexpr,
+    INLINE_STATS: tl.constexpr, STATS_TILE: tl.constexpr, STATS_STAGES: tl.constexpr,
 ):
     """Blocks of K_BLOCK tokens of one head's V: smoothed (SMOOTH_V), scaled per channel, written
     transposed (``[Dp, Skp]``, the K-major layout P·V needs on Hopper); padding written as zeros."""
@@ -399,7 +399,7 @@ def _quantize_v_blocks(
     _, v_sum, v_max, v_min = _head_stats(
         k_ptr, v_ptr, stats_ptr, bh, b, h, seqlen_k, num_chunks, d_ok,
         stride_kb, stride_kh, stride_kt, stride_kd, stride_vb, stride_vh, stride_vt, stride_vd,
-        HEAD_DIM_PAD, False, True, INLINE_STATS, STATS_TILE, NUM_STAGES,
+        HEAD_DIM_PAD, False, True, INLINE_STATS, STATS_TILE, STATS_STAGES,
     )
     v_mean, v_scale = _v_mean_and_scale(v_sum, v_max, v_min, seqlen_k, SMOOTH_V)
     v_inv = tl.math.div_rn(tl.full(v_scale.shape, 1.0, tl.float32), v_scale)
@@ -408,7 +408,7 @@ def _quantize_v_blocks(
         if SMOOTH_V:
             tl.store(v_mean_ptr + bh * HEAD_DIM_PAD + offs_d, v_mean)
     v_head = v_ptr + b * stride_vb + h * stride_vh + offs_d[None, :] * stride_vd
-    for block in tl.range(first, last, num_stages=NUM_STAGES):
+    for block in tl.range(first, last, num_stages=1):  # pipelined was slower (perf-notes §17)
         offs_t = block * K_BLOCK + tl.arange(0, K_BLOCK)
         ok = (offs_t < seqlen_k)[:, None] & d_ok[None, :]
         v = tl.load(v_head + offs_t[:, None] * stride_vt, mask=ok, other=0.0).to(tl.float32)
@@ -428,10 +428,10 @@ def _quantize_qkv_kernel(
     Q_TILE: tl.constexpr, Q_BLOCK: tl.constexpr, K_BLOCK: tl.constexpr, HEAD_DIM_PAD: tl.constexpr,
     QK_INT8: tl.constexpr, QK_MAX: tl.constexpr, V_FP16: tl.constexpr,
     SMOOTH_K: tl.constexpr, SMOOTH_V: tl.constexpr, HADAMARD: tl.constexpr, DOT_IN_FP32: tl.constexpr,
-    INLINE_STATS: tl.constexpr, STATS_TILE: tl.constexpr, NUM_STAGES: tl.constexpr,
+    INLINE_STATS: tl.constexpr, STATS_TILE: tl.constexpr, STATS_STAGES: tl.constexpr,
 ):
     """Programs [0, num_q_programs) quantize Q, the next num_k_programs K, the rest V; each takes
-    ``tiles_per_program`` consecutive tiles of one head, its loads pipelined ``NUM_STAGES`` deep."""
+    ``tiles_per_program`` consecutive tiles of one head (``_program_tiles``)."""
     pid = tl.program_id(0)
     # head_dim is a runtime value on purpose: as a constant it lets LLVM prove whole register tiles of
     # padded channels zero, and ptxas miscompiles the fp8 packing of those constants (12.8: F2FP ...
@@ -441,7 +441,7 @@ def _quantize_qkv_kernel(
         _quantize_q_tiles(
             pid, q_ptr, h_ptr, q8_ptr, q_scale_ptr, seqlen_q, num_q_heads, tiles_per_program, rot_scale, d_ok,
             stride_qb, stride_qh, stride_qt, stride_qd,
-            Q_TILE, Q_BLOCK, HEAD_DIM_PAD, QK_INT8, QK_MAX, HADAMARD, DOT_IN_FP32, NUM_STAGES,
+            Q_TILE, Q_BLOCK, HEAD_DIM_PAD, QK_INT8, QK_MAX, HADAMARD, DOT_IN_FP32,
         )
     elif pid < num_q_programs + num_k_programs:
         _quantize_k_blocks(
@@ -449,21 +449,25 @@ def _quantize_qkv_kernel(
             seqlen_k, seqlen_k_pad, num_kv_heads, num_chunks, tiles_per_program, rot_scale, d_ok,
             stride_kb, stride_kh, stride_kt, stride_kd, stride_vb, stride_vh, stride_vt, stride_vd,
             K_BLOCK, HEAD_DIM_PAD, QK_INT8, QK_MAX, SMOOTH_K, HADAMARD, DOT_IN_FP32,
-            INLINE_STATS, STATS_TILE, NUM_STAGES,
+            INLINE_STATS, STATS_TILE, STATS_STAGES,
         )
     else:
         _quantize_v_blocks(
             pid - num_q_programs - num_k_programs, k_ptr, v_ptr, stats_ptr, vt_ptr, v_scale_ptr, v_mean_ptr,
             seqlen_k, seqlen_k_pad, num_kv_heads, num_chunks, tiles_per_program, d_ok,
             stride_kb, stride_kh, stride_kt, stride_kd, stride_vb, stride_vh, stride_vt, stride_vd,
-            K_BLOCK, HEAD_DIM_PAD, V_FP16, SMOOTH_V, INLINE_STATS, STATS_TILE, NUM_STAGES,
+            K_BLOCK, HEAD_DIM_PAD, V_FP16, SMOOTH_V, INLINE_STATS, STATS_TILE, STATS_STAGES,
         )
 
 
 
-def _stats_chunk(seqlen_k: int) -> int:
+def _stats_chunk(num_heads: int, seqlen_k: int) -> int:
+    """Tokens per statistics program: a power of two from 256, doubled until there are at most
+    ``_STATS_MAX_CHUNKS`` chunks a head and ``_STATS_TARGET_PROGRAMS`` programs in all (longer loops
+    keep the pipeline full, and fewer partials are left for each quantize program to sum)."""
     chunk = _STATS_MIN_CHUNK
-    while triton.cdiv(seqlen_k, chunk) > _STATS_MAX_CHUNKS:
+    while triton.cdiv(seqlen_k, chunk) > _STATS_MAX_CHUNKS or (
+            chunk < seqlen_k and num_heads * triton.cdiv(seqlen_k, chunk) > _STATS_TARGET_PROGRAMS):
         chunk *= 2
     return chunk
 
@@ -512,7 +516,7 @@ def allocate_quantized(
         "k_mean": ((batch, num_kv_heads, dp), f32) if recipe.smooth_k else None,
         "v_mean": ((batch, num_kv_heads, dp), f32) if recipe.smooth_v else None,
         "kv_partials": None if _inline_stats(batch, num_kv_heads, seqlen_k, dp) else
-        ((batch * num_kv_heads, triton.cdiv(seqlen_k, _stats_chunk(seqlen_k)), _NUM_STATS, dp), f32),
+        ((batch * num_kv_heads, triton.cdiv(seqlen_k, _stats_chunk(batch * num_kv_heads, seqlen_k)), _NUM_STATS, dp), f32),
     }
     workspace, views = carve_workspace(layout, device)
     return QuantizedQKV(
@@ -545,7 +549,7 @@ def quantize_launches(
         launches.append(Launch(
             _kv_stats_kernel, (stats.shape[1], batch * num_kv_heads),
             (k, v, stats, seqlen_k, num_kv_heads, head_dim, *k.stride(), *v.stride()),
-            dict(CHUNK=_stats_chunk(seqlen_k), TILE=_STATS_TILE_ELEMENTS // dp, HEAD_DIM_PAD=dp,
+            dict(CHUNK=_stats_chunk(batch * num_kv_heads, seqlen_k), TILE=_STATS_TILE_ELEMENTS // dp, HEAD_DIM_PAD=dp,
                  SMOOTH_K=recipe.smooth_k, NUM_STAGES=_STATS_STAGES),
             dict(num_warps=8),
         ))
@@ -574,7 +578,7 @@ def quantize_launches(
              SMOOTH_K=recipe.smooth_k, SMOOTH_V=recipe.smooth_v,
              HADAMARD=recipe.hadamard, DOT_IN_FP32=bool(knobs.runtime.interpret),
              INLINE_STATS=stats is None, STATS_TILE=_STATS_TILE_ELEMENTS // dp,
-             NUM_STAGES=_quantize_stages(dp, recipe)),
+             STATS_STAGES=_STATS_STAGES),
         dict(num_warps=8, **_quantize_register_cap(dp, inline_stats=stats is None)),
         constants=(hadamard,) if recipe.hadamard else (),
     ))
@@ -584,16 +588,10 @@ def quantize_launches(
 def tiles_per_program_for(num_tiles: int) -> int:
     """Tiles (Q tiles and K and V blocks together) each quantize program takes: one while there are
     few (short inputs are latency-bound: every tile its own program), up to
-    ``_MAX_TILES_PER_PROGRAM`` once there are more than ``_TARGET_PROGRAMS`` programs' worth, so each
-    program's pipelined loop has loads in flight while it converts the tile before."""
+    ``_MAX_TILES_PER_PROGRAM`` once there are more than ``_TARGET_PROGRAMS`` programs' worth: a
+    program's fixed costs (its head's statistics, the Hadamard matrix) are then shared by its tiles
+    (perf-notes §17)."""
     return max(1, min(_MAX_TILES_PER_PROGRAM, num_tiles // _TARGET_PROGRAMS))
-
-
-def _quantize_stages(head_dim_pad: int, recipe: Recipe) -> int:
-    """Pipeline depth of the quantize programs' tile loops (tiles in shared memory at once). None at
-    padded D=256 with the Hadamard rotation: its 128 KB matrix and one 64 KB tile already take 192 KB
-    of shared memory, a second tile would not fit."""
-    return 1 if recipe.hadamard and head_dim_pad == 256 else _QUANTIZE_STAGES
 
 
 def _quantize_register_cap(head_dim_pad: int, inline_stats: bool) -> dict[str, int]:
