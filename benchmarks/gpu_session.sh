@@ -49,7 +49,7 @@ for step in "$@"; do
     qstudy) timeout 200 python3 benchmarks/quantize_launch_study.py --out "$OUT" 2>&1 | tail -20 ;;
     split) timeout 120 python3 benchmarks/prequant_time_split.py 2>&1 | tee "$OUT/prequant_time_split.txt" ;;
     bandwidth) timeout 200 python3 benchmarks/quantize_bandwidth.py --out "$OUT" 2>&1 | tail -12 ;;
-    qpipe) timeout 400 python3 benchmarks/quantize_pipeline_study.py --before "${QUANTIZE_BEFORE:-out/quantize_before.py}" --out "$OUT" 2>&1 \
+    qpipe) timeout 400 python3 benchmarks/quantize_pipeline_study.py --before "${QUANTIZE_BEFORE:-out/quantize_before.py}" --out "$OUT" ${QPIPE_ARGS:-} 2>&1 \
              | tee "$OUT/quantize_pipeline_study.txt" | tail -40 ;;
     configs) timeout 400 python3 benchmarks/config_study.py --recipes e4m3 --out "$OUT" 2>&1 | tail -80 ;;
     wgmma-check) timeout 150 python3 benchmarks/wgmma_study.py --only-check --out "$OUT" 2>&1 | tee "$OUT/wgmma_check.txt" | tail -30 ;;

@@ -1,7 +1,7 @@
 """The quantize pass against the kernels before, in one run (perf-notes §17).
 
-Variants: the statistics launch's target number of programs (its chunk length) and the quantize
-launch's tiles per program. For each bandwidth shape of
+Variants: the statistics launch's target number of programs (its chunk length), tile size and warps,
+and the quantize launch's tiles per program. For each bandwidth shape of
 ``benchmarks/quantize_bandwidth.py`` it times (``triton.testing.do_bench``, L2 flushed, median) each
 launch alone and the whole pass, before (``--before``: a copy of ``src/fp8attn/quantize.py`` from an
 earlier commit) and after, checks that both write the same bytes, and at the mission shape times the
@@ -25,6 +25,7 @@ import triton
 from benchmarks.quantize_bandwidth import SHAPES, copy_bandwidth, quantize_bytes
 
 from fp8attn import quantize
+from fp8attn.bench.timing import TimingConfig, time_cuda_graph
 from fp8attn.recipe import DEFAULT_RECIPE, RECIPES
 
 MISSION = (1, 8, 512, 64)
@@ -41,28 +42,6 @@ def load_module(path: Path, name: str):
 
 def median_ms(fn) -> float:
     return triton.testing.do_bench(fn, warmup=10, rep=60, return_mode="median")
-
-
-def graph_us(fn, calls: int = 20, replays: int = 50) -> float:
-    """Device time per call of ``fn`` captured ``calls`` times in one CUDA graph."""
-    stream = torch.cuda.Stream()
-    with torch.cuda.stream(stream):
-        fn()
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph, stream=stream):
-        for _ in range(calls):
-            fn()
-    graph.replay()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    times = []
-    for _ in range(replays):
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) * 1e3 / calls)
-    return sorted(times)[len(times) // 2]
 
 
 def same_bytes(a, b) -> bool:
@@ -90,15 +69,17 @@ def main() -> None:
     parser.add_argument("--before", type=Path, required=True, help="quantize.py of the commit to compare with")
     parser.add_argument("--out", type=Path, default=Path("."))
     parser.add_argument("--recipes", default=f"{DEFAULT_RECIPE.name},e4m3")
-    parser.add_argument("--stats-targets", default="256,512,1024,1000000",
+    parser.add_argument("--stats-targets", default="128,256,1000000",
                         help="statistics launch: programs to aim for (1000000: only the 32-chunk rule, as before)")
-    parser.add_argument("--tiles", default="1,4,8,16", help="quantize launch: tiles per program")
+    parser.add_argument("--stats-tiles", default="4096,8192", help="statistics launch: elements per tile")
+    parser.add_argument("--stats-warps", default="4,8", help="statistics launch: warps per program")
+    parser.add_argument("--tiles", default="4,8,16", help="quantize launch: tiles per program")
     args = parser.parse_args()
     before = load_module(args.before, "quantize_before")
     copy = copy_bandwidth()
     print(f"copy bandwidth (read + write): {copy / 1e12:.2f} TB/s", flush=True)
     records = []
-    default_stats_target = quantize._STATS_TARGET_PROGRAMS
+    stats_defaults = quantize._STATS_TARGET_PROGRAMS, quantize._STATS_TILE_ELEMENTS, quantize._STATS_WARPS
     for name, (b, h, s, d) in itertools.product(args.recipes.split(","), SHAPES):
         recipe = RECIPES[name]
         q, k, v = (torch.randn(b, h, s, d, device="cuda", dtype=torch.bfloat16) for _ in range(3))
@@ -115,12 +96,14 @@ def main() -> None:
         row["fraction_before"] = nbytes / (row["before_total_ms"] * 1e-3) / copy
         row["fraction_after"] = nbytes / (row["after_total_ms"] * 1e-3) / copy
         row["stats_ms"] = {}
-        for target in map(int, args.stats_targets.split(",")):
-            quantize._STATS_TARGET_PROGRAMS = target
+        for target, tile, warps in itertools.product(map(int, args.stats_targets.split(",")),
+                                                     map(int, args.stats_tiles.split(",")),
+                                                     map(int, args.stats_warps.split(","))):
+            quantize._STATS_TARGET_PROGRAMS, quantize._STATS_TILE_ELEMENTS, quantize._STATS_WARPS = target, tile, warps
             out, launches = launches_of(quantize, q, k, v, recipe)
             run_all(launches)
-            row["stats_ms"][target] = (median_ms(launches[0].run), same_bytes(out_before, out))
-        quantize._STATS_TARGET_PROGRAMS = default_stats_target
+            row["stats_ms"][f"{target},{tile},{warps}"] = (median_ms(launches[0].run), same_bytes(out_before, out))
+        quantize._STATS_TARGET_PROGRAMS, quantize._STATS_TILE_ELEMENTS, quantize._STATS_WARPS = stats_defaults
         row["quantize_ms"] = {}
         for tiles in map(int, args.tiles.split(",")):
             out, launches = launches_of(quantize, q, k, v, recipe, tiles_per_program=tiles)
@@ -131,7 +114,7 @@ def main() -> None:
               f"({row['fraction_before']:.0%}), launches {[round(t * 1e3, 1) for t in row['before_ms']]}; "
               f"after {row['after_total_ms'] * 1e3:6.1f} µs ({row['fraction_after']:.0%}), "
               f"same bytes {row['same_bytes']}", flush=True)
-        print("   statistics µs by target programs:",
+        print("   statistics µs by (target programs, tile elements, warps):",
               {key: (round(t * 1e3, 1), ok) for key, (t, ok) in row["stats_ms"].items()}, flush=True)
         print("   quantize µs by tiles per program:",
               {key: (round(t * 1e3, 1), ok) for key, (t, ok) in row["quantize_ms"].items()}, flush=True)
@@ -144,7 +127,8 @@ def main() -> None:
         row = dict(recipe=name, shape=MISSION)
         for label, module in (("before", before), ("after", quantize)):
             out, launches = launches_of(module, q, k, v, recipe)
-            row[f"{label}_graph_us"] = graph_us(lambda launches=launches: run_all(launches))
+            row[f"{label}_graph_us"] = 1e3 * time_cuda_graph(lambda launches=launches: run_all(launches),
+                                                                 TimingConfig(calls=20, repeats=50))
             outs[label] = out
         row["same_bytes"] = same_bytes(outs["before"], outs["after"])
         mission.append(row)

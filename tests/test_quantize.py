@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
+import triton
+import triton.language as tl
 
 from fp8attn import quantize as quantize_module
-from fp8attn.fp8 import E4M3, E4M3_MAX
+from fp8attn.fp8 import E4M3, E4M3_MAX, to_int8
 from fp8attn.quantize import padded_head_dim, quantize_qkv
 from fp8attn.recipe import RECIPES
 from fp8attn.reference import quantize_emulated
@@ -144,3 +147,21 @@ def test_tiles_per_program_must_be_positive(gen):
     q, k, v = make_qkv(gen, (1, 1, 1, 8, 8, 64))
     with pytest.raises(ValueError, match="tiles_per_program must be at least 1, got 0"):
         quantize_qkv(q, k, v, RECIPES["e4m3"], tiles_per_program=0)
+
+
+@triton.jit
+def _to_int8_kernel(x_ptr, out_ptr, N: tl.constexpr):
+    offs = tl.arange(0, N)
+    tl.store(out_ptr + offs, quantize_module._to_8bit(tl.load(x_ptr + offs), True))
+
+
+def test_int8_rounding_is_the_emulations(device):
+    """Ties round away from zero, the largest float below a tie rounds like fp32 ``x + 0.5`` does, and
+    magnitudes past 127 saturate: the kernel's conversion against :func:`fp8attn.fp8.to_int8`."""
+    below_half = float(np.nextafter(np.float32(0.5), np.float32(0)))
+    edges = [0.0, -0.0, 0.5, -0.5, below_half, -below_half, 1.5, -1.5, 2.5, -2.5, 126.5, -126.5, 127.4, -127.4,
+             127.5, -127.5, 1e6, -1e6, 3.25, -3.75]
+    x = torch.tensor(edges + [0.0] * (32 - len(edges)), dtype=torch.float32, device=device)
+    out = torch.empty(32, dtype=torch.int8, device=device)
+    _to_int8_kernel[(1,)](x, out, N=32)
+    assert out.cpu().tolist() == to_int8(x.cpu()).tolist()

@@ -34,13 +34,14 @@ from fp8attn.recipe import MAX_Q_BLOCK, Recipe
 # so chunks are made larger for long sequences to keep that sum short.
 _STATS_MIN_CHUNK = 256
 _STATS_MAX_CHUNKS = 32
-_STATS_TARGET_PROGRAMS = 512
+_STATS_TARGET_PROGRAMS = 256  # about two per SM of an H100 (perf-notes §17)
 _STATS_TILE_ELEMENTS = 4096  # tokens per stats tile = this / padded head dim: ~128 registers a thread, no spills
 _NUM_STATS = 4  # K sum, V sum, V max, V min
 # Keys this short (and few enough in all) are reduced inside the quantize launch, saving a launch.
 _INLINE_STATS_MAX_SEQLEN = 512
 _INLINE_STATS_MAX_ELEMENTS = 2**22
 _STATS_STAGES = 3  # the statistics loop's pipeline depth
+_STATS_WARPS = 8
 _TARGET_PROGRAMS = 384  # quantize programs to aim for: about three per SM of an H100
 _MAX_TILES_PER_PROGRAM = 8
 NUM_STATS: tl.constexpr = tl.constexpr(_NUM_STATS)
@@ -171,7 +172,9 @@ def _scale_from_amax(amax, QMAX: tl.constexpr):
 def _to_8bit(x, INT8: tl.constexpr):
     """Round an already-scaled fp32 tile: E4M3 (nearest even, saturating) or int8 (half away from zero)."""
     if INT8:
-        r = tl.where(x >= 0, tl.math.floor(x + 0.5), tl.math.ceil(x - 0.5))
+        # floor(x + 0.5) for x >= 0 and ceil(x - 0.5) below (fp8attn.fp8.to_int8) are the truncation
+        # of x ± 0.5 toward zero, which the float-to-int conversion does itself: no rounding instructions.
+        r = x + tl.where(x >= 0, 0.5, -0.5)
         return tl.minimum(tl.maximum(r, -127.0), 127.0).to(tl.int8)
     else:
         return x.to(tl.float8e4nv)
@@ -551,7 +554,7 @@ def quantize_launches(
             (k, v, stats, seqlen_k, num_kv_heads, head_dim, *k.stride(), *v.stride()),
             dict(CHUNK=_stats_chunk(batch * num_kv_heads, seqlen_k), TILE=_STATS_TILE_ELEMENTS // dp, HEAD_DIM_PAD=dp,
                  SMOOTH_K=recipe.smooth_k, NUM_STAGES=_STATS_STAGES),
-            dict(num_warps=8),
+            dict(num_warps=_STATS_WARPS),
         ))
     unused = out.v_scale  # stands in for pointers a recipe does not read
     q_tiles = batch * num_q_heads * triton.cdiv(seqlen_q, MAX_Q_BLOCK)
