@@ -322,20 +322,21 @@ def _head_stats(
 
 @triton.jit
 def _quantize_q_tiles(
-    pid, q_ptr, h_ptr, q8_ptr, q_scale_ptr, seqlen_q, num_q_heads, tiles_per_program, rot_scale, d_ok,
+    pid, q_ptr, h_ptr, q8_ptr, q_scale_ptr, seqlen_q, num_q_heads, tiles_per_program, rot_scale, head_dim,
     stride_qb, stride_qh, stride_qt, stride_qd,
     Q_TILE: tl.constexpr, Q_BLOCK: tl.constexpr, HEAD_DIM_PAD: tl.constexpr, QK_INT8: tl.constexpr,
-    QK_MAX: tl.constexpr, HADAMARD: tl.constexpr, DOT_IN_FP32: tl.constexpr,
+    QK_MAX: tl.constexpr, HADAMARD: tl.constexpr, DOT_IN_FP32: tl.constexpr, TILE_STAGES: tl.constexpr,
 ):
     """Tiles of Q_TILE query tokens of one head: rotated (HADAMARD), in 8 bits, one scale per Q_BLOCK."""
     bh, first, last = _program_tiles(pid, tl.cdiv(seqlen_q, Q_TILE), tiles_per_program)
     b = bh // num_q_heads
     h = bh % num_q_heads
     offs_d = tl.arange(0, HEAD_DIM_PAD)
+    d_ok = offs_d < head_dim  # runtime head_dim: see _quantize_qkv_kernel
     q_head = q_ptr + b * stride_qb + h * stride_qh + offs_d[None, :] * stride_qd
     hadamard = _hadamard_tile(h_ptr, HEAD_DIM_PAD, HADAMARD)
     num_blocks = tl.cdiv(seqlen_q, Q_BLOCK)
-    for tile in tl.range(first, last, num_stages=1):  # pipelined was slower (perf-notes §17)
+    for tile in tl.range(first, last, num_stages=TILE_STAGES):
         offs_t = tile * Q_TILE + tl.arange(0, Q_TILE)
         t_ok = offs_t < seqlen_q
         x = tl.load(q_head + offs_t[:, None] * stride_qt, mask=t_ok[:, None] & d_ok[None, :], other=0.0)
@@ -349,11 +350,11 @@ def _quantize_q_tiles(
 @triton.jit
 def _quantize_k_blocks(
     pid, k_ptr, v_ptr, h_ptr, stats_ptr, k8_ptr, k_scale_ptr, k_mean_ptr,
-    seqlen_k, seqlen_k_pad, num_kv_heads, num_chunks, tiles_per_program, rot_scale, d_ok,
+    seqlen_k, seqlen_k_pad, num_kv_heads, num_chunks, tiles_per_program, rot_scale, head_dim,
     stride_kb, stride_kh, stride_kt, stride_kd, stride_vb, stride_vh, stride_vt, stride_vd,
     K_BLOCK: tl.constexpr, HEAD_DIM_PAD: tl.constexpr, QK_INT8: tl.constexpr, QK_MAX: tl.constexpr,
     SMOOTH_K: tl.constexpr, HADAMARD: tl.constexpr, DOT_IN_FP32: tl.constexpr,
-    INLINE_STATS: tl.constexpr, STATS_TILE: tl.constexpr, STATS_STAGES: tl.constexpr,
+    INLINE_STATS: tl.constexpr, STATS_TILE: tl.constexpr, STATS_STAGES: tl.constexpr, TILE_STAGES: tl.constexpr,
 ):
     """Blocks of K_BLOCK keys of one head: rotated (HADAMARD), smoothed (SMOOTH_K), in 8 bits with one
     scale each; rows past seqlen_k are written as zeros."""
@@ -362,23 +363,29 @@ def _quantize_k_blocks(
     b = bh // num_kv_heads
     h = bh % num_kv_heads
     offs_d = tl.arange(0, HEAD_DIM_PAD)
-    k_mean = tl.zeros([HEAD_DIM_PAD], dtype=tl.float32)
+    d_ok = offs_d < head_dim  # runtime head_dim: see _quantize_qkv_kernel
     if SMOOTH_K:
         k_sum, _, _, _ = _head_stats(
             k_ptr, v_ptr, stats_ptr, bh, b, h, seqlen_k, num_chunks, d_ok,
             stride_kb, stride_kh, stride_kt, stride_kd, stride_vb, stride_vh, stride_vt, stride_vd,
             HEAD_DIM_PAD, True, False, INLINE_STATS, STATS_TILE, STATS_STAGES,
         )
-        k_mean = _k_mean(k_sum, seqlen_k, rot_scale, HEAD_DIM_PAD, HADAMARD)
-        if first == 0:
-            tl.store(k_mean_ptr + bh * HEAD_DIM_PAD + offs_d, k_mean)
+        # Every program of the head stores the same bytes (same inputs, same reduction order) and reads
+        # them back per block: a mean held in registers would be hoisted out of the loop in the matmul's
+        # layout and stay live through it (32 registers a thread at D=128, 64 at D=256: spills).
+        tl.store(k_mean_ptr + bh * HEAD_DIM_PAD + offs_d, _k_mean(k_sum, seqlen_k, rot_scale, HEAD_DIM_PAD, HADAMARD))
+        tl.debug_barrier()
     k_head = k_ptr + b * stride_kb + h * stride_kh + offs_d[None, :] * stride_kd
     hadamard = _hadamard_tile(h_ptr, HEAD_DIM_PAD, HADAMARD)
-    for block in tl.range(first, last, num_stages=1):  # pipelined was slower (perf-notes §17)
+    for block in tl.range(first, last, num_stages=TILE_STAGES):
         offs_t = block * K_BLOCK + tl.arange(0, K_BLOCK)
         row_ok = offs_t < seqlen_k
         k = tl.load(k_head + offs_t[:, None] * stride_kt, mask=row_ok[:, None] & d_ok[None, :], other=0.0)
-        k8, k_scale = _quantize_k_block(_rotate(k, hadamard, rot_scale, HADAMARD, DOT_IN_FP32), k_mean, row_ok,
+        if SMOOTH_K:
+            mean = tl.load(k_mean_ptr + bh * HEAD_DIM_PAD + offs_d)
+        else:
+            mean = tl.zeros([HEAD_DIM_PAD], dtype=tl.float32)
+        k8, k_scale = _quantize_k_block(_rotate(k, hadamard, rot_scale, HADAMARD, DOT_IN_FP32), mean, row_ok,
                                         QK_MAX, QK_INT8, SMOOTH_K)
         tl.store(k8_ptr + (bh * seqlen_k_pad + offs_t[:, None]) * HEAD_DIM_PAD + offs_d[None, :], k8)
         tl.store(k_scale_ptr + bh * num_blocks + block, k_scale)
@@ -387,7 +394,7 @@ def _quantize_k_blocks(
 @triton.jit
 def _quantize_v_blocks(
     pid, k_ptr, v_ptr, stats_ptr, vt_ptr, v_scale_ptr, v_mean_ptr,
-    seqlen_k, seqlen_k_pad, num_kv_heads, num_chunks, tiles_per_program, d_ok,
+    seqlen_k, seqlen_k_pad, num_kv_heads, num_chunks, tiles_per_program, head_dim,
     stride_kb, stride_kh, stride_kt, stride_kd, stride_vb, stride_vh, stride_vt, stride_vd,
     K_BLOCK: tl.constexpr, HEAD_DIM_PAD: tl.constexpr, V_FP16: tl.constexpr, SMOOTH_V: tl.constexpr,
     INLINE_STATS: tl.constexpr, STATS_TILE: tl.constexpr, STATS_STAGES: tl.constexpr,
@@ -399,6 +406,7 @@ def _quantize_v_blocks(
     b = bh // num_kv_heads
     h = bh % num_kv_heads
     offs_d = tl.arange(0, HEAD_DIM_PAD)
+    d_ok = offs_d < head_dim  # runtime head_dim: see _quantize_qkv_kernel
     _, v_sum, v_max, v_min = _head_stats(
         k_ptr, v_ptr, stats_ptr, bh, b, h, seqlen_k, num_chunks, d_ok,
         stride_kb, stride_kh, stride_kt, stride_kd, stride_vb, stride_vh, stride_vt, stride_vd,
@@ -431,33 +439,34 @@ def _quantize_qkv_kernel(
     Q_TILE: tl.constexpr, Q_BLOCK: tl.constexpr, K_BLOCK: tl.constexpr, HEAD_DIM_PAD: tl.constexpr,
     QK_INT8: tl.constexpr, QK_MAX: tl.constexpr, V_FP16: tl.constexpr,
     SMOOTH_K: tl.constexpr, SMOOTH_V: tl.constexpr, HADAMARD: tl.constexpr, DOT_IN_FP32: tl.constexpr,
-    INLINE_STATS: tl.constexpr, STATS_TILE: tl.constexpr, STATS_STAGES: tl.constexpr,
+    INLINE_STATS: tl.constexpr, STATS_TILE: tl.constexpr, STATS_STAGES: tl.constexpr, TILE_STAGES: tl.constexpr,
 ):
     """Programs [0, num_q_programs) quantize Q, the next num_k_programs K, the rest V; each takes
-    ``tiles_per_program`` consecutive tiles of one head (``_program_tiles``)."""
+    ``tiles_per_program`` consecutive tiles of one head (``_program_tiles``).
+
+    ``head_dim`` is a runtime value on purpose: as a constant it lets LLVM prove whole register tiles of
+    padded channels zero, and ptxas miscompiles the fp8 packing of those constants (12.8: F2FP ...
+    MERGE_C with R1 instead of a zero half; on the H100: non-zero bytes in V's padding).
+    """
     pid = tl.program_id(0)
-    # head_dim is a runtime value on purpose: as a constant it lets LLVM prove whole register tiles of
-    # padded channels zero, and ptxas miscompiles the fp8 packing of those constants (12.8: F2FP ...
-    # MERGE_C with R1 instead of a zero half; on the H100: non-zero bytes in V's padding).
-    d_ok = tl.arange(0, HEAD_DIM_PAD) < head_dim
     if pid < num_q_programs:
         _quantize_q_tiles(
-            pid, q_ptr, h_ptr, q8_ptr, q_scale_ptr, seqlen_q, num_q_heads, tiles_per_program, rot_scale, d_ok,
+            pid, q_ptr, h_ptr, q8_ptr, q_scale_ptr, seqlen_q, num_q_heads, tiles_per_program, rot_scale, head_dim,
             stride_qb, stride_qh, stride_qt, stride_qd,
-            Q_TILE, Q_BLOCK, HEAD_DIM_PAD, QK_INT8, QK_MAX, HADAMARD, DOT_IN_FP32,
+            Q_TILE, Q_BLOCK, HEAD_DIM_PAD, QK_INT8, QK_MAX, HADAMARD, DOT_IN_FP32, TILE_STAGES,
         )
     elif pid < num_q_programs + num_k_programs:
         _quantize_k_blocks(
             pid - num_q_programs, k_ptr, v_ptr, h_ptr, stats_ptr, k8_ptr, k_scale_ptr, k_mean_ptr,
-            seqlen_k, seqlen_k_pad, num_kv_heads, num_chunks, tiles_per_program, rot_scale, d_ok,
+            seqlen_k, seqlen_k_pad, num_kv_heads, num_chunks, tiles_per_program, rot_scale, head_dim,
             stride_kb, stride_kh, stride_kt, stride_kd, stride_vb, stride_vh, stride_vt, stride_vd,
             K_BLOCK, HEAD_DIM_PAD, QK_INT8, QK_MAX, SMOOTH_K, HADAMARD, DOT_IN_FP32,
-            INLINE_STATS, STATS_TILE, STATS_STAGES,
+            INLINE_STATS, STATS_TILE, STATS_STAGES, TILE_STAGES,
         )
     else:
         _quantize_v_blocks(
             pid - num_q_programs - num_k_programs, k_ptr, v_ptr, stats_ptr, vt_ptr, v_scale_ptr, v_mean_ptr,
-            seqlen_k, seqlen_k_pad, num_kv_heads, num_chunks, tiles_per_program, d_ok,
+            seqlen_k, seqlen_k_pad, num_kv_heads, num_chunks, tiles_per_program, head_dim,
             stride_kb, stride_kh, stride_kt, stride_kd, stride_vb, stride_vh, stride_vt, stride_vd,
             K_BLOCK, HEAD_DIM_PAD, V_FP16, SMOOTH_V, INLINE_STATS, STATS_TILE, STATS_STAGES,
         )
@@ -557,13 +566,14 @@ def quantize_launches(
             dict(num_warps=_STATS_WARPS),
         ))
     unused = out.v_scale  # stands in for pointers a recipe does not read
-    q_tiles = batch * num_q_heads * triton.cdiv(seqlen_q, MAX_Q_BLOCK)
+    q_tile = _q_tile(dp, recipe)
+    q_tiles = batch * num_q_heads * triton.cdiv(seqlen_q, q_tile)
     kv_blocks = batch * num_kv_heads * (skp // recipe.k_block)
     if tiles_per_program is None:
         tiles_per_program = tiles_per_program_for(q_tiles + 2 * kv_blocks)
     if tiles_per_program < 1:
         raise ValueError(f"tiles_per_program must be at least 1, got {tiles_per_program}")
-    num_q_programs = batch * num_q_heads * triton.cdiv(triton.cdiv(seqlen_q, MAX_Q_BLOCK), tiles_per_program)
+    num_q_programs = batch * num_q_heads * triton.cdiv(triton.cdiv(seqlen_q, q_tile), tiles_per_program)
     num_kv_programs = batch * num_kv_heads * triton.cdiv(skp // recipe.k_block, tiles_per_program)
     hadamard = hadamard_matrix(dp, q.dtype, q.device) if recipe.hadamard else unused
     launches.append(Launch(
@@ -576,13 +586,13 @@ def quantize_launches(
             tiles_per_program, num_q_programs, num_kv_programs, hadamard_scale(dp),
             *q.stride(), *k.stride(), *v.stride(),
         ),
-        dict(Q_TILE=MAX_Q_BLOCK, Q_BLOCK=recipe.q_block, K_BLOCK=recipe.k_block, HEAD_DIM_PAD=dp,
+        dict(Q_TILE=q_tile, Q_BLOCK=recipe.q_block, K_BLOCK=recipe.k_block, HEAD_DIM_PAD=dp,
              QK_INT8=recipe.qk_format == "int8", QK_MAX=recipe.qk_max, V_FP16=recipe.pv_format == "fp16",
              SMOOTH_K=recipe.smooth_k, SMOOTH_V=recipe.smooth_v,
              HADAMARD=recipe.hadamard, DOT_IN_FP32=bool(knobs.runtime.interpret),
              INLINE_STATS=stats is None, STATS_TILE=_STATS_TILE_ELEMENTS // dp,
-             STATS_STAGES=_STATS_STAGES),
-        dict(num_warps=8, **_quantize_register_cap(dp, inline_stats=stats is None)),
+             STATS_STAGES=_STATS_STAGES, TILE_STAGES=_tile_stages(dp, recipe)),
+        dict(num_warps=8, **_quantize_register_cap(dp, recipe, inline_stats=stats is None)),
         constants=(hadamard,) if recipe.hadamard else (),
     ))
     return tuple(launches)
@@ -597,12 +607,29 @@ def tiles_per_program_for(num_tiles: int) -> int:
     return max(1, min(_MAX_TILES_PER_PROGRAM, num_tiles // _TARGET_PROGRAMS))
 
 
-def _quantize_register_cap(head_dim_pad: int, inline_stats: bool) -> dict[str, int]:
-    """The quantize launch's register cap: 128 at padded D=128, where the Hadamard recipes' kernel wants
-    130-135 registers a thread (one 8-warp program per SM) and fits 128 without spills (two programs per
-    SM); the other recipes need at most 112 there, so the cap costs them nothing. Not with the
-    statistics inline (the kernel would spill) nor in the interpreter (which takes no such option)."""
-    capped = head_dim_pad == 128 and not inline_stats and not knobs.runtime.interpret
+def _q_tile(head_dim_pad: int, recipe: Recipe) -> int:
+    """Query tokens a Q tile holds: 128 (the largest ``q_block``), 64 at padded D=256 where the recipe's
+    blocks allow it (a 128 x 256 fp32 rotation result is all 128 registers a thread of 8 warps has to
+    spare; the Q and K loops together spilled)."""
+    return max(recipe.q_block, 64) if head_dim_pad == 256 else MAX_Q_BLOCK
+
+
+def _tile_stages(head_dim_pad: int, recipe: Recipe) -> int:
+    """Pipeline depth of the Q and K tile loops: 2 where the tile feeds the Hadamard rotation's dot
+    straight from shared memory (no register staging: the capped D=128 kernel spilled without it),
+    1 elsewhere (a tile used element-wise would make a round trip through shared memory, measured
+    slower) and at D=256 (the 128 KB matrix and one 64 KB tile already take 192 KB)."""
+    return 2 if recipe.hadamard and head_dim_pad <= 128 else 1
+
+
+def _quantize_register_cap(head_dim_pad: int, recipe: Recipe, inline_stats: bool) -> dict[str, int]:
+    """The quantize launch's register cap: 128 for the INT8 Hadamard recipes at padded D=128, whose
+    kernel would take 165 registers a thread (one 8-warp program per SM) and fits 128 without spills
+    (two programs per SM; perf-notes §12, §17). Not for ``e4m3-hadamard`` (its 128-token Q scale blocks
+    need 135: capped, it spills), the other recipes (at most 119 there), with the statistics inline
+    (the kernel would spill), nor in the interpreter (which takes no such option)."""
+    capped = (head_dim_pad == 128 and recipe.hadamard and recipe.qk_format == "int8" and not inline_stats
+              and not knobs.runtime.interpret)
     return {"maxnreg": 128} if capped else {}
 
 
