@@ -126,13 +126,14 @@ def test_inline_statistics_match_the_statistics_launch(device, gen, poisoned_all
 
 @pytest.mark.parametrize("recipe", ["int8-hadamard-vsmooth", "e4m3"])
 @pytest.mark.parametrize("seqlen_k", [300, 700], ids=["inline_stats", "stats_launch"])
-@pytest.mark.parametrize("tiles_per_program", [2, 3])
+@pytest.mark.parametrize(("tiles_per_program", "head_dim"), [(2, 64), (3, 64), (2, 256)])
 def test_programs_taking_several_tiles_write_what_one_tile_programs_write(
-    device, gen, poisoned_allocations, recipe, seqlen_k, tiles_per_program,
+    device, gen, poisoned_allocations, recipe, seqlen_k, tiles_per_program, head_dim,
 ):
     """A quantize program takes several consecutive tiles of one head (a head's last program fewer):
-    the tensors are bit for bit those of one program per tile, including a ragged last group."""
-    q, k, v = make_qkv(gen, (2, 2, 1, 300, seqlen_k, 64), device=device, kind="k_offset")
+    the tensors are bit for bit those of one program per tile, including a ragged last group (at D=256
+    the Hadamard recipes rotate in column halves and Q tiles hold 64 tokens)."""
+    q, k, v = make_qkv(gen, (2, 2, 1, 300, seqlen_k, head_dim), device=device, kind="k_offset")
     r = RECIPES[recipe]
     one = quantize_qkv(q, k, v, r, tiles_per_program=1)
     several = quantize_qkv(q, k, v, r, tiles_per_program=tiles_per_program)

@@ -209,6 +209,16 @@ def _rotate(x, hadamard, rot_scale, HADAMARD: tl.constexpr, DOT_IN_FP32: tl.cons
 
 
 @triton.jit
+def _rotate_halves(lo, hi, hadamard_half, rot_scale, DOT_IN_FP32: tl.constexpr):
+    """``[lo | hi]`` (two ``[T, n]`` tiles) times the normalised Hadamard matrix of width 2n, from the
+    n × n one: H_2n = [[H_n, H_n], [H_n, -H_n]], so the product is ``[a + b, a - b]`` with a = lo·H_n and
+    b = hi·H_n. Half the multiply-adds of the full product and a quarter of its matrix."""
+    a = _rotate(lo, hadamard_half, rot_scale, True, DOT_IN_FP32)
+    b = _rotate(hi, hadamard_half, rot_scale, True, DOT_IN_FP32)
+    return a + b, a - b
+
+
+@triton.jit
 def _walsh_hadamard(x, N: tl.constexpr):
     """``x @ H`` for a length-N vector and the N×N Sylvester Hadamard matrix of ±1 (N a power of two):
     log2(N) butterfly stages, each pairing elements ``h`` apart. A D×D fp32 matrix in registers would
@@ -221,15 +231,21 @@ def _walsh_hadamard(x, N: tl.constexpr):
 
 
 @triton.jit
+def _q_row_scales(row_amax, ROWS: tl.constexpr, Q_BLOCK: tl.constexpr, QK_MAX: tl.constexpr):
+    """From the ``[ROWS]`` row maxima of |Q|: the ``ROWS // Q_BLOCK`` block scales and each row's
+    reciprocal scale. Rows that are zero (past Sq) get scale 1."""
+    block_scale = _scale_from_amax(tl.max(tl.reshape(row_amax, (ROWS // Q_BLOCK, Q_BLOCK)), axis=1), QK_MAX)
+    block_inv = tl.math.div_rn(tl.full(block_scale.shape, 1.0, tl.float32), block_scale)
+    return block_scale, tl.reshape(tl.broadcast_to(block_inv[:, None], (ROWS // Q_BLOCK, Q_BLOCK)), (ROWS,))
+
+
+@triton.jit
 def _quantize_q_rows(x, ROWS: tl.constexpr, Q_BLOCK: tl.constexpr, QK_MAX: tl.constexpr, QK_INT8: tl.constexpr):
     """A ``[ROWS, Dp]`` fp32 tile of (rotated) Q in 8 bits, one scale per ``Q_BLOCK`` rows.
 
-    Returns the 8-bit tile and the ``ROWS // Q_BLOCK`` scales. Rows that are zero (past Sq) get scale 1.
+    Returns the 8-bit tile and the ``ROWS // Q_BLOCK`` scales.
     """
-    row_amax = tl.max(tl.abs(x), axis=1)
-    block_scale = _scale_from_amax(tl.max(tl.reshape(row_amax, (ROWS // Q_BLOCK, Q_BLOCK)), axis=1), QK_MAX)
-    block_inv = tl.math.div_rn(tl.full(block_scale.shape, 1.0, tl.float32), block_scale)
-    row_inv = tl.reshape(tl.broadcast_to(block_inv[:, None], (ROWS // Q_BLOCK, Q_BLOCK)), (ROWS,))
+    block_scale, row_inv = _q_row_scales(tl.max(tl.abs(x), axis=1), ROWS, Q_BLOCK, QK_MAX)
     return _to_8bit(x * row_inv[:, None], QK_INT8), block_scale
 
 
@@ -256,12 +272,19 @@ def _v_mean_and_scale(v_sum, v_max, v_min, seqlen_k, SMOOTH_V: tl.constexpr):
 
 
 @triton.jit
+def _smooth_rows(k, k_mean, row_ok):
+    """``k - k_mean`` on rows ``row_ok``, zero on the others (keys past Sk: zero loads stay zero, but
+    padded channels do not once the rotation filled them)."""
+    return tl.where(row_ok[:, None], k - k_mean[None, :], 0.0)
+
+
+@triton.jit
 def _quantize_k_block(k, k_mean, row_ok, QK_MAX: tl.constexpr, QK_INT8: tl.constexpr, SMOOTH_K: tl.constexpr):
     """One block of (rotated) fp32 keys ``[K_BLOCK, Dp]`` in 8 bits with one scale; rows not ``row_ok``
-    (past Sk) come out zero. Returns the 8-bit block and its scale."""
+    (past Sk) come out zero when smoothing (and are zero already otherwise). Returns the 8-bit block and
+    its scale."""
     if SMOOTH_K:
-        # Rows past seqlen_k stay zero; padded channels do not when the rotation filled them.
-        k = tl.where(row_ok[:, None], k - k_mean[None, :], 0.0)
+        k = _smooth_rows(k, k_mean, row_ok)
     k_scale = _scale_from_amax(tl.max(tl.abs(k)), QK_MAX)
     return _to_8bit(k * tl.math.div_rn(1.0, k_scale), QK_INT8), k_scale
 
@@ -325,24 +348,38 @@ def _quantize_q_tiles(
     pid, q_ptr, h_ptr, q8_ptr, q_scale_ptr, seqlen_q, num_q_heads, tiles_per_program, rot_scale, head_dim,
     stride_qb, stride_qh, stride_qt, stride_qd,
     Q_TILE: tl.constexpr, Q_BLOCK: tl.constexpr, HEAD_DIM_PAD: tl.constexpr, QK_INT8: tl.constexpr,
-    QK_MAX: tl.constexpr, HADAMARD: tl.constexpr, DOT_IN_FP32: tl.constexpr, TILE_STAGES: tl.constexpr,
+    QK_MAX: tl.constexpr, HADAMARD: tl.constexpr, SPLIT_ROTATION: tl.constexpr, DOT_IN_FP32: tl.constexpr,
+    TILE_STAGES: tl.constexpr,
 ):
-    """Tiles of Q_TILE query tokens of one head: rotated (HADAMARD), in 8 bits, one scale per Q_BLOCK."""
+    """Tiles of Q_TILE query tokens of one head: rotated (HADAMARD; in column halves when
+    SPLIT_ROTATION), in 8 bits, one scale per Q_BLOCK."""
     bh, first, last = _program_tiles(pid, tl.cdiv(seqlen_q, Q_TILE), tiles_per_program)
     b = bh // num_q_heads
     h = bh % num_q_heads
-    offs_d = tl.arange(0, HEAD_DIM_PAD)
-    d_ok = offs_d < head_dim  # runtime head_dim: see _quantize_qkv_kernel
-    q_head = q_ptr + b * stride_qb + h * stride_qh + offs_d[None, :] * stride_qd
-    hadamard = _hadamard_tile(h_ptr, HEAD_DIM_PAD, HADAMARD)
+    HALF: tl.constexpr = HEAD_DIM_PAD // 2
+    COLS: tl.constexpr = HALF if SPLIT_ROTATION else HEAD_DIM_PAD  # columns per load
+    offs_c = tl.arange(0, COLS)
+    c_ok = offs_c < head_dim  # runtime head_dim: see _quantize_qkv_kernel
+    q_head = q_ptr + b * stride_qb + h * stride_qh + offs_c[None, :] * stride_qd
+    hadamard = _hadamard_tile(h_ptr, COLS, HADAMARD)
     num_blocks = tl.cdiv(seqlen_q, Q_BLOCK)
     for tile in tl.range(first, last, num_stages=TILE_STAGES):
         offs_t = tile * Q_TILE + tl.arange(0, Q_TILE)
         t_ok = offs_t < seqlen_q
-        x = tl.load(q_head + offs_t[:, None] * stride_qt, mask=t_ok[:, None] & d_ok[None, :], other=0.0)
-        x8, block_scale = _quantize_q_rows(_rotate(x, hadamard, rot_scale, HADAMARD, DOT_IN_FP32),
-                                           Q_TILE, Q_BLOCK, QK_MAX, QK_INT8)
-        tl.store(q8_ptr + (bh * seqlen_q + offs_t[:, None]) * HEAD_DIM_PAD + offs_d[None, :], x8, mask=t_ok[:, None])
+        out = q8_ptr + (bh * seqlen_q + offs_t[:, None]) * HEAD_DIM_PAD + offs_c[None, :]
+        x = tl.load(q_head + offs_t[:, None] * stride_qt, mask=t_ok[:, None] & c_ok[None, :], other=0.0)
+        if SPLIT_ROTATION:
+            hi = tl.load(q_head + HALF * stride_qd + offs_t[:, None] * stride_qt,
+                         mask=t_ok[:, None] & (offs_c + HALF < head_dim)[None, :], other=0.0)
+            y_lo, y_hi = _rotate_halves(x, hi, hadamard, rot_scale, DOT_IN_FP32)
+            row_amax = tl.maximum(tl.max(tl.abs(y_lo), axis=1), tl.max(tl.abs(y_hi), axis=1))
+            block_scale, row_inv = _q_row_scales(row_amax, Q_TILE, Q_BLOCK, QK_MAX)
+            tl.store(out, _to_8bit(y_lo * row_inv[:, None], QK_INT8), mask=t_ok[:, None])
+            tl.store(out + HALF, _to_8bit(y_hi * row_inv[:, None], QK_INT8), mask=t_ok[:, None])
+        else:
+            x8, block_scale = _quantize_q_rows(_rotate(x, hadamard, rot_scale, HADAMARD, DOT_IN_FP32),
+                                               Q_TILE, Q_BLOCK, QK_MAX, QK_INT8)
+            tl.store(out, x8, mask=t_ok[:, None])
         offs_blk = tile * (Q_TILE // Q_BLOCK) + tl.arange(0, Q_TILE // Q_BLOCK)
         tl.store(q_scale_ptr + bh * num_blocks + offs_blk, block_scale, mask=offs_blk < num_blocks)
 
@@ -353,20 +390,21 @@ def _quantize_k_blocks(
     seqlen_k, seqlen_k_pad, num_kv_heads, num_chunks, tiles_per_program, rot_scale, head_dim,
     stride_kb, stride_kh, stride_kt, stride_kd, stride_vb, stride_vh, stride_vt, stride_vd,
     K_BLOCK: tl.constexpr, HEAD_DIM_PAD: tl.constexpr, QK_INT8: tl.constexpr, QK_MAX: tl.constexpr,
-    SMOOTH_K: tl.constexpr, HADAMARD: tl.constexpr, DOT_IN_FP32: tl.constexpr,
+    SMOOTH_K: tl.constexpr, HADAMARD: tl.constexpr, SPLIT_ROTATION: tl.constexpr, DOT_IN_FP32: tl.constexpr,
     INLINE_STATS: tl.constexpr, STATS_TILE: tl.constexpr, STATS_STAGES: tl.constexpr, TILE_STAGES: tl.constexpr,
 ):
-    """Blocks of K_BLOCK keys of one head: rotated (HADAMARD), smoothed (SMOOTH_K), in 8 bits with one
-    scale each; rows past seqlen_k are written as zeros."""
+    """Blocks of K_BLOCK keys of one head: rotated (HADAMARD; in column halves when SPLIT_ROTATION),
+    smoothed (SMOOTH_K), in 8 bits with one scale each; rows past seqlen_k are written as zeros."""
     num_blocks = seqlen_k_pad // K_BLOCK
     bh, first, last = _program_tiles(pid, num_blocks, tiles_per_program)
     b = bh // num_kv_heads
     h = bh % num_kv_heads
-    offs_d = tl.arange(0, HEAD_DIM_PAD)
-    d_ok = offs_d < head_dim  # runtime head_dim: see _quantize_qkv_kernel
+    HALF: tl.constexpr = HEAD_DIM_PAD // 2
+    COLS: tl.constexpr = HALF if SPLIT_ROTATION else HEAD_DIM_PAD  # columns per load
     if SMOOTH_K:
+        offs_d = tl.arange(0, HEAD_DIM_PAD)
         k_sum, _, _, _ = _head_stats(
-            k_ptr, v_ptr, stats_ptr, bh, b, h, seqlen_k, num_chunks, d_ok,
+            k_ptr, v_ptr, stats_ptr, bh, b, h, seqlen_k, num_chunks, offs_d < head_dim,
             stride_kb, stride_kh, stride_kt, stride_kd, stride_vb, stride_vh, stride_vt, stride_vd,
             HEAD_DIM_PAD, True, False, INLINE_STATS, STATS_TILE, STATS_STAGES,
         )
@@ -375,19 +413,35 @@ def _quantize_k_blocks(
         # layout and stay live through it (32 registers a thread at D=128, 64 at D=256: spills).
         tl.store(k_mean_ptr + bh * HEAD_DIM_PAD + offs_d, _k_mean(k_sum, seqlen_k, rot_scale, HEAD_DIM_PAD, HADAMARD))
         tl.debug_barrier()
-    k_head = k_ptr + b * stride_kb + h * stride_kh + offs_d[None, :] * stride_kd
-    hadamard = _hadamard_tile(h_ptr, HEAD_DIM_PAD, HADAMARD)
+    offs_c = tl.arange(0, COLS)
+    c_ok = offs_c < head_dim  # runtime head_dim: see _quantize_qkv_kernel
+    k_head = k_ptr + b * stride_kb + h * stride_kh + offs_c[None, :] * stride_kd
+    hadamard = _hadamard_tile(h_ptr, COLS, HADAMARD)
+    mean_ptr = k_mean_ptr + bh * HEAD_DIM_PAD + offs_c
     for block in tl.range(first, last, num_stages=TILE_STAGES):
         offs_t = block * K_BLOCK + tl.arange(0, K_BLOCK)
         row_ok = offs_t < seqlen_k
-        k = tl.load(k_head + offs_t[:, None] * stride_kt, mask=row_ok[:, None] & d_ok[None, :], other=0.0)
-        if SMOOTH_K:
-            mean = tl.load(k_mean_ptr + bh * HEAD_DIM_PAD + offs_d)
+        out = k8_ptr + (bh * seqlen_k_pad + offs_t[:, None]) * HEAD_DIM_PAD + offs_c[None, :]
+        k = tl.load(k_head + offs_t[:, None] * stride_kt, mask=row_ok[:, None] & c_ok[None, :], other=0.0)
+        if SPLIT_ROTATION:
+            hi = tl.load(k_head + HALF * stride_kd + offs_t[:, None] * stride_kt,
+                         mask=row_ok[:, None] & (offs_c + HALF < head_dim)[None, :], other=0.0)
+            y_lo, y_hi = _rotate_halves(k, hi, hadamard, rot_scale, DOT_IN_FP32)
+            if SMOOTH_K:
+                y_lo = _smooth_rows(y_lo, tl.load(mean_ptr), row_ok)
+                y_hi = _smooth_rows(y_hi, tl.load(mean_ptr + HALF), row_ok)
+            k_scale = _scale_from_amax(tl.maximum(tl.max(tl.abs(y_lo)), tl.max(tl.abs(y_hi))), QK_MAX)
+            k_inv = tl.math.div_rn(1.0, k_scale)
+            tl.store(out, _to_8bit(y_lo * k_inv, QK_INT8))
+            tl.store(out + HALF, _to_8bit(y_hi * k_inv, QK_INT8))
         else:
-            mean = tl.zeros([HEAD_DIM_PAD], dtype=tl.float32)
-        k8, k_scale = _quantize_k_block(_rotate(k, hadamard, rot_scale, HADAMARD, DOT_IN_FP32), mean, row_ok,
-                                        QK_MAX, QK_INT8, SMOOTH_K)
-        tl.store(k8_ptr + (bh * seqlen_k_pad + offs_t[:, None]) * HEAD_DIM_PAD + offs_d[None, :], k8)
+            if SMOOTH_K:
+                mean = tl.load(mean_ptr)
+            else:
+                mean = tl.zeros([HEAD_DIM_PAD], dtype=tl.float32)
+            k8, k_scale = _quantize_k_block(_rotate(k, hadamard, rot_scale, HADAMARD, DOT_IN_FP32), mean, row_ok,
+                                            QK_MAX, QK_INT8, SMOOTH_K)
+            tl.store(out, k8)
         tl.store(k_scale_ptr + bh * num_blocks + block, k_scale)
 
 
@@ -438,8 +492,9 @@ def _quantize_qkv_kernel(
     stride_vb, stride_vh, stride_vt, stride_vd,
     Q_TILE: tl.constexpr, Q_BLOCK: tl.constexpr, K_BLOCK: tl.constexpr, HEAD_DIM_PAD: tl.constexpr,
     QK_INT8: tl.constexpr, QK_MAX: tl.constexpr, V_FP16: tl.constexpr,
-    SMOOTH_K: tl.constexpr, SMOOTH_V: tl.constexpr, HADAMARD: tl.constexpr, DOT_IN_FP32: tl.constexpr,
-    INLINE_STATS: tl.constexpr, STATS_TILE: tl.constexpr, STATS_STAGES: tl.constexpr, TILE_STAGES: tl.constexpr,
+    SMOOTH_K: tl.constexpr, SMOOTH_V: tl.constexpr, HADAMARD: tl.constexpr, SPLIT_ROTATION: tl.constexpr,
+    DOT_IN_FP32: tl.constexpr, INLINE_STATS: tl.constexpr, STATS_TILE: tl.constexpr, STATS_STAGES: tl.constexpr,
+    TILE_STAGES: tl.constexpr,
 ):
     """Programs [0, num_q_programs) quantize Q, the next num_k_programs K, the rest V; each takes
     ``tiles_per_program`` consecutive tiles of one head (``_program_tiles``).
@@ -453,14 +508,14 @@ def _quantize_qkv_kernel(
         _quantize_q_tiles(
             pid, q_ptr, h_ptr, q8_ptr, q_scale_ptr, seqlen_q, num_q_heads, tiles_per_program, rot_scale, head_dim,
             stride_qb, stride_qh, stride_qt, stride_qd,
-            Q_TILE, Q_BLOCK, HEAD_DIM_PAD, QK_INT8, QK_MAX, HADAMARD, DOT_IN_FP32, TILE_STAGES,
+            Q_TILE, Q_BLOCK, HEAD_DIM_PAD, QK_INT8, QK_MAX, HADAMARD, SPLIT_ROTATION, DOT_IN_FP32, TILE_STAGES,
         )
     elif pid < num_q_programs + num_k_programs:
         _quantize_k_blocks(
             pid - num_q_programs, k_ptr, v_ptr, h_ptr, stats_ptr, k8_ptr, k_scale_ptr, k_mean_ptr,
             seqlen_k, seqlen_k_pad, num_kv_heads, num_chunks, tiles_per_program, rot_scale, head_dim,
             stride_kb, stride_kh, stride_kt, stride_kd, stride_vb, stride_vh, stride_vt, stride_vd,
-            K_BLOCK, HEAD_DIM_PAD, QK_INT8, QK_MAX, SMOOTH_K, HADAMARD, DOT_IN_FP32,
+            K_BLOCK, HEAD_DIM_PAD, QK_INT8, QK_MAX, SMOOTH_K, HADAMARD, SPLIT_ROTATION, DOT_IN_FP32,
             INLINE_STATS, STATS_TILE, STATS_STAGES, TILE_STAGES,
         )
     else:
@@ -575,7 +630,8 @@ def quantize_launches(
         raise ValueError(f"tiles_per_program must be at least 1, got {tiles_per_program}")
     num_q_programs = batch * num_q_heads * triton.cdiv(triton.cdiv(seqlen_q, q_tile), tiles_per_program)
     num_kv_programs = batch * num_kv_heads * triton.cdiv(skp // recipe.k_block, tiles_per_program)
-    hadamard = hadamard_matrix(dp, q.dtype, q.device) if recipe.hadamard else unused
+    split = _split_rotation(dp, recipe)
+    hadamard = hadamard_matrix(dp // 2 if split else dp, q.dtype, q.device) if recipe.hadamard else unused
     launches.append(Launch(
         _quantize_qkv_kernel, (num_q_programs + 2 * num_kv_programs,),
         (
@@ -589,7 +645,7 @@ def quantize_launches(
         dict(Q_TILE=q_tile, Q_BLOCK=recipe.q_block, K_BLOCK=recipe.k_block, HEAD_DIM_PAD=dp,
              QK_INT8=recipe.qk_format == "int8", QK_MAX=recipe.qk_max, V_FP16=recipe.pv_format == "fp16",
              SMOOTH_K=recipe.smooth_k, SMOOTH_V=recipe.smooth_v,
-             HADAMARD=recipe.hadamard, DOT_IN_FP32=bool(knobs.runtime.interpret),
+             HADAMARD=recipe.hadamard, SPLIT_ROTATION=split, DOT_IN_FP32=bool(knobs.runtime.interpret),
              INLINE_STATS=stats is None, STATS_TILE=_STATS_TILE_ELEMENTS // dp,
              STATS_STAGES=_STATS_STAGES, TILE_STAGES=_tile_stages(dp, recipe)),
         dict(num_warps=8, **_quantize_register_cap(dp, recipe, inline_stats=stats is None)),
@@ -614,11 +670,17 @@ def _q_tile(head_dim_pad: int, recipe: Recipe) -> int:
     return max(recipe.q_block, 64) if head_dim_pad == 256 else MAX_Q_BLOCK
 
 
+def _split_rotation(head_dim_pad: int, recipe: Recipe) -> bool:
+    """Whether the Hadamard rotation is applied as two half-width products (``_rotate_halves``): at
+    padded D=256, where the full 256 x 256 matrix alone takes 128 KB of shared memory."""
+    return recipe.hadamard and head_dim_pad == 256
+
+
 def _tile_stages(head_dim_pad: int, recipe: Recipe) -> int:
     """Pipeline depth of the Q and K tile loops: 2 where the tile feeds the Hadamard rotation's dot
-    straight from shared memory (no register staging: the capped D=128 kernel spilled without it),
-    1 elsewhere (a tile used element-wise would make a round trip through shared memory, measured
-    slower) and at D=256 (the 128 KB matrix and one 64 KB tile already take 192 KB)."""
+    straight from shared memory (no register staging: the capped D=128 kernel spilled without it);
+    1 without the rotation (a tile used element-wise would make a round trip through shared memory,
+    measured slower) and at padded D=256 (two stages of its half tiles spilled at 255 registers)."""
     return 2 if recipe.hadamard and head_dim_pad <= 128 else 1
 
 
