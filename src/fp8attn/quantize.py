@@ -4,12 +4,14 @@ Two launches, or one for short keys:
 
 1. ``_kv_stats_kernel`` reduces, per channel over chunks of tokens, K's sum (for smoothing) and V's
    sum, max and min (for V smoothing and V's scale), one partial per chunk (deterministic: no atomics).
-2. ``_quantize_qkv_kernel`` is one launch over Q tiles and K/V blocks. Each Q program rotates (with
-   the recipe's Hadamard option) and scales a tile of 128 query tokens in blocks of ``q_block``; each
-   K/V program reduces the partials, then rotates, smooths and scales one block of ``k_block`` keys,
-   and writes the same tokens of V transposed (``[D, Sk]``), the K-major layout P·V needs on Hopper.
-   For short keys (``_inline_stats``) each K/V program reduces its head's statistics itself and the
-   first launch is skipped: at 512 keys the statistics launch cost more than the work it saved.
+2. ``_quantize_qkv_kernel`` is one launch with programs for Q, for K and for V, each taking
+   ``tiles_per_program`` consecutive tiles of one head. A Q program rotates (with the recipe's
+   Hadamard option) and scales tiles of query tokens in blocks of ``q_block``; a K program sums its
+   head's partials once, then rotates, smooths and scales blocks of ``k_block`` keys; a V program
+   scales the same tokens of V and writes them transposed (``[D, Sk]``), the K-major layout P·V needs
+   on Hopper. For short keys (``_inline_stats``) each K or V program reduces its head's statistics
+   itself and the first launch is skipped: at 512 keys the statistics launch cost more than the work
+   it saved.
 
 The kernel layout (:class:`QuantizedQKV`) pads the head dimension to a power of two and the key
 length to a multiple of ``k_block``, with zeros, so the attention kernel's K/V loads need no masks.
