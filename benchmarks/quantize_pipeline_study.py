@@ -99,6 +99,9 @@ def main() -> None:
     parser.add_argument("--stats-tiles", default="4096", help="statistics launch: elements per tile")
     parser.add_argument("--stats-warps", default="8", help="statistics launch: warps per program")
     parser.add_argument("--tiles", default="", help="quantize launch: tiles per program")
+    parser.add_argument("--mission-tiles", default="",
+                        help="mission shape: tiles per program to time (with each --stats-tiles value)")
+    parser.add_argument("--skip-sweep-shapes", action="store_true", help="time the mission shape only")
     args = parser.parse_args()
     modules = {"before": load_module(args.before, "quantize_before")}
     for label, path in parse_variants(args.variant).items():
@@ -108,7 +111,7 @@ def main() -> None:
     print(f"copy bandwidth (read + write): {copy / 1e12:.2f} TB/s", flush=True)
     records = []
     stats_defaults = quantize._STATS_TARGET_PROGRAMS, quantize._STATS_TILE_ELEMENTS, quantize._STATS_WARPS
-    for name, (b, h, s, d) in itertools.product(args.recipes.split(","), SHAPES):
+    for name, (b, h, s, d) in itertools.product(args.recipes.split(","), [] if args.skip_sweep_shapes else SHAPES):
         recipe = RECIPES[name]
         q, k, v = (torch.randn(b, h, s, d, device="cuda", dtype=torch.bfloat16) for _ in range(3))
         out_before, _ = launches_of(modules["before"], q, k, v, recipe)
@@ -152,9 +155,19 @@ def main() -> None:
             _, launches = launches_of(module, q, k, v, recipe)
             row[f"{label}_graph_us"] = 1e3 * time_cuda_graph(lambda launches=launches: run_all(launches),
                                                              TimingConfig(calls=20, repeats=50))
+        row["variants_graph_us"] = {}
+        for tiles, tile_elements in itertools.product(int_list(args.mission_tiles), int_list(args.stats_tiles)):
+            quantize._STATS_TILE_ELEMENTS = tile_elements
+            _, launches = launches_of(quantize, q, k, v, recipe, tiles_per_program=tiles)
+            row["variants_graph_us"][f"{tiles},{tile_elements}"] = 1e3 * time_cuda_graph(
+                lambda launches=launches: run_all(launches), TimingConfig(calls=20, repeats=50))
+        quantize._STATS_TILE_ELEMENTS = stats_defaults[1]
         mission.append(row)
         print(f"mission {name}: CUDA graph µs per call", {label: round(row[f"{label}_graph_us"], 2)
                                                         for label in modules}, flush=True)
+        if row["variants_graph_us"]:
+            print("   by (tiles per program, statistics tile elements):",
+                  {key: round(t, 2) for key, t in row["variants_graph_us"].items()}, flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "quantize_pipeline_study.json").write_text(json.dumps(
         dict(gpu=torch.cuda.get_device_name(), copy_bytes_per_s=copy, records=records, mission=mission), indent=1))
