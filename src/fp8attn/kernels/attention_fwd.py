@@ -183,6 +183,17 @@ def _store_output(acc, l_i, m_i, v_scale, v_mean, out_ptrs, lse_ptrs, m_ok, d_ok
 
 
 @triton.jit
+def _query_block(CAUSAL: tl.constexpr):
+    """This program's query block (grid axis 0). Under a causal mask a block's work grows with its
+    index, so the last blocks start first: the programs still running when the grid drains are the
+    short ones, not the longest."""
+    pid = tl.program_id(0)
+    if CAUSAL:
+        pid = tl.num_programs(0) - 1 - pid
+    return pid
+
+
+@triton.jit
 def _fp8_attention_fwd_kernel(
     q_ptr, k_ptr, vt_ptr, q_scale_ptr, k_scale_ptr, v_scale_ptr, v_mean_ptr, out_ptr, lse_ptr,
     seqlen_q, seqlen_k, num_q_heads, num_kv_heads, num_q_scale_blocks, num_k_scale_blocks, qk_scale_log2,
@@ -195,7 +206,7 @@ def _fp8_attention_fwd_kernel(
     PROMOTE_EVERY: tl.constexpr, QK_IMPRECISE_ACC: tl.constexpr, PV_IMPRECISE_ACC: tl.constexpr,
     QK_INT8: tl.constexpr, PV_FP16: tl.constexpr, SMOOTH_V: tl.constexpr,
 ):
-    start_m = tl.program_id(0) * BLOCK_M
+    start_m = _query_block(CAUSAL) * BLOCK_M
     bh = tl.program_id(1)
     b = bh // num_q_heads
     h = bh % num_q_heads
