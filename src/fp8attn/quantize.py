@@ -32,18 +32,18 @@ from fp8attn.fp8 import E4M3, E4M3_MAX
 from fp8attn.kernels.launch import Launch
 from fp8attn.recipe import MAX_Q_BLOCK, Recipe
 
-# Tokens one stats program reduces; the partials it writes are summed by every K/V block program,
-# so chunks are made larger for long sequences to keep that sum short.
+# Tokens one stats program reduces (see _stats_chunk); the partials it writes are summed by each K and
+# V program of the quantize launch.
 _STATS_MIN_CHUNK = 256
 _STATS_MAX_CHUNKS = 32
 _STATS_TARGET_PROGRAMS = 256  # about two per SM of an H100 (perf-notes §17)
-_STATS_TILE_ELEMENTS = 4096  # tokens per stats tile = this / padded head dim: ~128 registers a thread, no spills
+_STATS_TILE_ELEMENTS = 4096  # tokens per stats tile = this / padded head dim (168 registers at 4 warps, no spills)
 _NUM_STATS = 4  # K sum, V sum, V max, V min
 # Keys this short (and few enough in all) are reduced inside the quantize launch, saving a launch.
 _INLINE_STATS_MAX_SEQLEN = 512
 _INLINE_STATS_MAX_ELEMENTS = 2**22
 _STATS_STAGES = 3  # the statistics loop's pipeline depth
-_STATS_WARPS = 4
+_STATS_WARPS = 4  # faster than 8 at every head dim (perf-notes §17)
 _TARGET_PROGRAMS = 384  # quantize programs to aim for: about three per SM of an H100
 _MAX_TILES_PER_PROGRAM = 8
 NUM_STATS: tl.constexpr = tl.constexpr(_NUM_STATS)
