@@ -99,11 +99,8 @@ def _key_tiles(start_m, seqlen_q, seqlen_k, BLOCK_M: gl.constexpr, BLOCK_N: gl.c
 @gluon.jit
 def _ws_producer(
     q_desc, k_desc, vt_desc, q_smem, k_smem, v_smem, ready, empty, q_ready,
-    q_scale_ptr, k_scale_ptr, v_scale_ptr, v_mean_ptr, out_ptr, lse_ptr,
-    seqlen_q, seqlen_k, seqlen_k_pad, num_q_heads, num_kv_heads, num_q_scale_blocks, num_k_scale_blocks,
-    qk_scale_log2, stride_ob, stride_oh, stride_om,
-    HEAD_DIM: gl.constexpr, Q_BLOCK: gl.constexpr, K_BLOCK: gl.constexpr, CAUSAL: gl.constexpr,
-    LOG2_P_SCALE: gl.constexpr, PROMOTE: gl.constexpr, SMOOTH_V: gl.constexpr, NUM_STAGES: gl.constexpr,
+    seqlen_q, seqlen_k, seqlen_k_pad, num_q_heads, num_kv_heads,
+    CAUSAL: gl.constexpr, NUM_STAGES: gl.constexpr,
 ):
     """One warp: both consumers' Q tiles, then every key tile either consumer needs, into the ring.
 
@@ -248,10 +245,7 @@ def _fp8_attention_fwd_ws_kernel(
                           num_k_scale_blocks, qk_scale_log2, stride_ob, stride_oh, stride_om,
                           HEAD_DIM, Q_BLOCK, K_BLOCK, CAUSAL, LOG2_P_SCALE, PROMOTE, SMOOTH_V, NUM_STAGES, 1)),
         (_ws_producer, (q_desc, k_desc, vt_desc, q_smem, k_smem, v_smem, ready, empty, q_ready,
-                          q_scale_ptr, k_scale_ptr, v_scale_ptr, v_mean_ptr, out_ptr, lse_ptr,
-                          seqlen_q, seqlen_k, seqlen_k_pad, num_q_heads, num_kv_heads, num_q_scale_blocks,
-                          num_k_scale_blocks, qk_scale_log2, stride_ob, stride_oh, stride_om,
-                          HEAD_DIM, Q_BLOCK, K_BLOCK, CAUSAL, LOG2_P_SCALE, PROMOTE, SMOOTH_V, NUM_STAGES)),
+                        seqlen_q, seqlen_k, seqlen_k_pad, num_q_heads, num_kv_heads, CAUSAL, NUM_STAGES)),
     ], [4, 1],
                        [CONSUMER_REGS, 24])
 
