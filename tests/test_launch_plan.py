@@ -65,6 +65,23 @@ def test_replay_points_launches_at_the_new_tensors(monkeypatch):
     assert second[9] is constant and second[10:] == (a.data_ptr(), new_out.data_ptr(), base + 48, 6, 16)
 
 
+def test_replay_rebuilds_views_of_its_buffers_only_when_asked(monkeypatch):
+    """lse is carved from the workspace: a replay hands it back at the same offset of the new workspace."""
+    monkeypatch.setattr(launch_module, "_current_stream", lambda device: 0)
+    kernel = _RecordingKernel()
+    x = torch.zeros(4)
+    out, workspace = torch.empty(4), torch.empty(64, dtype=torch.uint8)
+    lse = workspace[32:48].view(torch.float32).view(2, 2)
+    plan = LaunchPlan([Launch(kernel, (1,), (x, x, out, lse, 1), {"BLOCK": 8}, {})],
+                      inputs=(x,), allocated=(out, workspace), views=(lse,))
+    assert len(plan.run((torch.zeros(4),))) == 2
+    _, new_workspace, new_lse = plan.run((torch.zeros(4),), views=True)
+    assert new_lse.shape == (2, 2) and new_lse.dtype == torch.float32
+    assert new_lse.data_ptr() == new_workspace.data_ptr() + 32 == kernel.calls[-1][12]
+    with pytest.raises(ValueError, match="contiguous views of its allocated buffers"):
+        LaunchPlan([], inputs=(x,), allocated=(out, workspace), views=(torch.empty(2),))
+
+
 def test_inputs_are_matched_by_identity_not_storage(monkeypatch):
     """q is k in the recorded call: a replay with distinct q and k must not reuse q's pointer for k."""
     monkeypatch.setattr(launch_module, "_current_stream", lambda device: 0)

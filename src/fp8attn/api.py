@@ -170,11 +170,13 @@ def _check_descale_values(descales: dict[str, torch.Tensor]) -> None:
 def _attention_launches(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, scale: float, recipe: Recipe,
 ) -> tuple[torch.Tensor, torch.Tensor, list[Launch], torch.Tensor]:
-    """Allocate ``out``, ``lse`` and the quantized workspace; return them with the launches that fill them."""
+    """Allocate ``out`` and the quantized workspace, with ``lse`` carved from the workspace (one allocation
+    fewer a call); return them with the launches that fill them."""
     batch, num_q_heads, seqlen_q, head_dim = q.shape
-    qkv = allocate_quantized(batch, num_q_heads, k.shape[1], seqlen_q, k.shape[2], head_dim, recipe, q.device)
+    qkv = allocate_quantized(batch, num_q_heads, k.shape[1], seqlen_q, k.shape[2], head_dim, recipe, q.device,
+                             extra={"lse": (q.shape[:3], torch.float32)})
     out = torch.empty(q.shape, device=q.device, dtype=q.dtype)
-    lse = torch.empty(q.shape[:3], device=q.device, dtype=torch.float32)
+    lse = qkv.extra["lse"]
     launches = [*quantize_launches(q, k, v, recipe, qkv),
                 forward_launch(qkv, out, lse, causal=causal, softmax_scale=scale, p_scale=recipe.p_multiplier)]
     return out, lse, launches, qkv.workspace
@@ -206,11 +208,13 @@ def _prequantized_launches(
     q_descale: torch.Tensor, k_descale: torch.Tensor, v_descale: torch.Tensor,
     causal: bool, scale: float, out_dtype: torch.dtype,
 ) -> tuple[torch.Tensor, torch.Tensor, list[Launch], tuple[torch.Tensor, ...]]:
-    """Allocate ``out``, ``lse`` and the kernel layout; return them with the layout and forward launches
-    (the last item: the layout's workspace, which holds the copies of Q and K where they are needed)."""
-    qkv, layout_launch = prequantized_layout(q, k, v, q_descale, k_descale, v_descale)
+    """Allocate ``out`` and the kernel layout (``lse`` carved from its workspace); return them with the
+    layout and forward launches (the last item: the layout's workspace, which holds the copies of Q and K
+    where they are needed)."""
+    qkv, layout_launch = prequantized_layout(q, k, v, q_descale, k_descale, v_descale,
+                                             extra={"lse": (q.shape[:3], torch.float32)})
     out = torch.empty(q.shape, device=q.device, dtype=out_dtype)
-    lse = torch.empty(q.shape[:3], device=q.device, dtype=torch.float32)
+    lse = qkv.extra["lse"]
     forward = forward_launch(qkv, out, lse, causal=causal, softmax_scale=scale,
                              p_scale=PREQUANTIZED_LAYOUT.p_multiplier)
     return out, lse, [layout_launch, forward], (qkv.workspace,)
@@ -298,40 +302,42 @@ class _PlanCache(collections.OrderedDict):
 _PLANS = _PlanCache(capacity=256)
 
 
-def _signature(x: object) -> tuple:
-    """What a replay must match of one argument: for a tensor everything Triton specializes on besides
-    its address (shape, strides, dtype, device, 16-byte alignment), else the value with its type."""
-    if isinstance(x, torch.Tensor):
-        return (type(x), x.shape, x.stride(), x.dtype, x.device, x.data_ptr() % 16)
-    return (type(x), x)
-
-
 def _replay_key(tensors: tuple[object, ...], *flags: object) -> tuple | None:
     """The signature under which an eager call can replay a recorded plan, or None.
 
     ``tensors`` are the q, k, v arguments; ``flags`` every other argument (tensors among them, such as
-    descales, are read by the launches too). The key holds them as given, with their types, so a call
-    matches a plan only if a call with the same arguments passed every check before (see LaunchPlan for
-    what it must pin), and which tensor arguments are one and the same object: a plan records each
-    launch argument as "input j", so one recorded with ``q is k`` must not serve separate q and k.
+    descales, are read by the launches too). For each tensor the key holds everything Triton specializes
+    on besides its address (shape, strides, dtype, device, 16-byte alignment); other flags are held with
+    their types, so a call matches a plan only if a call with the same arguments passed every check
+    before (see LaunchPlan for what it must pin). It also holds which tensor arguments are one and the
+    same object: a plan records each launch argument as "input j", so one recorded with ``q is k`` must
+    not serve separate q and k.
     None while torch.compile traces, when autograd must see the call, or where replays cannot run.
+    This runs on every eager call: it is written for host time (one pass, no helper calls per argument).
     """
     if torch.compiler.is_compiling():
         return None
-    read = [*tensors, *(f for f in flags if isinstance(f, torch.Tensor))]
-    if not all(type(t) is torch.Tensor for t in read):  # bad input, or a subclass such as nn.Parameter
-        return None
-    if torch.is_grad_enabled() and any(t.requires_grad for t in read):
-        return None
+    read = (*tensors, *[f for f in flags if isinstance(f, torch.Tensor)])
+    grad = torch.is_grad_enabled()
+    key = []
+    for t in read:
+        if type(t) is not torch.Tensor or (grad and t.requires_grad):  # bad input, nn.Parameter, autograd
+            return None
+        key.append((t.shape, t.stride(), t.dtype, t.device, t.data_ptr() % 16))
     if not LaunchPlan.usable(read[0].device):
         return None
-    same_as = tuple(next(j for j, u in enumerate(read) if u is t) for t in read)
-    key = (*map(_signature, (*tensors, *flags)), same_as)
+    ids = [id(t) for t in read]
+    key.append(tuple(map(ids.index, ids)))  # each tensor's first occurrence
+    key.extend(_TENSOR_FLAG if isinstance(f, torch.Tensor) else (type(f), f) for f in flags)
+    key = tuple(key)
     try:
         hash(key)
     except TypeError:  # an unhashable argument: the checks will name it
         return None
     return key
+
+
+_TENSOR_FLAG = (torch.Tensor,)  # a tensor flag's place in the key (its signature is with the inputs')
 
 
 # --------------------------------------------------------------------------------------------------
@@ -362,7 +368,8 @@ def attention(
         recipe: how q, k, v and P are quantized: a name from :func:`fp8attn.recipes` or a
             :class:`fp8attn.Recipe`; the default is ``"int8-hadamard-vsmooth"`` (INT8 Q·Kᵀ with
             per-token Q scales, Hadamard-rotated and smoothed K, smoothed E4M3 V, E4M3 P).
-        return_lse: also return the log-sum-exp of each row's scaled scores.
+        return_lse: also return the log-sum-exp of each row's scaled scores (a view of the call's
+            workspace: while it lives, so do the call's 8-bit copies of q, k and v).
 
     Returns:
         ``out (B, Hq, Sq, D)`` in q's dtype, and with ``return_lse`` also ``lse (B, Hq, Sq)`` float32
@@ -376,8 +383,8 @@ def attention(
     key = _replay_key((q, k, v), causal, scale, recipe)
     plan = _PLANS.get(key) if key is not None else None
     if plan is not None:
-        out, lse, _ = plan.run((q, k, v))
-        return (out, lse) if return_lse else out
+        buffers = plan.run((q, k, v), views=return_lse)
+        return (buffers[0], buffers[-1]) if return_lse else buffers[0]
     checked_scale = _check_inputs(q, k, v, causal, scale, _INPUT_DTYPES)
     r = resolve_recipe(recipe)
     _check_padded_sizes(q, k, r.k_block)
@@ -388,7 +395,7 @@ def attention(
         out, lse, launches, workspace = _attention_launches(q, k, v, causal, checked_scale, r)
         for launch in launches:
             launch.run()
-        _PLANS[key] = LaunchPlan(launches, inputs=(q, k, v), allocated=(out, lse, workspace))
+        _PLANS[key] = LaunchPlan(launches, inputs=(q, k, v), allocated=(out, workspace), views=(lse,))
     return (out, lse) if return_lse else out
 
 
@@ -445,7 +452,8 @@ def attention_prequantized(
         _check_descale_values(descales)
     inputs = (q, k, v, *descales.values())
     if plan is not None:
-        out, lse, *_ = plan.run(inputs)
+        buffers = plan.run(inputs, views=return_lse)
+        out, lse = buffers[0], buffers[-1]
     elif key is None:
         out, lse = _dispatch(_attention_prequantized_op, _attention_prequantized_impl, inputs, causal, checked_scale,
                              out_dtype)
@@ -453,5 +461,5 @@ def attention_prequantized(
         out, lse, launches, buffers = _prequantized_launches(*inputs, causal, checked_scale, out_dtype)
         for launch in launches:
             launch.run()
-        _PLANS[key] = LaunchPlan(launches, inputs=inputs, allocated=(out, lse, *buffers))
+        _PLANS[key] = LaunchPlan(launches, inputs=inputs, allocated=(out, *buffers), views=(lse,))
     return (out, lse) if return_lse else out

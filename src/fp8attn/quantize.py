@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 import torch
 import triton
@@ -29,6 +30,7 @@ import triton.language as tl
 from triton import knobs
 
 from fp8attn.fp8 import E4M3, E4M3_MAX
+from fp8attn.kernels.grid_dependency import programmatic_launch, signal_next_grid, wait_for_previous_grid
 from fp8attn.kernels.launch import Launch
 from fp8attn.recipe import MAX_Q_BLOCK, Recipe
 
@@ -65,7 +67,8 @@ class QuantizedQKV:
 
     kv_partials: ``(B·Hkv, chunks, 4, Dp)`` fp32, the statistics pass's per-chunk K sum, V sum, V max
     and V min. workspace: the one byte buffer every tensor above is a view of, when they were
-    allocated together (:func:`allocate_quantized`); None for caller-provided tensors.
+    allocated together (:func:`allocate_quantized`); None for caller-provided tensors. extra: buffers
+    a caller asked to carve from the same allocation (the forward's ``lse``), by name.
     """
 
     q: torch.Tensor
@@ -83,6 +86,7 @@ class QuantizedQKV:
     k_block: int
     kv_partials: torch.Tensor | None = None
     workspace: torch.Tensor | None = None
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 def padded_head_dim(head_dim: int) -> int:
@@ -143,8 +147,9 @@ def _kv_stats_kernel(
     stride_kb, stride_kh, stride_kt, stride_kd,
     stride_vb, stride_vh, stride_vt, stride_vd,
     CHUNK: tl.constexpr, TILE: tl.constexpr, HEAD_DIM_PAD: tl.constexpr, SMOOTH_K: tl.constexpr,
-    NUM_STAGES: tl.constexpr,
+    NUM_STAGES: tl.constexpr, GRID_DEPENDENCY: tl.constexpr,
 ):
+    signal_next_grid(GRID_DEPENDENCY)  # the quantize launch's Q programs need nothing from this one
     chunk = tl.program_id(0)
     num_chunks = tl.num_programs(0)
     bh = tl.program_id(1)
@@ -318,10 +323,11 @@ def _head_stats(
     k_ptr, v_ptr, stats_ptr, bh, b, h, seqlen_k, num_chunks, d_ok,
     stride_kb, stride_kh, stride_kt, stride_kd, stride_vb, stride_vh, stride_vt, stride_vd,
     HEAD_DIM_PAD: tl.constexpr, K_SUM: tl.constexpr, V_STATS: tl.constexpr,
-    INLINE_STATS: tl.constexpr, STATS_TILE: tl.constexpr, STATS_STAGES: tl.constexpr,
+    INLINE_STATS: tl.constexpr, STATS_TILE: tl.constexpr, STATS_STAGES: tl.constexpr, GRID_DEPENDENCY: tl.constexpr,
 ):
     """K's sum and V's sum, max and min over one head's keys (those asked for; see ``_kv_token_stats``):
-    reduced here from the keys (short keys, ``INLINE_STATS``) or from the statistics pass's partials."""
+    reduced here from the keys (short keys, ``INLINE_STATS``) or from the statistics pass's partials
+    (after waiting for that launch to finish, under GRID_DEPENDENCY)."""
     offs_d = tl.arange(0, HEAD_DIM_PAD)
     if INLINE_STATS:
         return _kv_token_stats(
@@ -330,6 +336,7 @@ def _head_stats(
             stride_kt, stride_vt, 0, seqlen_k, d_ok, STATS_TILE, HEAD_DIM_PAD, K_SUM, V_STATS, STATS_STAGES,
         )
     else:
+        wait_for_previous_grid(GRID_DEPENDENCY)
         stats = stats_ptr + (bh * num_chunks) * NUM_STATS * HEAD_DIM_PAD + offs_d
         k_sum = tl.zeros([HEAD_DIM_PAD], dtype=tl.float32)
         v_sum = tl.zeros([HEAD_DIM_PAD], dtype=tl.float32)
@@ -394,6 +401,7 @@ def _quantize_k_blocks(
     K_BLOCK: tl.constexpr, HEAD_DIM_PAD: tl.constexpr, QK_INT8: tl.constexpr, QK_MAX: tl.constexpr,
     SMOOTH_K: tl.constexpr, HADAMARD: tl.constexpr, SPLIT_ROTATION: tl.constexpr, DOT_IN_FP32: tl.constexpr,
     INLINE_STATS: tl.constexpr, STATS_TILE: tl.constexpr, STATS_STAGES: tl.constexpr, TILE_STAGES: tl.constexpr,
+    GRID_DEPENDENCY: tl.constexpr,
 ):
     """Blocks of K_BLOCK keys of one head: rotated (HADAMARD; in column halves when SPLIT_ROTATION),
     smoothed (SMOOTH_K), in 8 bits with one scale each; rows past seqlen_k are written as zeros."""
@@ -408,7 +416,7 @@ def _quantize_k_blocks(
         k_sum, _, _, _ = _head_stats(
             k_ptr, v_ptr, stats_ptr, bh, b, h, seqlen_k, num_chunks, offs_d < head_dim,
             stride_kb, stride_kh, stride_kt, stride_kd, stride_vb, stride_vh, stride_vt, stride_vd,
-            HEAD_DIM_PAD, True, False, INLINE_STATS, STATS_TILE, STATS_STAGES,
+            HEAD_DIM_PAD, True, False, INLINE_STATS, STATS_TILE, STATS_STAGES, GRID_DEPENDENCY,
         )
         # Every program of the head stores the same bytes (same inputs, same reduction order) and reads
         # them back per block: a mean held in registers would be hoisted out of the loop in the matmul's
@@ -453,7 +461,7 @@ def _quantize_v_blocks(
     seqlen_k, seqlen_k_pad, num_kv_heads, num_chunks, tiles_per_program, head_dim,
     stride_kb, stride_kh, stride_kt, stride_kd, stride_vb, stride_vh, stride_vt, stride_vd,
     K_BLOCK: tl.constexpr, HEAD_DIM_PAD: tl.constexpr, V_FP16: tl.constexpr, SMOOTH_V: tl.constexpr,
-    INLINE_STATS: tl.constexpr, STATS_TILE: tl.constexpr, STATS_STAGES: tl.constexpr,
+    INLINE_STATS: tl.constexpr, STATS_TILE: tl.constexpr, STATS_STAGES: tl.constexpr, GRID_DEPENDENCY: tl.constexpr,
 ):
     """Blocks of K_BLOCK tokens of one head's V: smoothed (SMOOTH_V), scaled per channel, written
     transposed (``[Dp, Skp]``, the K-major layout P·V needs on Hopper); padding written as zeros."""
@@ -466,7 +474,7 @@ def _quantize_v_blocks(
     _, v_sum, v_max, v_min = _head_stats(
         k_ptr, v_ptr, stats_ptr, bh, b, h, seqlen_k, num_chunks, d_ok,
         stride_kb, stride_kh, stride_kt, stride_kd, stride_vb, stride_vh, stride_vt, stride_vd,
-        HEAD_DIM_PAD, False, True, INLINE_STATS, STATS_TILE, STATS_STAGES,
+        HEAD_DIM_PAD, False, True, INLINE_STATS, STATS_TILE, STATS_STAGES, GRID_DEPENDENCY,
     )
     v_mean, v_scale = _v_mean_and_scale(v_sum, v_max, v_min, seqlen_k, SMOOTH_V)
     v_inv = tl.math.div_rn(tl.full(v_scale.shape, 1.0, tl.float32), v_scale)
@@ -496,7 +504,7 @@ def _quantize_qkv_kernel(
     QK_INT8: tl.constexpr, QK_MAX: tl.constexpr, V_FP16: tl.constexpr,
     SMOOTH_K: tl.constexpr, SMOOTH_V: tl.constexpr, HADAMARD: tl.constexpr, SPLIT_ROTATION: tl.constexpr,
     DOT_IN_FP32: tl.constexpr, INLINE_STATS: tl.constexpr, STATS_TILE: tl.constexpr, STATS_STAGES: tl.constexpr,
-    TILE_STAGES: tl.constexpr,
+    TILE_STAGES: tl.constexpr, GRID_DEPENDENCY: tl.constexpr,
 ):
     """Programs [0, num_q_programs) quantize Q, the next num_k_programs K, the rest V; each takes
     ``tiles_per_program`` consecutive tiles of one head (``_program_tiles``).
@@ -504,7 +512,12 @@ def _quantize_qkv_kernel(
     ``head_dim`` is a runtime value on purpose: as a constant it lets LLVM prove whole register tiles of
     padded channels zero, and ptxas miscompiles the fp8 packing of those constants (12.8: F2FP ...
     MERGE_C with R1 instead of a zero half; on the H100: non-zero bytes in V's padding).
+
+    Under GRID_DEPENDENCY (:mod:`fp8attn.kernels.grid_dependency`) the attention launch may start as
+    these programs drain, and K and V programs wait for the statistics launch before reading its
+    partials; Q programs need nothing from it and run beside it.
     """
+    signal_next_grid(GRID_DEPENDENCY)
     pid = tl.program_id(0)
     if pid < num_q_programs:
         _quantize_q_tiles(
@@ -518,14 +531,14 @@ def _quantize_qkv_kernel(
             seqlen_k, seqlen_k_pad, num_kv_heads, num_chunks, tiles_per_program, rot_scale, head_dim,
             stride_kb, stride_kh, stride_kt, stride_kd, stride_vb, stride_vh, stride_vt, stride_vd,
             K_BLOCK, HEAD_DIM_PAD, QK_INT8, QK_MAX, SMOOTH_K, HADAMARD, SPLIT_ROTATION, DOT_IN_FP32,
-            INLINE_STATS, STATS_TILE, STATS_STAGES, TILE_STAGES,
+            INLINE_STATS, STATS_TILE, STATS_STAGES, TILE_STAGES, GRID_DEPENDENCY,
         )
     else:
         _quantize_v_blocks(
             pid - num_q_programs - num_k_programs, k_ptr, v_ptr, stats_ptr, vt_ptr, v_scale_ptr, v_mean_ptr,
             seqlen_k, seqlen_k_pad, num_kv_heads, num_chunks, tiles_per_program, head_dim,
             stride_kb, stride_kh, stride_kt, stride_kd, stride_vb, stride_vh, stride_vt, stride_vd,
-            K_BLOCK, HEAD_DIM_PAD, V_FP16, SMOOTH_V, INLINE_STATS, STATS_TILE, STATS_STAGES,
+            K_BLOCK, HEAD_DIM_PAD, V_FP16, SMOOTH_V, INLINE_STATS, STATS_TILE, STATS_STAGES, GRID_DEPENDENCY,
         )
 
 
@@ -544,33 +557,42 @@ def _stats_chunk(num_heads: int, seqlen_k: int) -> int:
 _WORKSPACE_ALIGN = 256  # bytes; each view of the workspace starts on this boundary
 
 
+BufferLayout = Mapping[str, tuple[tuple[int, ...], torch.dtype] | None]  # name: (shape, dtype), or None
+
+
 def carve_workspace(
-    layout: dict[str, tuple[tuple[int, ...], torch.dtype] | None], device: torch.device | str,
-) -> tuple[torch.Tensor, dict[str, torch.Tensor | None]]:
+    layout: BufferLayout, device: torch.device | str, extra: BufferLayout | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor | None], dict[str, torch.Tensor]]:
     """One uninitialised byte buffer and a view of it per ``name: (shape, dtype)`` entry (None stays
-    None), each view starting on a 256-byte boundary: one allocation instead of one per tensor."""
+    None), each view starting on a 256-byte boundary: one allocation instead of one per tensor.
+    ``extra`` entries (a caller's buffers sharing the allocation) come back in a dict of their own."""
+    extra = dict(extra or {})
+    if extra.keys() & layout.keys():
+        raise ValueError(f"extra buffers {sorted(extra.keys() & layout.keys())} clash with the layout's names")
+    entries = {**layout, **extra}
     offsets, size = {}, 0
-    for name, entry in layout.items():
+    for name, entry in entries.items():
         if entry is not None:
             offsets[name] = size
             size += triton.cdiv(math.prod(entry[0]) * entry[1].itemsize, _WORKSPACE_ALIGN) * _WORKSPACE_ALIGN
     workspace = torch.empty(size, device=device, dtype=torch.uint8)
     views: dict[str, torch.Tensor | None] = {}
-    for name, entry in layout.items():
+    for name, entry in entries.items():
         if entry is None:
             views[name] = None
             continue
         shape, dtype = entry
         start = offsets[name]
         views[name] = workspace[start:start + math.prod(shape) * dtype.itemsize].view(dtype).view(shape)
-    return workspace, views
+    return workspace, {name: views[name] for name in layout}, {name: views[name] for name in extra}
 
 
 def allocate_quantized(
     batch: int, num_q_heads: int, num_kv_heads: int, seqlen_q: int, seqlen_k: int, head_dim: int,
-    recipe: Recipe, device: torch.device | str,
+    recipe: Recipe, device: torch.device | str, extra: BufferLayout | None = None,
 ) -> QuantizedQKV:
-    """Uninitialised buffers in the kernel layout (see :class:`QuantizedQKV`), carved from one allocation."""
+    """Uninitialised buffers in the kernel layout (see :class:`QuantizedQKV`), and ``extra`` ones,
+    carved from one allocation."""
     dp = padded_head_dim(head_dim)
     skp = triton.cdiv(seqlen_k, recipe.k_block) * recipe.k_block
     qk_dtype = torch.int8 if recipe.qk_format == "int8" else E4M3
@@ -587,11 +609,11 @@ def allocate_quantized(
         "kv_partials": None if _inline_stats(batch, num_kv_heads, seqlen_k, dp) else
         ((batch * num_kv_heads, triton.cdiv(seqlen_k, _stats_chunk(batch * num_kv_heads, seqlen_k)), _NUM_STATS, dp), f32),
     }
-    workspace, views = carve_workspace(layout, device)
+    workspace, views, extra_views = carve_workspace(layout, device, extra)
     return QuantizedQKV(
         **views,
         seqlen_q=seqlen_q, seqlen_k=seqlen_k, head_dim=head_dim, q_block=recipe.q_block, k_block=recipe.k_block,
-        workspace=workspace,
+        workspace=workspace, extra=extra_views,
     )
 
 
@@ -613,13 +635,14 @@ def quantize_launches(
     num_kv_heads, seqlen_k = k.shape[1], k.shape[2]
     dp, skp = out.k.shape[-1], out.k.shape[2]
     stats = out.kv_partials
+    pdl = programmatic_launch(q.device)
     launches = []
     if stats is not None:
         launches.append(Launch(
             _kv_stats_kernel, (stats.shape[1], batch * num_kv_heads),
             (k, v, stats, seqlen_k, num_kv_heads, head_dim, *k.stride(), *v.stride()),
             dict(CHUNK=_stats_chunk(batch * num_kv_heads, seqlen_k), TILE=_STATS_TILE_ELEMENTS // dp, HEAD_DIM_PAD=dp,
-                 SMOOTH_K=recipe.smooth_k, NUM_STAGES=_STATS_STAGES),
+                 SMOOTH_K=recipe.smooth_k, NUM_STAGES=_STATS_STAGES, GRID_DEPENDENCY=pdl),
             dict(num_warps=_STATS_WARPS),
         ))
     unused = out.v_scale  # stands in for pointers a recipe does not read
@@ -649,8 +672,9 @@ def quantize_launches(
              SMOOTH_K=recipe.smooth_k, SMOOTH_V=recipe.smooth_v,
              HADAMARD=recipe.hadamard, SPLIT_ROTATION=split, DOT_IN_FP32=bool(knobs.runtime.interpret),
              INLINE_STATS=stats is None, STATS_TILE=_STATS_TILE_ELEMENTS // dp,
-             STATS_STAGES=_STATS_STAGES, TILE_STAGES=_tile_stages(dp, recipe)),
-        dict(num_warps=8, **_quantize_register_cap(dp, recipe, inline_stats=stats is None)),
+             STATS_STAGES=_STATS_STAGES, TILE_STAGES=_tile_stages(dp, recipe), GRID_DEPENDENCY=pdl),
+        dict(num_warps=8, launch_pdl=pdl and stats is not None,
+             **_quantize_register_cap(dp, recipe, inline_stats=stats is None)),
         constants=(hadamard,) if recipe.hadamard else (),
     ))
     return tuple(launches)

@@ -35,6 +35,7 @@ import torch
 import triton
 import triton.language as tl
 
+from fp8attn.kernels.grid_dependency import programmatic_launch, wait_for_previous_grid
 from fp8attn.kernels.launch import Launch
 from fp8attn.quantize import QuantizedQKV
 
@@ -204,7 +205,7 @@ def _fp8_attention_fwd_kernel(
     HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     Q_BLOCK: tl.constexpr, K_BLOCK: tl.constexpr, CAUSAL: tl.constexpr, LOG2_P_SCALE: tl.constexpr,
     PROMOTE_EVERY: tl.constexpr, QK_IMPRECISE_ACC: tl.constexpr, PV_IMPRECISE_ACC: tl.constexpr,
-    QK_INT8: tl.constexpr, PV_FP16: tl.constexpr, SMOOTH_V: tl.constexpr,
+    QK_INT8: tl.constexpr, PV_FP16: tl.constexpr, SMOOTH_V: tl.constexpr, GRID_DEPENDENCY: tl.constexpr,
 ):
     start_m = _query_block(CAUSAL) * BLOCK_M
     bh = tl.program_id(1)
@@ -216,6 +217,7 @@ def _fp8_attention_fwd_kernel(
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM_PAD)
     m_ok = offs_m < seqlen_q
+    wait_for_previous_grid(GRID_DEPENDENCY)  # everything below reads the quantize launch's output
     q = tl.load(
         q_ptr + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :],
         mask=m_ok[:, None], other=0.0,
@@ -275,6 +277,7 @@ def forward_launch(
                                    qk_int8=qkv.q.dtype == torch.int8)
     if qkv.k_block % cfg.block_n:
         raise ValueError(f"block_n={cfg.block_n} must divide the recipe's k_block={qkv.k_block}")
+    pdl = programmatic_launch(qkv.q.device)  # starts while the launch that wrote qkv drains
     args = (
         qkv.q, qkv.k, qkv.v_t, qkv.q_scale, qkv.k_scale, qkv.v_scale,
         qkv.v_mean if qkv.v_mean is not None else qkv.v_scale, out, lse,
@@ -288,10 +291,11 @@ def forward_launch(
         PROMOTE_EVERY=cfg.promote_every,
         QK_IMPRECISE_ACC=cfg.qk_imprecise_acc, PV_IMPRECISE_ACC=cfg.pv_imprecise_acc,
         QK_INT8=qkv.q.dtype == torch.int8, PV_FP16=qkv.v_t.dtype == torch.float16, SMOOTH_V=qkv.v_mean is not None,
+        GRID_DEPENDENCY=pdl,
     )
     grid = (triton.cdiv(seqlen_q, cfg.block_m), batch * num_q_heads)
     return Launch(_fp8_attention_fwd_kernel, grid, args, constexprs,
-                  dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages))
+                  dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages, launch_pdl=pdl))
 
 
 def attention_forward(

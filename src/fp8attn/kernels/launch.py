@@ -75,10 +75,13 @@ class LaunchPlan:
 
     A TMA descriptor argument (a Gluon kernel's) is matched by its base tensor the same way and rebuilt
     around the new address on each replay, with the recorded shape, strides, block and layout.
+
+    ``views`` are contiguous views of the allocated buffers that a caller may want back (an output
+    carved from a workspace); a replay rebuilds them only when asked.
     """
 
     def __init__(self, launches: Sequence[Launch], inputs: Sequence[torch.Tensor],
-                 allocated: Sequence[torch.Tensor]) -> None:
+                 allocated: Sequence[torch.Tensor], views: Sequence[torch.Tensor] = ()) -> None:
         tensors = [*inputs, *allocated]
         starts = [t.data_ptr() for t in tensors]
         replays = []
@@ -106,11 +109,13 @@ class LaunchPlan:
         self._replays = tuple(replays)
         self._device = inputs[0].device
         self._buffers = tuple((tuple(t.shape), t.dtype) for t in allocated)
+        self._views = tuple(_locate_view(view, allocated) for view in views)
 
-    def run(self, inputs: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
-        """Allocate the buffers, launch every kernel on the current stream and return the buffers."""
+    def run(self, inputs: Sequence[torch.Tensor], views: bool = False) -> tuple[torch.Tensor, ...]:
+        """Allocate the buffers, launch every kernel on the current stream and return the buffers
+        (followed, with ``views``, by the recorded views rebuilt on them)."""
         device = self._device
-        buffers = tuple(torch.empty(shape, dtype=dtype, device=device) for shape, dtype in self._buffers)
+        buffers = [torch.empty(shape, dtype=dtype, device=device) for shape, dtype in self._buffers]
         starts = [t.data_ptr() for t in inputs] + [t.data_ptr() for t in buffers]
         stream = _current_stream(device)
         for replay in self._replays:
@@ -123,7 +128,10 @@ class LaunchPlan:
                     values[i] = dataclasses.replace(desc, base=_Address(starts[owner] + offset, desc.base.dtype))
             kernel = replay.kernel
             kernel.run(*replay.grid, stream, kernel.function, kernel.packed_metadata, None, None, None, *values)
-        return buffers
+        if views:
+            buffers += [buffers[owner].view(torch.uint8)[start:start + size].view(dtype).view(shape)
+                        for owner, start, size, shape, dtype in self._views]
+        return tuple(buffers)
 
     @staticmethod
     def usable(device: torch.device) -> bool:
@@ -150,6 +158,16 @@ def _idle(hook: Any) -> bool:
 
 def _current_stream(device: torch.device) -> int:
     return driver.active.get_current_stream(device.index)
+
+
+def _locate_view(view: torch.Tensor, allocated: Sequence[torch.Tensor]) -> tuple[int, int, int, tuple, torch.dtype]:
+    """Where a contiguous view of one of the allocated buffers lies: (buffer index, byte offset into
+    the buffer, bytes, shape, dtype)."""
+    owner = next((j for j, t in enumerate(allocated) if _same_storage(view, t)), None)
+    if owner is None or not view.is_contiguous():
+        raise ValueError("a plan's views must be contiguous views of its allocated buffers")
+    start = view.data_ptr() - allocated[owner].data_ptr()
+    return owner, start, view.numel() * view.element_size(), tuple(view.shape), view.dtype
 
 
 def _same_storage(view: torch.Tensor, base: torch.Tensor) -> bool:

@@ -19,8 +19,9 @@ import torch
 import triton
 import triton.language as tl
 
+from fp8attn.kernels.grid_dependency import programmatic_launch, signal_next_grid
 from fp8attn.kernels.launch import Launch
-from fp8attn.quantize import QuantizedQKV, carve_workspace, padded_head_dim
+from fp8attn.quantize import BufferLayout, QuantizedQKV, carve_workspace, padded_head_dim
 from fp8attn.recipe import E4M3_BLOCK
 
 # Caller-quantized E4M3 inputs are laid out like the "e4m3" recipe's (scale blocks, P's factor).
@@ -50,7 +51,9 @@ def _prequantized_layout_kernel(
     stride_vb, stride_vh, stride_vt, stride_vd,
     stride_qdb, stride_qdh, stride_kdb, stride_kdh, stride_vdb, stride_vdh,
     BLOCK: tl.constexpr, HEAD_DIM_PAD: tl.constexpr, COPY_Q: tl.constexpr, COPY_K: tl.constexpr,
+    GRID_DEPENDENCY: tl.constexpr,
 ):
+    signal_next_grid(GRID_DEPENDENCY)
     block = tl.program_id(0)
     kv_bh = tl.program_id(1)
     b = kv_bh // num_kv_heads
@@ -86,13 +89,14 @@ def _prequantized_layout_kernel(
 
 def prequantized_layout(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-    q_descale: torch.Tensor, k_descale: torch.Tensor, v_descale: torch.Tensor,
+    q_descale: torch.Tensor, k_descale: torch.Tensor, v_descale: torch.Tensor, extra: BufferLayout | None = None,
 ) -> tuple[QuantizedQKV, Launch]:
     """The kernel layout of caller-quantized inputs and the launch that fills it.
 
     Args:
         q: ``(B, Hq, Sq, D)`` E4M3; k, v: ``(B, Hkv, Sk, D)`` E4M3; any strides.
         q_descale: ``(B, Hq)`` float32; k_descale, v_descale: ``(B, Hkv)`` float32 (expanded views are fine).
+        extra: more buffers to carve from the layout's allocation (``QuantizedQKV.extra``).
 
     Returns the :class:`QuantizedQKV` (its ``q``/``k`` are the inputs themselves where they already have
     the layout; everything else is a view of its one ``workspace`` allocation) and the :class:`Launch`
@@ -106,18 +110,19 @@ def prequantized_layout(
     copy_q = dp != head_dim or q.stride(-1) != 1
     copy_k = dp != head_dim or skp != seqlen_k or k.stride(-1) != 1
     f32 = torch.float32
-    workspace, views = carve_workspace({
+    buffers = {
         "q": ((batch, num_q_heads, seqlen_q, dp), q.dtype) if copy_q else None,
         "k": ((batch, num_kv_heads, skp, dp), q.dtype) if copy_k else None,
         "v_t": ((batch, num_kv_heads, dp, skp), q.dtype),
         "q_scale": ((batch, num_q_heads, num_q_blocks), f32),
         "k_scale": ((batch, num_kv_heads, skp // _BLOCK), f32),
         "v_scale": ((batch, num_kv_heads, dp), f32),
-    }, q.device)
+    }
+    workspace, views, extra_views = carve_workspace(buffers, q.device, extra)
     layout = QuantizedQKV(
         **{**views, "q": views["q"] if copy_q else q, "k": views["k"] if copy_k else k},
         k_mean=None, v_mean=None, seqlen_q=seqlen_q, seqlen_k=seqlen_k, head_dim=head_dim,
-        q_block=_BLOCK, k_block=_BLOCK, workspace=workspace,
+        q_block=_BLOCK, k_block=_BLOCK, workspace=workspace, extra=extra_views,
     )
     launch = Launch(
         _prequantized_layout_kernel, (max(skp // _BLOCK, num_q_blocks), batch * num_kv_heads),
@@ -127,7 +132,8 @@ def prequantized_layout(
             seqlen_q, seqlen_k, skp, num_q_heads, num_kv_heads, head_dim, num_q_blocks,
             *q.stride(), *k.stride(), *v.stride(), *q_descale.stride(), *k_descale.stride(), *v_descale.stride(),
         ),
-        dict(BLOCK=_BLOCK, HEAD_DIM_PAD=dp, COPY_Q=copy_q, COPY_K=copy_k),
+        dict(BLOCK=_BLOCK, HEAD_DIM_PAD=dp, COPY_Q=copy_q, COPY_K=copy_k,
+             GRID_DEPENDENCY=programmatic_launch(q.device)),
         dict(num_warps=8),
     )
     return layout, launch
