@@ -44,6 +44,16 @@ for step in "$@"; do
     gate) timeout 400 python3 -m fp8attn.bench --gate benchmarks/results/h100.json 2>&1 | tail -20 ;;
     smoke) timeout 300 python3 -m pytest -q -p no:cacheprovider -x tests/test_launch_plan.py tests/test_attention.py \
              -k "cuda or replays" 2>&1 | tail -5 ;;
+    pdl) for run in 1 2; do  # programmatic dependent launch off/on, alternating, same shapes (perf-notes §19)
+           for setting in 0 1; do
+             FP8ATTN_PROGRAMMATIC_LAUNCH=$setting timeout 200 python3 -m fp8attn.bench --providers fp8attn,fp8attn-prequant \
+               --suite mission,custom --shape 32,16,16,512,512,128 --shape 32,32,32,512,512,64 --shape 16,16,16,1024,1024,128 \
+               --shape 4,16,16,4096,4096,128 --shape 2,8,8,8192,8192,256 --rep-ms 40 --calls 20 --repeats 5 \
+               --out "$OUT" --name "pdl${setting}_run$run" 2>&1 | tail -3
+           done
+         done ;;
+    profile-before) PYTHONPATH="$PWD/${BEFORE_SRC:-out/before/src}:${PYTHONPATH#$PWD/src:}" python3 benchmarks/host_profile.py 2>&1 \
+                      | tee "$OUT/host_profile_before.txt" | head -12 ;;
     recipes) timeout 300 python3 benchmarks/recipe_speed.py --out "$OUT" 2>&1 | tail -12 ;;
     sass) timeout 200 python3 -m pytest tests/test_kernel_code.py -q -p no:cacheprovider 2>&1 | tail -4 ;;
     qstudy) timeout 200 python3 benchmarks/quantize_launch_study.py --out "$OUT" 2>&1 | tail -20 ;;
