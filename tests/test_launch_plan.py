@@ -155,13 +155,20 @@ def test_replay_key_tells_shared_inputs_apart(monkeypatch):
     assert _replay_key((q, k, k.clone()), d1, d2) == _replay_key((k, q, q.clone()), d2, d1)  # same pattern, same key
 
 
+def _per_head(descale: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:
+    """A descale as the ``(B, H)`` float32 CUDA tensor the emulation takes."""
+    d = torch.as_tensor(descale, dtype=torch.float32).cuda()
+    return d if d.dim() == 2 else d.reshape(()).expand(*x.shape[:2])
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not HAS_CUDA or INTERPRETED, reason="no CUDA GPU (compiled-kernel run)")
-@pytest.mark.parametrize("descale", ["tensor", "number"])
+@pytest.mark.parametrize("descale", ["tensor", "per-tensor tensor", "cpu tensor", "number"])
 @pytest.mark.parametrize("head_dim", [64, 96])
 def test_prequantized_second_call_replays_and_matches_emulation(gen, poisoned_allocations, descale, head_dim):
     """Replays of attention_prequantized: new data and new descales each call, numbers included (one plan for
-    any value); D=96 replays the Q and K copies."""
+    any value), per-tensor (1,) tensors (expanded to (B, H) by the checks) and descales on the CPU (copied
+    each call); D=96 replays the Q and K copies."""
     shape = (2, 4, 2, 200, 333, head_dim)
     _PLANS.clear()
     for call in range(3):
@@ -170,13 +177,15 @@ def test_prequantized_second_call_replays_and_matches_emulation(gen, poisoned_al
             scales = [float(2 ** (call - 4))] * 3
             q8, k8, v8 = (to_e4m3(x.float() / s) for x, s in zip((q, k, v), scales, strict=True))
             descales = scales
+        elif descale == "per-tensor tensor":
+            descales = [x.float().abs().amax().reshape(1) / 448 for x in (q, k, v)]
+            q8, k8, v8 = (to_e4m3(x.float() / s) for x, s in zip((q, k, v), descales, strict=True))
         else:
             (q8, qd), (k8, kd), (v8, vd) = (quantize_per_head(x) for x in (q, k, v))
-            descales = [qd, kd, vd]
+            descales = [qd, kd, vd] if descale == "tensor" else [qd.cpu(), kd.cpu(), vd.cpu()]
         out = fp8attn.attention_prequantized(q8, k8, v8, *descales, causal=True, out_dtype=torch.float16)
         assert len(_PLANS) == 1
-        as_tensors = [torch.as_tensor(d, dtype=torch.float32, device="cuda").expand(*x.shape[:2])
-                      for d, x in zip(descales, (q8, k8, v8), strict=True)]
+        as_tensors = [_per_head(d, x) for d, x in zip(descales, (q8, k8, v8), strict=True)]
         layout = prequantized_layout_emulated(*(x.cpu() for x in (q8, k8, v8, *as_tensors)))
         want = attention_emulated(layout, causal=True, scale=head_dim**-0.5, p_scale=PREQUANTIZED_LAYOUT.p_multiplier)
         err = compare(out.cpu(), want).rel_l2

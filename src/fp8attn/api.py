@@ -437,6 +437,14 @@ def attention_prequantized(
     descale_keys = [d if isinstance(d, torch.Tensor) else type(d) for d in (q_descale, k_descale, v_descale)]
     key = _replay_key((q, k, v), *descale_keys, causal, scale, out_dtype)
     plan = _PLANS.get(key) if key is not None else None
+    raw_descales = (q_descale, k_descale, v_descale)
+    if plan is not None and all(isinstance(d, torch.Tensor) and d.device == q.device for d in raw_descales):
+        # The key pinned each descale's shape, strides and dtype as they passed the checks; the
+        # (batch, heads) view those made has the tensor's own address, which is all a replay reads.
+        if validate_descales:
+            _check_descale_values(dict(zip(("q_descale", "k_descale", "v_descale"), raw_descales, strict=True)))
+        buffers = plan.run((q, k, v, *raw_descales), views=return_lse)
+        return (buffers[0], buffers[-1]) if return_lse else buffers[0]
     if plan is None:
         checked_scale = _check_inputs(q, k, v, causal, scale, (E4M3,))
         _check_padded_sizes(q, k, PREQUANTIZED_LAYOUT.k_block)
@@ -451,7 +459,7 @@ def attention_prequantized(
     if validate_descales:
         _check_descale_values(descales)
     inputs = (q, k, v, *descales.values())
-    if plan is not None:
+    if plan is not None:  # a number descale (made a tensor above) or one on another device (copied above)
         buffers = plan.run(inputs, views=return_lse)
         out, lse = buffers[0], buffers[-1]
     elif key is None:
