@@ -515,7 +515,7 @@ def _quantize_qkv_kernel(
 
     Under GRID_DEPENDENCY (:mod:`fp8attn.kernels.grid_dependency`) the attention launch may start as
     these programs drain, and K and V programs wait for the statistics launch before reading its
-    partials; Q programs need nothing from it and run beside it.
+    partials; Q programs need nothing from it and may run beside it (where registers allow, perf-notes §19).
     """
     signal_next_grid(GRID_DEPENDENCY)
     pid = tl.program_id(0)
