@@ -23,10 +23,10 @@ import triton
 from triton import knobs
 
 from fp8attn.fp8 import E4M3
-from fp8attn.kernels.attention_fwd import forward_launch, kernel_quantizes_q
+from fp8attn.kernels.attention_fwd import forward_launch
 from fp8attn.kernels.launch import Launch, LaunchPlan
 from fp8attn.kernels.prequantized_layout import PREQUANTIZED_LAYOUT, prequantized_layout
-from fp8attn.quantize import UnquantizedQ, allocate_quantized, padded_head_dim, quantize_launches
+from fp8attn.quantize import allocate_quantized, padded_head_dim, quantize_launches
 from fp8attn.recipe import Recipe, resolve_recipe
 
 MAX_HEAD_DIM = 256
@@ -171,17 +171,14 @@ def _attention_launches(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, scale: float, recipe: Recipe,
 ) -> tuple[torch.Tensor, torch.Tensor, list[Launch], torch.Tensor]:
     """Allocate ``out`` and the quantized workspace, with ``lse`` carved from the workspace (one allocation
-    fewer a call); return them with the launches that fill them. Where the forward kernel quantizes Q
-    itself (:func:`~fp8attn.kernels.attention_fwd.kernel_quantizes_q`), the quantize launch leaves Q out."""
+    fewer a call); return them with the launches that fill them."""
     batch, num_q_heads, seqlen_q, head_dim = q.shape
-    in_kernel = kernel_quantizes_q(recipe, head_dim, seqlen_q, k.shape[2], causal)
     qkv = allocate_quantized(batch, num_q_heads, k.shape[1], seqlen_q, k.shape[2], head_dim, recipe, q.device,
-                             extra={"lse": (q.shape[:3], torch.float32)}, quantize_q=not in_kernel)
+                             extra={"lse": (q.shape[:3], torch.float32)})
     out = torch.empty(q.shape, device=q.device, dtype=q.dtype)
     lse = qkv.extra["lse"]
     launches = [*quantize_launches(q, k, v, recipe, qkv),
-                forward_launch(qkv, out, lse, causal=causal, softmax_scale=scale, p_scale=recipe.p_multiplier,
-                               q_to_quantize=UnquantizedQ(q, recipe) if in_kernel else None)]
+                forward_launch(qkv, out, lse, causal=causal, softmax_scale=scale, p_scale=recipe.p_multiplier)]
     return out, lse, launches, qkv.workspace
 
 

@@ -163,22 +163,21 @@ def report_launch(launch, shape: str, arch: int = 90, compiled=None) -> KernelRe
 def library_launches(batch: int, heads: int, kv_heads: int, seqlen: int, head_dim: int, causal: bool,
                      recipe_name: str = "e4m3", dtype: torch.dtype = torch.bfloat16):
     """The launches one :func:`fp8attn.attention` call makes for this shape, on meta tensors."""
-    from fp8attn.kernels.attention_fwd import forward_launch, kernel_quantizes_q
+    from fp8attn.kernels.attention_fwd import forward_launch
     from fp8attn.kernels.attention_fwd_hopper import hopper_forward_launch, hopper_kernel_shape
-    from fp8attn.quantize import UnquantizedQ, allocate_quantized, quantize_launches
+    from fp8attn.quantize import allocate_quantized, quantize_launches
     from fp8attn.recipe import RECIPES
 
     recipe = RECIPES[recipe_name]
     q = torch.empty(batch, heads, seqlen, head_dim, device="meta", dtype=dtype)
     k = torch.empty(batch, kv_heads, seqlen, head_dim, device="meta", dtype=dtype)
-    in_kernel = kernel_quantizes_q(recipe, head_dim, seqlen, seqlen, causal)
-    qkv = allocate_quantized(batch, heads, kv_heads, seqlen, seqlen, head_dim, recipe, "meta", quantize_q=not in_kernel)
+    qkv = allocate_quantized(batch, heads, kv_heads, seqlen, seqlen, head_dim, recipe, "meta")
     out = torch.empty_like(q)
     lse = torch.empty(batch, heads, seqlen, device="meta", dtype=torch.float32)
     kwargs = dict(causal=causal, softmax_scale=head_dim**-0.5, p_scale=recipe.p_multiplier)
     # On sm_90 these shapes run the warp-specialized Gluon kernel (it needs a GPU to decide, so it is named here).
     forward = hopper_forward_launch(qkv, out, lse, **kwargs) if hopper_kernel_shape(qkv) else \
-        forward_launch(qkv, out, lse, **kwargs, q_to_quantize=UnquantizedQ(q, recipe) if in_kernel else None)
+        forward_launch(qkv, out, lse, **kwargs)
     return [*quantize_launches(q, k, k, recipe, qkv), forward]
 
 

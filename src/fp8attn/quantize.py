@@ -63,8 +63,7 @@ class QuantizedQKV:
         k_mean, v_mean: ``(B, Hkv, Dp)`` fp32, what was subtracted from K (rotated with it) and V,
             or None where the recipe does not smooth.
     Q and K are Hadamard-rotated when the recipe says so. Padding is zero in the quantized tensors
-    and 1.0 in the scales. q and q_scale are None where the attention kernel quantizes Q itself
-    (:class:`UnquantizedQ`).
+    and 1.0 in the scales.
 
     kv_partials: ``(B·Hkv, chunks, 4, Dp)`` fp32, the statistics pass's per-chunk K sum, V sum, V max
     and V min. workspace: the one byte buffer every tensor above is a view of, when they were
@@ -72,10 +71,10 @@ class QuantizedQKV:
     a caller asked to carve from the same allocation (the forward's ``lse``), by name.
     """
 
-    q: torch.Tensor | None
+    q: torch.Tensor
     k: torch.Tensor
     v_t: torch.Tensor
-    q_scale: torch.Tensor | None
+    q_scale: torch.Tensor
     k_scale: torch.Tensor
     v_scale: torch.Tensor
     k_mean: torch.Tensor | None
@@ -88,15 +87,6 @@ class QuantizedQKV:
     kv_partials: torch.Tensor | None = None
     workspace: torch.Tensor | None = None
     extra: dict[str, torch.Tensor] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class UnquantizedQ:
-    """Q as the caller gave it, ``(B, Hq, Sq, D)`` fp16/bf16 with any strides, for an attention kernel
-    that quantizes it by ``recipe`` in its prologue (:func:`quantize_q_block_rows`)."""
-
-    q: torch.Tensor
-    recipe: Recipe
 
 
 def padded_head_dim(head_dim: int) -> int:
@@ -198,7 +188,7 @@ def _to_8bit(x, INT8: tl.constexpr):
 
 
 @triton.jit
-def hadamard_tile(h_ptr, HEAD_DIM_PAD: tl.constexpr, HADAMARD: tl.constexpr):
+def _hadamard_tile(h_ptr, HEAD_DIM_PAD: tl.constexpr, HADAMARD: tl.constexpr):
     """The ``[Dp, Dp]`` ±1 Hadamard matrix, loaded once per program, when HADAMARD (else ``h_ptr``,
     unused)."""
     if HADAMARD:
@@ -264,19 +254,6 @@ def _quantize_q_rows(x, ROWS: tl.constexpr, Q_BLOCK: tl.constexpr, QK_MAX: tl.co
     """
     block_scale, row_inv = _q_row_scales(tl.max(tl.abs(x), axis=1), ROWS, Q_BLOCK, QK_MAX)
     return _to_8bit(x * row_inv[:, None], QK_INT8), block_scale
-
-
-@triton.jit
-def quantize_q_block_rows(x, hadamard, rot_scale, ROWS: tl.constexpr, Q_BLOCK: tl.constexpr, QK_MAX: tl.constexpr,
-                          QK_INT8: tl.constexpr, HADAMARD: tl.constexpr, DOT_IN_FP32: tl.constexpr):
-    """A ``[ROWS, Dp]`` fp16/bf16 tile of Q as the recipe quantizes it (rotated when HADAMARD, one scale
-    per Q_BLOCK rows), in registers: the attention kernel's prologue when it quantizes Q itself.
-
-    Returns the 8-bit tile and each row's scale (its block's).
-    """
-    q8, block_scale = _quantize_q_rows(_rotate(x, hadamard, rot_scale, HADAMARD, DOT_IN_FP32), ROWS, Q_BLOCK, QK_MAX,
-                                       QK_INT8)
-    return q8, tl.reshape(tl.broadcast_to(block_scale[:, None], (ROWS // Q_BLOCK, Q_BLOCK)), (ROWS,))
 
 
 @triton.jit
@@ -393,7 +370,7 @@ def _quantize_q_tiles(
     offs_c = tl.arange(0, COLS)
     c_ok = offs_c < head_dim  # runtime head_dim: see _quantize_qkv_kernel
     q_head = q_ptr + b * stride_qb + h * stride_qh + offs_c[None, :] * stride_qd
-    hadamard = hadamard_tile(h_ptr, COLS, HADAMARD)
+    hadamard = _hadamard_tile(h_ptr, COLS, HADAMARD)
     num_blocks = tl.cdiv(seqlen_q, Q_BLOCK)
     for tile in tl.range(first, last, num_stages=TILE_STAGES):
         offs_t = tile * Q_TILE + tl.arange(0, Q_TILE)
@@ -449,7 +426,7 @@ def _quantize_k_blocks(
     offs_c = tl.arange(0, COLS)
     c_ok = offs_c < head_dim  # runtime head_dim: see _quantize_qkv_kernel
     k_head = k_ptr + b * stride_kb + h * stride_kh + offs_c[None, :] * stride_kd
-    hadamard = hadamard_tile(h_ptr, COLS, HADAMARD)
+    hadamard = _hadamard_tile(h_ptr, COLS, HADAMARD)
     mean_ptr = k_mean_ptr + bh * HEAD_DIM_PAD + offs_c
     for block in tl.range(first, last, num_stages=TILE_STAGES):
         offs_t = block * K_BLOCK + tl.arange(0, K_BLOCK)
@@ -612,19 +589,19 @@ def carve_workspace(
 
 def allocate_quantized(
     batch: int, num_q_heads: int, num_kv_heads: int, seqlen_q: int, seqlen_k: int, head_dim: int,
-    recipe: Recipe, device: torch.device | str, extra: BufferLayout | None = None, quantize_q: bool = True,
+    recipe: Recipe, device: torch.device | str, extra: BufferLayout | None = None,
 ) -> QuantizedQKV:
     """Uninitialised buffers in the kernel layout (see :class:`QuantizedQKV`), and ``extra`` ones,
-    carved from one allocation; without 8-bit Q and its scales unless ``quantize_q``."""
+    carved from one allocation."""
     dp = padded_head_dim(head_dim)
     skp = triton.cdiv(seqlen_k, recipe.k_block) * recipe.k_block
     qk_dtype = torch.int8 if recipe.qk_format == "int8" else E4M3
     f32 = torch.float32
     layout = {
-        "q": ((batch, num_q_heads, seqlen_q, dp), qk_dtype) if quantize_q else None,
+        "q": ((batch, num_q_heads, seqlen_q, dp), qk_dtype),
         "k": ((batch, num_kv_heads, skp, dp), qk_dtype),
         "v_t": ((batch, num_kv_heads, dp, skp), torch.float16 if recipe.pv_format == "fp16" else E4M3),
-        "q_scale": ((batch, num_q_heads, triton.cdiv(seqlen_q, recipe.q_block)), f32) if quantize_q else None,
+        "q_scale": ((batch, num_q_heads, triton.cdiv(seqlen_q, recipe.q_block)), f32),
         "k_scale": ((batch, num_kv_heads, skp // recipe.k_block), f32),
         "v_scale": ((batch, num_kv_heads, dp), f32),
         "k_mean": ((batch, num_kv_heads, dp), f32) if recipe.smooth_k else None,
@@ -652,8 +629,7 @@ def quantize_launches(
     tiles_per_program: int | None = None,
 ) -> tuple[Launch, ...]:
     """The launches that fill ``out``: the K/V statistics pass (unless the keys are short enough to
-    reduce inline), then the fused quantize pass (with no Q programs where ``out`` has no 8-bit Q: the
-    attention kernel quantizes Q). ``tiles_per_program`` (Q tiles or K/V blocks a
+    reduce inline), then the fused quantize pass. ``tiles_per_program`` (Q tiles or K/V blocks a
     quantize program takes; None: by :func:`tiles_per_program_for`) is there for tests and studies."""
     batch, num_q_heads, seqlen_q, head_dim = q.shape
     num_kv_heads, seqlen_k = k.shape[1], k.shape[2]
@@ -671,22 +647,20 @@ def quantize_launches(
         ))
     unused = out.v_scale  # stands in for pointers a recipe does not read
     q_tile = _q_tile(dp, recipe)
-    q_tiles = batch * num_q_heads * triton.cdiv(seqlen_q, q_tile) if out.q is not None else 0
+    q_tiles = batch * num_q_heads * triton.cdiv(seqlen_q, q_tile)
     kv_blocks = batch * num_kv_heads * (skp // recipe.k_block)
     if tiles_per_program is None:
         tiles_per_program = tiles_per_program_for(q_tiles + 2 * kv_blocks)
     if tiles_per_program < 1:
         raise ValueError(f"tiles_per_program must be at least 1, got {tiles_per_program}")
-    num_q_programs = batch * num_q_heads * triton.cdiv(triton.cdiv(seqlen_q, q_tile), tiles_per_program) \
-        if out.q is not None else 0
+    num_q_programs = batch * num_q_heads * triton.cdiv(triton.cdiv(seqlen_q, q_tile), tiles_per_program)
     num_kv_programs = batch * num_kv_heads * triton.cdiv(skp // recipe.k_block, tiles_per_program)
     split = _split_rotation(dp, recipe)
     hadamard = hadamard_matrix(dp // 2 if split else dp, q.dtype, q.device) if recipe.hadamard else unused
     launches.append(Launch(
         _quantize_qkv_kernel, (num_q_programs + 2 * num_kv_programs,),
         (
-            q, k, v, hadamard, out.q if out.q is not None else unused, out.k, out.v_t,
-            out.q_scale if out.q_scale is not None else unused, out.k_scale, out.v_scale,
+            q, k, v, hadamard, out.q, out.k, out.v_t, out.q_scale, out.k_scale, out.v_scale,
             out.k_mean if out.k_mean is not None else unused, out.v_mean if out.v_mean is not None else unused,
             stats if stats is not None else unused,
             seqlen_q, seqlen_k, skp, num_q_heads, num_kv_heads, head_dim, 0 if stats is None else stats.shape[1],

@@ -34,20 +34,10 @@ from dataclasses import dataclass
 import torch
 import triton
 import triton.language as tl
-from triton import knobs
 
 from fp8attn.kernels.grid_dependency import programmatic_launch, wait_for_previous_grid
 from fp8attn.kernels.launch import Launch
-from fp8attn.quantize import (
-    QuantizedQKV,
-    UnquantizedQ,
-    hadamard_matrix,
-    hadamard_scale,
-    hadamard_tile,
-    padded_head_dim,
-    quantize_q_block_rows,
-)
-from fp8attn.recipe import Recipe
+from fp8attn.quantize import QuantizedQKV
 
 LOG2_E = math.log2(math.e)
 LN_2: tl.constexpr = tl.constexpr(math.log(2.0))
@@ -206,10 +196,9 @@ def _query_block(CAUSAL: tl.constexpr):
 
 @triton.jit
 def _fp8_attention_fwd_kernel(
-    q_ptr, k_ptr, vt_ptr, q_scale_ptr, k_scale_ptr, v_scale_ptr, v_mean_ptr, out_ptr, lse_ptr, h_ptr,
+    q_ptr, k_ptr, vt_ptr, q_scale_ptr, k_scale_ptr, v_scale_ptr, v_mean_ptr, out_ptr, lse_ptr,
     seqlen_q, seqlen_k, num_q_heads, num_kv_heads, num_q_scale_blocks, num_k_scale_blocks, qk_scale_log2,
-    head_dim, rot_scale,
-    stride_qb, stride_qh, stride_qm, stride_qd,
+    stride_qb, stride_qh, stride_qm,
     stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vd,
     stride_ob, stride_oh, stride_om,
@@ -217,12 +206,7 @@ def _fp8_attention_fwd_kernel(
     Q_BLOCK: tl.constexpr, K_BLOCK: tl.constexpr, CAUSAL: tl.constexpr, LOG2_P_SCALE: tl.constexpr,
     PROMOTE_EVERY: tl.constexpr, QK_IMPRECISE_ACC: tl.constexpr, PV_IMPRECISE_ACC: tl.constexpr,
     QK_INT8: tl.constexpr, PV_FP16: tl.constexpr, SMOOTH_V: tl.constexpr, GRID_DEPENDENCY: tl.constexpr,
-    QUANTIZE_Q: tl.constexpr, HADAMARD: tl.constexpr, QK_MAX: tl.constexpr, DOT_IN_FP32: tl.constexpr,
 ):
-    """Under QUANTIZE_Q, ``q_ptr`` is the caller's fp16/bf16 Q (``head_dim`` channels, any strides) and
-    the prologue quantizes this program's rows by the recipe (``h_ptr``: the ±1 Hadamard matrix when
-    HADAMARD, ``rot_scale`` its normalisation, Q_BLOCK dividing BLOCK_M); otherwise ``q_ptr`` and
-    ``q_scale_ptr`` are the quantize launch's 8-bit Q and its scales."""
     start_m = _query_block(CAUSAL) * BLOCK_M
     bh = tl.program_id(1)
     b = bh // num_q_heads
@@ -233,17 +217,12 @@ def _fp8_attention_fwd_kernel(
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM_PAD)
     m_ok = offs_m < seqlen_q
-    q_ptrs = q_ptr + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd
-    if QUANTIZE_Q:  # needs nothing from the quantize launch: runs while it drains
-        q, q_scale = quantize_q_block_rows(
-            tl.load(q_ptrs, mask=m_ok[:, None] & (offs_d < head_dim)[None, :], other=0.0),
-            hadamard_tile(h_ptr, HEAD_DIM_PAD, HADAMARD), rot_scale, BLOCK_M, Q_BLOCK, QK_MAX, QK_INT8, HADAMARD,
-            DOT_IN_FP32,
-        )
     wait_for_previous_grid(GRID_DEPENDENCY)  # everything below reads the quantize launch's output
-    if not QUANTIZE_Q:
-        q = tl.load(q_ptrs, mask=m_ok[:, None], other=0.0)
-        q_scale = tl.load(q_scale_ptr + bh * num_q_scale_blocks + offs_m // Q_BLOCK, mask=m_ok, other=1.0)
+    q = tl.load(
+        q_ptr + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :],
+        mask=m_ok[:, None], other=0.0,
+    )
+    q_scale = tl.load(q_scale_ptr + bh * num_q_scale_blocks + offs_m // Q_BLOCK, mask=m_ok, other=1.0)
     row_scale = q_scale * qk_scale_log2
 
     full_hi, hi, diagonal = _key_range(start_m, seqlen_q, seqlen_k, BLOCK_M, BLOCK_N, CAUSAL)
@@ -278,81 +257,45 @@ def _fp8_attention_fwd_kernel(
                   offs_d < HEAD_DIM, LOG2_P_SCALE, SMOOTH_V)
 
 
-def kernel_quantizes_q(recipe: Recipe, head_dim: int, seqlen_q: int, seqlen_k: int, causal: bool) -> bool:
-    """Whether :func:`fp8attn.attention` leaves Q to the forward kernel, which quantizes its rows in the
-    prologue (:func:`fp8attn.quantize.quantize_q_block_rows`): the Triton kernel's shapes up to padded
-    D=128 (the Gluon kernel reads an 8-bit Q by TMA) where one program's query rows hold whole Q scale
-    blocks, i.e. the recipes with per-token Q scales. The
-    quantize launch then neither reads Q nor writes it in 8 bits, and the kernel reads fp16/bf16 Q once."""
-    from fp8attn.kernels import attention_fwd_hopper  # imports this module: resolved at call time
-
-    dp = padded_head_dim(head_dim)
-    if dp > 128 or attention_fwd_hopper.hopper_shape(dp, seqlen_q, seqlen_k, pv_e4m3=recipe.pv_format == "e4m3"):
-        # At padded D=256 the prologue's 64 x 256 fp32 rotation and 128 KB Hadamard matrix spill (sm_90,
-        # offline report: 93 LDL / 84 STL, 160 KB of shared memory, one program per SM).
-        return False
-    cfg = forward_config(dp, recipe.k_block, causal, pv_fp16=recipe.pv_format == "fp16",
-                         qk_int8=recipe.qk_format == "int8")
-    return recipe.q_block <= cfg.block_m
-
-
 def forward_launch(
     qkv: QuantizedQKV, out: torch.Tensor, lse: torch.Tensor, *, causal: bool, softmax_scale: float, p_scale: float,
-    config: ForwardConfig | None = None, q_to_quantize: UnquantizedQ | None = None,
+    config: ForwardConfig | None = None,
 ) -> Launch:
     """The forward kernel's launch for ``qkv`` writing ``out (B, Hq, Sq, D)`` and ``lse (B, Hq, Sq)``.
-
-    ``q_to_quantize``: for a ``qkv`` without 8-bit Q (``allocate_quantized(..., quantize_q=False)``), the
-    fp16/bf16 Q the kernel quantizes itself (see :func:`kernel_quantizes_q`).
 
     Without a ``config``, shapes where the warp-specialized Gluon kernel is faster on Hopper get that
     kernel instead (same arithmetic, bit-identical output: :mod:`fp8attn.kernels.attention_fwd_hopper`).
     """
-    if (qkv.q is None) != (q_to_quantize is not None):
-        raise ValueError("q_to_quantize must be given exactly when qkv holds no 8-bit Q "
-                         f"(qkv.q is {'None' if qkv.q is None else 'set'}, q_to_quantize is "
-                         f"{'None' if q_to_quantize is None else 'set'})")
-    if config is None and qkv.q is not None:
+    if config is None:
         from fp8attn.kernels import attention_fwd_hopper  # imports this module: resolved at call time
 
         if attention_fwd_hopper.hopper_kernel_applies(qkv):
             return attention_fwd_hopper.hopper_forward_launch(qkv, out, lse, causal=causal,
                                                               softmax_scale=softmax_scale, p_scale=p_scale)
-    batch, num_q_heads, seqlen_q = out.shape[:3]
-    dp = qkv.k.shape[-1]
-    qk_int8 = qkv.k.dtype == torch.int8
-    cfg = config or forward_config(dp, qkv.k_block, causal, pv_fp16=qkv.v_t.dtype == torch.float16, qk_int8=qk_int8)
+    batch, num_q_heads, seqlen_q, dp = qkv.q.shape
+    cfg = config or forward_config(dp, qkv.k_block, causal, pv_fp16=qkv.v_t.dtype == torch.float16,
+                                   qk_int8=qkv.q.dtype == torch.int8)
     if qkv.k_block % cfg.block_n:
         raise ValueError(f"block_n={cfg.block_n} must divide the recipe's k_block={qkv.k_block}")
-    if q_to_quantize is None:
-        q, q_scale, hadamard, recipe = qkv.q, qkv.q_scale, None, None
-    else:
-        q, q_scale, recipe = q_to_quantize.q, qkv.k_scale, q_to_quantize.recipe  # q_scale: unread
-        if cfg.block_m % recipe.q_block:
-            raise ValueError(f"the kernel quantizes Q in blocks of {recipe.q_block} rows, which must divide its "
-                             f"block_m={cfg.block_m}")
-        hadamard = hadamard_matrix(dp, q.dtype, q.device) if recipe.hadamard else None
-    pdl = programmatic_launch(q.device)  # starts while the launch that wrote qkv drains
+    pdl = programmatic_launch(qkv.q.device)  # starts while the launch that wrote qkv drains
     args = (
-        q, qkv.k, qkv.v_t, q_scale, qkv.k_scale, qkv.v_scale,
-        qkv.v_mean if qkv.v_mean is not None else qkv.v_scale, out, lse, q if hadamard is None else hadamard,
-        seqlen_q, qkv.seqlen_k, num_q_heads, qkv.k.shape[1], q_scale.shape[-1], qkv.k_scale.shape[-1],
-        softmax_scale * LOG2_E, qkv.head_dim, hadamard_scale(dp),
-        *q.stride(), *qkv.k.stride()[:3], *qkv.v_t.stride()[:3], *out.stride()[:3],
+        qkv.q, qkv.k, qkv.v_t, qkv.q_scale, qkv.k_scale, qkv.v_scale,
+        qkv.v_mean if qkv.v_mean is not None else qkv.v_scale, out, lse,
+        seqlen_q, qkv.seqlen_k, num_q_heads, qkv.k.shape[1], qkv.q_scale.shape[-1], qkv.k_scale.shape[-1],
+        softmax_scale * LOG2_E,
+        *qkv.q.stride()[:3], *qkv.k.stride()[:3], *qkv.v_t.stride()[:3], *out.stride()[:3],
     )
     constexprs = dict(
         HEAD_DIM=qkv.head_dim, HEAD_DIM_PAD=dp, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
         Q_BLOCK=qkv.q_block, K_BLOCK=qkv.k_block, CAUSAL=causal, LOG2_P_SCALE=math.log2(p_scale),
         PROMOTE_EVERY=cfg.promote_every,
         QK_IMPRECISE_ACC=cfg.qk_imprecise_acc, PV_IMPRECISE_ACC=cfg.pv_imprecise_acc,
-        QK_INT8=qk_int8, PV_FP16=qkv.v_t.dtype == torch.float16, SMOOTH_V=qkv.v_mean is not None,
-        GRID_DEPENDENCY=pdl, QUANTIZE_Q=recipe is not None, HADAMARD=recipe is not None and recipe.hadamard,
-        QK_MAX=recipe.qk_max if recipe is not None else 0.0, DOT_IN_FP32=bool(knobs.runtime.interpret),
+        QK_INT8=qkv.q.dtype == torch.int8, PV_FP16=qkv.v_t.dtype == torch.float16, SMOOTH_V=qkv.v_mean is not None,
+        GRID_DEPENDENCY=pdl,
     )
     grid = (triton.cdiv(seqlen_q, cfg.block_m), batch * num_q_heads)
     return Launch(_fp8_attention_fwd_kernel, grid, args, constexprs,
-                  dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages, launch_pdl=pdl),
-                  constants=() if hadamard is None else (hadamard,))
+                  dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages, launch_pdl=pdl))
 
 
 def attention_forward(

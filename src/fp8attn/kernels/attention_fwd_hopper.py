@@ -273,16 +273,11 @@ def _is_sm90(device: torch.device) -> bool:
     return torch.cuda.get_device_capability(device) == (9, 0)
 
 
-def hopper_shape(head_dim_pad: int, seqlen_q: int, seqlen_k: int, pv_e4m3: bool) -> bool:
+def hopper_kernel_shape(qkv: QuantizedQKV) -> bool:
     """The shapes this kernel is used for (where it beat the Triton kernel on an H100): an E4M3 P·V
     recipe, padded head dim 256, at least 4096 queries and keys."""
-    return head_dim_pad == HOPPER_HEAD_DIM_PAD and min(seqlen_q, seqlen_k) >= HOPPER_MIN_SEQLEN and pv_e4m3
-
-
-def hopper_kernel_shape(qkv: QuantizedQKV) -> bool:
-    """:func:`hopper_shape` of ``qkv``, which must hold an 8-bit Q (the kernel reads it by TMA)."""
-    return qkv.q is not None and hopper_shape(qkv.q.shape[-1], qkv.seqlen_q, qkv.seqlen_k,
-                                              pv_e4m3=qkv.v_t.dtype == torch.float8_e4m3fn)
+    return (qkv.q.shape[-1] == HOPPER_HEAD_DIM_PAD and min(qkv.seqlen_q, qkv.seqlen_k) >= HOPPER_MIN_SEQLEN
+            and qkv.v_t.dtype == torch.float8_e4m3fn)
 
 
 def hopper_kernel_applies(qkv: QuantizedQKV) -> bool:
