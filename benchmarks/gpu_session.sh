@@ -41,7 +41,8 @@ for step in "$@"; do
                   | tee "$OUT/pytest_grid.log" | grep -v "^SKIPPED" | tail -15 ;;
     tests-rest) timeout ${TESTS_TIMEOUT:-560} python3 -m pytest $XDIST -q -p no:cacheprovider -ra tests --ignore=tests/test_attention.py \
                   -k "not cpu" 2>&1 | tee "$OUT/pytest_rest.log" | grep -v "^SKIPPED" | tail -15 ;;
-    gate) timeout 400 python3 -m fp8attn.bench --gate benchmarks/results/h100.json 2>&1 | tail -20 ;;
+    gate) slug=$(python3 -c "import torch; from fp8attn.bench.results import gpu_slug; print(gpu_slug(torch.cuda.get_device_name()))")
+          timeout 400 python3 -m fp8attn.bench --gate "benchmarks/results/$slug.json" ${GATE_ARGS:-} 2>&1 | tail -20 ;;
     smoke) timeout 300 python3 -m pytest -q -p no:cacheprovider -x tests/test_launch_plan.py tests/test_attention.py \
              -k "cuda or replays" 2>&1 | tail -5 ;;
     pdl) for run in 1 2; do  # programmatic dependent launch off/on, alternating, same shapes (perf-notes §19)
@@ -52,6 +53,14 @@ for step in "$@"; do
                --out "$OUT" --name "pdl${setting}_run$run" 2>&1 | tail -3
            done
          done ;;
+    ab-sweep) for run in 1 2; do  # fp8attn at D 64 and 128 plus the mission shape: BEFORE_SRC against this tree, alternating
+             for side in before after; do
+               src=$PWD/src; [ $side = before ] && src=$PWD/${BEFORE_SRC:-out/before/src}
+               PYTHONPATH="$src:${PYTHONPATH#$PWD/src:}" timeout 200 python3 -m fp8attn.bench --providers fp8attn \
+                 --suite sweep,mission --d 64,128 --rep-ms 40 --calls 20 --repeats 5 --out "$OUT" --name "ab_${side}_run$run" \
+                 2>&1 | tail -2
+             done
+           done ;;
     profile-before) PYTHONPATH="$PWD/${BEFORE_SRC:-out/before/src}:${PYTHONPATH#$PWD/src:}" python3 benchmarks/host_profile.py 2>&1 \
                       | tee "$OUT/host_profile_before.txt" | head -12 ;;
     recipes) timeout 300 python3 benchmarks/recipe_speed.py --out "$OUT" 2>&1 | tail -12 ;;
