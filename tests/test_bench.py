@@ -29,7 +29,24 @@ def test_gate_flags_fp8attn_figures_more_than_10_percent_below_the_committed_one
     assert gate_failures(committed, fresh[1:]) [0].startswith("missing: fp8attn do_bench")
 
 
+def test_gate_says_when_a_slower_host_bound_figure_kept_its_device_time():
+    """At the mission shape do_bench and eager include the host's time per call; a failure there whose
+    CUDA-graph figure held is still a failure, labelled as host-side."""
+    mission = dict(B=1, Hq=8, Hkv=8, Sq=512, Sk=512, D=64, dtype="fp16", suite="mission")
+    committed = [_record("fp8attn", 40.0, method="cuda_graph", **mission), _record("fp8attn", 30.0, **mission),
+                 _record("fp8attn", 500.0)]
+    fresh = [_record("fp8attn", 39.0, method="cuda_graph", **mission), _record("fp8attn", 10.0, **mission),
+             _record("fp8attn", 400.0)]
+    failures = gate_failures(committed, fresh)
+    assert len(failures) == 2
+    assert failures[0].startswith("slower: fp8attn do_bench B1 H8 S512 D64") and failures[0].endswith("host side")
+    assert failures[1].startswith("slower: fp8attn do_bench B2 H16 S8k D128") and "host" not in failures[1]
+    fresh[0] = _record("fp8attn", 30.0, method="cuda_graph", **mission)  # device time slower too: no such label
+    assert all("host" not in line for line in gate_failures(committed, fresh))
+
+
 def test_gate_passes_the_committed_results_against_themselves():
-    _, records = load_json(ROOT / "benchmarks" / "results" / "h100.json")
-    assert any(r.provider == "fp8attn" for r in records)
-    assert gate_failures(records, [dataclasses.replace(r) for r in records]) == []
+    for gpu in ("h100", "h200"):
+        _, records = load_json(ROOT / "benchmarks" / "results" / f"{gpu}.json")
+        assert any(r.provider == "fp8attn" for r in records)
+        assert gate_failures(records, [dataclasses.replace(r) for r in records]) == []

@@ -26,17 +26,28 @@ def gate_failures(committed: Sequence[Record], fresh: Sequence[Record],
                   tolerance: float = GATE_TOLERANCE) -> list[str]:
     """One line per committed fp8attn figure that ``fresh`` misses or undercuts by more than ``tolerance``."""
     fresh_by_key = {_record_key(r): r for r in fresh}
+    committed_by_key = {_record_key(r): r for r in committed}
+
+    def regressed(key: tuple) -> bool | None:
+        """Whether the figure under ``key`` is more than ``tolerance`` slower (None: not in both)."""
+        old, new = committed_by_key.get(key), fresh_by_key.get(key)
+        return None if old is None or new is None else new.tflops < (1 - tolerance) * old.tflops
+
     failures = []
     for old in committed:
         if old.provider not in GATE_PROVIDERS:
             continue
         label = f"{old.provider} {old.method} {old.label()}"
-        new = fresh_by_key.get(_record_key(old))
+        key = _record_key(old)
+        new = fresh_by_key.get(key)
         if new is None:
             failures.append(f"missing: {label} (committed {old.tflops:.1f} TFLOP/s)")
-        elif new.tflops < (1 - tolerance) * old.tflops:
-            failures.append(f"slower: {label}: {new.tflops:.1f} TFLOP/s vs committed {old.tflops:.1f} "
-                            f"({new.tflops / old.tflops:.2f}×)")
+        elif regressed(key):
+            line = (f"slower: {label}: {new.tflops:.1f} TFLOP/s vs committed {old.tflops:.1f} "
+                    f"({new.tflops / old.tflops:.2f}×)")
+            if old.method != "cuda_graph" and regressed((old.provider, "cuda_graph", old.shape)) is False:
+                line += " — its device time (cuda_graph) held: the time went on the host side"
+            failures.append(line)
     return failures
 
 
