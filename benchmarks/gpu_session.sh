@@ -79,6 +79,17 @@ for step in "$@"; do
                    --metrics sm__pipe_tensor_op_gmma_cycles_active.avg.pct_of_peak_sustained_active \
                    python3 benchmarks/wgmma_study.py --recipes e4m3 --profile-target $target 2>&1
                done | tee "$OUT/wgmma_ncu.txt" | grep -E "fwd|Tensor|gmma|Occupancy|Issued|Eligible|Stall|Throughput|Registers|Cycles" | head -90 ;;
+    quantize-ncu) for spec in int8-hadamard-vsmooth:128 int8:128 e4m3:128 int8-hadamard-vsmooth:256; do  # the quantize pass under ncu
+                    recipe=${spec%:*} d=${spec#*:} shape="2,$((2048 / ${spec#*:})),$((2048 / ${spec#*:})),8192,${spec#*:},0"
+                    rep="$OUT/quantize_ncu/${recipe}_d$d"; mkdir -p "$OUT/quantize_ncu"
+                    timeout 240 ncu --clock-control none -k "regex:_quantize_qkv_kernel|_kv_stats_kernel" --set full \
+                      --import-source no -f -o "$rep" python3 -m fp8attn.kernel_profile "$shape" "$recipe" >/dev/null 2>&1
+                    ncu --import "$rep.ncu-rep" --page details > "$rep.details.txt" 2>&1
+                    ncu --import "$rep.ncu-rep" --page source --print-source sass --csv -k regex:_quantize_qkv_kernel \
+                      > "$rep.source.csv" 2>&1
+                    grep -E "^  _|Duration|Memory Throughput|DRAM Throughput|Registers Per|Achieved Occupancy|Issued Ipc|Eligible Warps|No Eligible" \
+                      "$rep.details.txt" | head -40
+                  done ;;
     study) timeout 300 python3 benchmarks/promotion_study.py --out "$OUT" 2>&1 | tail -20 ;;
     bench-quick) timeout 300 python3 -m fp8attn.bench --quick --out "$OUT" 2>&1 | tail -60 ;;
     bench) timeout ${BENCH_TIMEOUT:-560} python3 -m fp8attn.bench --out "$OUT" ${BENCH_ARGS:-} 2>&1 | tail -80 ;;

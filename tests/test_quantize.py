@@ -151,18 +151,26 @@ def test_tiles_per_program_must_be_positive(gen):
 
 
 @triton.jit
-def _to_int8_kernel(x_ptr, out_ptr, N: tl.constexpr):
+def _to_int8_kernel(x_ptr, inv_ptr, out_ptr, N: tl.constexpr, INTERPRETED: tl.constexpr):
     offs = tl.arange(0, N)
-    tl.store(out_ptr + offs, quantize_module._to_8bit(tl.load(x_ptr + offs), True))
+    x8 = quantize_module._to_8bit(tl.load(x_ptr + offs), tl.load(inv_ptr + offs), True, INTERPRETED)
+    tl.store(out_ptr + offs, x8)
 
 
 def test_int8_rounding_is_the_emulations(device):
-    """Ties round away from zero, the largest float below a tie rounds like fp32 ``x + 0.5`` does, and
-    magnitudes past 127 saturate: the kernel's conversion against :func:`fp8attn.fp8.to_int8`."""
-    below_half = float(np.nextafter(np.float32(0.5), np.float32(0)))
-    edges = [0.0, -0.0, 0.5, -0.5, below_half, -below_half, 1.5, -1.5, 2.5, -2.5, 126.5, -126.5, 127.4, -127.4,
-             127.5, -127.5, 1e6, -1e6, 3.25, -3.75]
-    x = torch.tensor(edges + [0.0] * (32 - len(edges)), dtype=torch.float32, device=device)
+    """Ties go to even, the product is rounded once (a product just above a tie whose fp32 rounding
+    would land on the tie goes up), and the extremes an amax-derived scale allows reach ±127: the
+    kernel's conversion against :func:`fp8attn.fp8.to_int8`."""
+    f32 = np.float32
+    above_tie = float(np.nextafter(f32(2.5), f32(3)))  # times 1 - 2**-24: 2.5 + 1.5 * 2**-24 exactly
+    below_one = float(np.nextafter(f32(1), f32(0)))
+    pairs = [(0.0, 1.0), (-0.0, 1.0), (0.5, 1.0), (-0.5, 1.0), (1.5, 1.0), (-1.5, 1.0), (2.5, 1.0), (-2.5, 1.0),
+             (126.5, 1.0), (-126.5, 1.0), (127.4, 1.0), (-127.4, 1.0), (above_tie, below_one),
+             (-above_tie, below_one), (3.0, 0.25), (-3.0, 0.25), (5.0, 0.1), (1.0, 127.0), (-1.0, 127.0)]
+    x, inv = (torch.tensor([p[i] for p in pairs] + [0.0] * (32 - len(pairs)), dtype=torch.float32, device=device)
+              for i in (0, 1))
     out = torch.empty(32, dtype=torch.int8, device=device)
-    _to_int8_kernel[(1,)](x, out, N=32)
-    assert out.cpu().tolist() == to_int8(x.cpu()).tolist()
+    _to_int8_kernel[(1,)](x, inv, out, N=32, INTERPRETED=device == "cpu")
+    want = to_int8(x.cpu(), inv.cpu())
+    assert want[12].item() == 3 and (x[12] * inv[12]).item() == 2.5, "the edge case no longer tests one rounding"
+    assert out.cpu().tolist() == want.tolist()

@@ -17,10 +17,12 @@ def to_e4m3(x: torch.Tensor) -> torch.Tensor:
     return x.clamp(-E4M3_MAX, E4M3_MAX).to(E4M3)
 
 
-def to_int8(x: torch.Tensor) -> torch.Tensor:
-    """Round an already-scaled fp32 tensor to int8: half away from zero, clamped to ±127."""
-    rounded = torch.where(x >= 0, torch.floor(x + 0.5), torch.ceil(x - 0.5))
-    return rounded.clamp(-127, 127).to(torch.int8)
+def to_int8(x: torch.Tensor, inv_scale: torch.Tensor | float = 1.0) -> torch.Tensor:
+    """``x * inv_scale`` (both fp32) rounded to int8 the way the quantize kernel's one FMA does: the
+    product taken exactly (in float64, where a product of two fp32 values is exact), then to nearest,
+    ties to even; clamped to ±127 (a scale derived from the amax keeps products within it anyway)."""
+    product = x.double() * torch.as_tensor(inv_scale, dtype=torch.float64, device=x.device)
+    return torch.round(product).clamp(-127, 127).to(torch.int8)
 
 
 def scale_from_amax(amax: torch.Tensor, qmax: float = E4M3_MAX) -> torch.Tensor:

@@ -49,6 +49,10 @@ _STATS_WARPS = 4  # faster than 8 at every head dim (perf-notes §17)
 _TARGET_PROGRAMS = 384  # quantize programs to aim for: about three per SM of an H100
 _MAX_TILES_PER_PROGRAM = 8
 NUM_STATS: tl.constexpr = tl.constexpr(_NUM_STATS)
+# x + 1.5 * 2**(mantissa bits) lands in [2**m, 2**(m+1)), where the float's unit is 1: round-to-nearest
+# of the sum is that of x, held in the low mantissa bits (for |x| < 2**(m-1)).
+_ROUND_MAGIC_F32: tl.constexpr = tl.constexpr(1.5 * 2**23)
+_ROUND_MAGIC_F64: tl.constexpr = tl.constexpr(1.5 * 2**52)
 E4M3_MAX_F32: tl.constexpr = tl.constexpr(E4M3_MAX)
 
 
@@ -109,6 +113,27 @@ def hadamard_scale(head_dim_pad: int) -> float:
 
 
 @triton.jit
+def _add_token_tile(
+    k_sum, v_sum, v_max, v_min, k_base, v_base, stride_kt, stride_vt, offs_t, mask,
+    K_SUM: tl.constexpr, V_STATS: tl.constexpr, ROWS_MASKED: tl.constexpr,
+):
+    """The running statistics with one ``[TILE, Dp]`` tile of tokens ``offs_t`` added (``mask``: the
+    elements to read; ROWS_MASKED: some tokens are past the end, kept out of V's max and min)."""
+    if K_SUM:
+        k_sum += tl.load(k_base + offs_t[:, None] * stride_kt, mask=mask, other=0.0).to(tl.float32)
+    if V_STATS:
+        v = tl.load(v_base + offs_t[:, None] * stride_vt, mask=mask, other=0.0).to(tl.float32)
+        v_sum += v
+        if ROWS_MASKED:
+            v_max = tl.maximum(v_max, tl.where(mask, v, float("-inf")))
+            v_min = tl.minimum(v_min, tl.where(mask, v, float("inf")))
+        else:  # padded channels read 0 here; the caller zeroes their max and min anyway
+            v_max = tl.maximum(v_max, v)
+            v_min = tl.minimum(v_min, v)
+    return k_sum, v_sum, v_max, v_min
+
+
+@triton.jit
 def _kv_token_stats(
     k_base, v_base, stride_kt, stride_vt, start, end, d_ok,
     TILE: tl.constexpr, HEAD_DIM_PAD: tl.constexpr, K_SUM: tl.constexpr, V_STATS: tl.constexpr,
@@ -120,21 +145,22 @@ def _kv_token_stats(
     The loop combines whole tiles element-wise and reduces across tokens once at the end: a
     reduction along the token axis crosses warps (shared memory and a barrier), too slow per tile.
     Its loads are pipelined (``NUM_STAGES``): a loop without a dot is pipelined only when asked.
+    Whole tiles need no token mask; a last partial tile is added after the loop.
     """
     k_sum = tl.zeros([TILE, HEAD_DIM_PAD], dtype=tl.float32)
     v_sum = tl.zeros([TILE, HEAD_DIM_PAD], dtype=tl.float32)
     v_max = tl.full([TILE, HEAD_DIM_PAD], float("-inf"), dtype=tl.float32)
     v_min = tl.full([TILE, HEAD_DIM_PAD], float("inf"), dtype=tl.float32)
-    for tile_start in tl.range(start, end, TILE, num_stages=NUM_STAGES):
-        offs_t = tile_start + tl.arange(0, TILE)
-        ok = (offs_t < end)[:, None] & d_ok[None, :]
-        if K_SUM:
-            k_sum += tl.load(k_base + offs_t[:, None] * stride_kt, mask=ok, other=0.0).to(tl.float32)
-        if V_STATS:
-            v = tl.load(v_base + offs_t[:, None] * stride_vt, mask=ok, other=0.0).to(tl.float32)
-            v_sum += v
-            v_max = tl.maximum(v_max, tl.where(ok, v, float("-inf")))
-            v_min = tl.minimum(v_min, tl.where(ok, v, float("inf")))
+    whole_end = start + (end - start) // TILE * TILE
+    for tile_start in tl.range(start, whole_end, TILE, num_stages=NUM_STAGES):
+        k_sum, v_sum, v_max, v_min = _add_token_tile(
+            k_sum, v_sum, v_max, v_min, k_base, v_base, stride_kt, stride_vt, tile_start + tl.arange(0, TILE),
+            d_ok[None, :], K_SUM, V_STATS, False)
+    if whole_end < end:
+        offs_t = whole_end + tl.arange(0, TILE)
+        k_sum, v_sum, v_max, v_min = _add_token_tile(
+            k_sum, v_sum, v_max, v_min, k_base, v_base, stride_kt, stride_vt, offs_t,
+            (offs_t < end)[:, None] & d_ok[None, :], K_SUM, V_STATS, True)
     v_max = tl.where(d_ok, tl.max(v_max, axis=0), 0.0)
     v_min = tl.where(d_ok, tl.min(v_min, axis=0), 0.0)
     return tl.sum(k_sum, axis=0), tl.sum(v_sum, axis=0), v_max, v_min
@@ -176,15 +202,26 @@ def _scale_from_amax(amax, QMAX: tl.constexpr):
 
 
 @triton.jit
-def _to_8bit(x, INT8: tl.constexpr):
-    """Round an already-scaled fp32 tile: E4M3 (nearest even, saturating) or int8 (half away from zero)."""
+def _to_8bit(x, inv_scale, INT8: tl.constexpr, INTERPRETED: tl.constexpr):
+    """``x * inv_scale`` (fp32) in 8 bits, as :func:`fp8attn.fp8.to_e4m3` and :func:`fp8attn.fp8.to_int8`
+    define it: E4M3 of the rounded fp32 product (nearest even, saturating), or int8 of the exact product
+    (nearest, ties to even). Int8 needs ``|x * inv_scale| < 127.5``, which an amax-derived scale gives
+    (at most 127 (1 + 2**-23)).
+
+    The int8 rounding is one FMA: adding 1.5 * 2**23 puts the product's nearest integer in the low
+    mantissa bits (two's complement in the low byte). The float-to-int conversion it replaces runs at a
+    sixteenth of the FMA rate and took a clamp and a sign select around it (perf-notes §24). The
+    interpreter's FMA rounds the product first, so there it is taken in fp64, where it is exact.
+    """
     if INT8:
-        # floor(x + 0.5) for x >= 0 and ceil(x - 0.5) below (fp8attn.fp8.to_int8) are the truncation
-        # of x ± 0.5 toward zero, which the float-to-int conversion does itself: no rounding instructions.
-        r = x + tl.where(x >= 0, 0.5, -0.5)
-        return tl.minimum(tl.maximum(r, -127.0), 127.0).to(tl.int8)
+        if INTERPRETED:
+            y = tl.fma(x.to(tl.float64), inv_scale.to(tl.float64), _ROUND_MAGIC_F64)
+            return y.to(tl.int64, bitcast=True).to(tl.int8)
+        else:
+            y = tl.fma(x, inv_scale, _ROUND_MAGIC_F32)
+            return y.to(tl.int32, bitcast=True).to(tl.int8)
     else:
-        return x.to(tl.float8e4nv)
+        return (x * inv_scale).to(tl.float8e4nv)
 
 
 @triton.jit
@@ -199,14 +236,14 @@ def _hadamard_tile(h_ptr, HEAD_DIM_PAD: tl.constexpr, HADAMARD: tl.constexpr):
 
 
 @triton.jit
-def _rotate(x, hadamard, rot_scale, HADAMARD: tl.constexpr, DOT_IN_FP32: tl.constexpr):
+def _rotate(x, hadamard, rot_scale, HADAMARD: tl.constexpr, INTERPRETED: tl.constexpr):
     """A ``[T, Dp]`` fp16/bf16 tile as fp32, times the normalised Hadamard matrix when HADAMARD.
 
     The ±1 matrix makes every product exact; the accumulation is fp32 either way (on tensor cores in
     the input dtype, or, under the interpreter, which cannot multiply bf16, in fp32).
     """
     if HADAMARD:
-        if DOT_IN_FP32:
+        if INTERPRETED:
             x = tl.dot(x.to(tl.float32), hadamard.to(tl.float32), input_precision="ieee")
         else:
             x = tl.dot(x, hadamard)
@@ -216,12 +253,12 @@ def _rotate(x, hadamard, rot_scale, HADAMARD: tl.constexpr, DOT_IN_FP32: tl.cons
 
 
 @triton.jit
-def _rotate_halves(lo, hi, hadamard_half, rot_scale, DOT_IN_FP32: tl.constexpr):
+def _rotate_halves(lo, hi, hadamard_half, rot_scale, INTERPRETED: tl.constexpr):
     """``[lo | hi]`` (two ``[T, n]`` tiles) times the normalised Hadamard matrix of width 2n, from the
     n × n one: H_2n = [[H_n, H_n], [H_n, -H_n]], so the product is ``[a + b, a - b]`` with a = lo·H_n and
     b = hi·H_n. Half the multiply-adds of the full product and a quarter of its matrix."""
-    a = _rotate(lo, hadamard_half, rot_scale, True, DOT_IN_FP32)
-    b = _rotate(hi, hadamard_half, rot_scale, True, DOT_IN_FP32)
+    a = _rotate(lo, hadamard_half, rot_scale, True, INTERPRETED)
+    b = _rotate(hi, hadamard_half, rot_scale, True, INTERPRETED)
     return a + b, a - b
 
 
@@ -247,13 +284,14 @@ def _q_row_scales(row_amax, ROWS: tl.constexpr, Q_BLOCK: tl.constexpr, QK_MAX: t
 
 
 @triton.jit
-def _quantize_q_rows(x, ROWS: tl.constexpr, Q_BLOCK: tl.constexpr, QK_MAX: tl.constexpr, QK_INT8: tl.constexpr):
+def _quantize_q_rows(x, ROWS: tl.constexpr, Q_BLOCK: tl.constexpr, QK_MAX: tl.constexpr, QK_INT8: tl.constexpr,
+                     INTERPRETED: tl.constexpr):
     """A ``[ROWS, Dp]`` fp32 tile of (rotated) Q in 8 bits, one scale per ``Q_BLOCK`` rows.
 
     Returns the 8-bit tile and the ``ROWS // Q_BLOCK`` scales.
     """
     block_scale, row_inv = _q_row_scales(tl.max(tl.abs(x), axis=1), ROWS, Q_BLOCK, QK_MAX)
-    return _to_8bit(x * row_inv[:, None], QK_INT8), block_scale
+    return _to_8bit(x, row_inv[:, None], QK_INT8, INTERPRETED), block_scale
 
 
 @triton.jit
@@ -286,14 +324,15 @@ def _smooth_rows(k, k_mean, row_ok):
 
 
 @triton.jit
-def _quantize_k_block(k, k_mean, row_ok, QK_MAX: tl.constexpr, QK_INT8: tl.constexpr, SMOOTH_K: tl.constexpr):
+def _quantize_k_block(k, k_mean, row_ok, QK_MAX: tl.constexpr, QK_INT8: tl.constexpr, SMOOTH_K: tl.constexpr,
+                      INTERPRETED: tl.constexpr):
     """One block of (rotated) fp32 keys ``[K_BLOCK, Dp]`` in 8 bits with one scale; rows not ``row_ok``
     (past Sk) come out zero when smoothing (and are zero already otherwise). Returns the 8-bit block and
     its scale."""
     if SMOOTH_K:
         k = _smooth_rows(k, k_mean, row_ok)
     k_scale = _scale_from_amax(tl.max(tl.abs(k)), QK_MAX)
-    return _to_8bit(k * tl.math.div_rn(1.0, k_scale), QK_INT8), k_scale
+    return _to_8bit(k, tl.math.div_rn(1.0, k_scale), QK_INT8, INTERPRETED), k_scale
 
 
 @triton.jit
@@ -357,7 +396,7 @@ def _quantize_q_tiles(
     pid, q_ptr, h_ptr, q8_ptr, q_scale_ptr, seqlen_q, num_q_heads, tiles_per_program, rot_scale, head_dim,
     stride_qb, stride_qh, stride_qt, stride_qd,
     Q_TILE: tl.constexpr, Q_BLOCK: tl.constexpr, HEAD_DIM_PAD: tl.constexpr, QK_INT8: tl.constexpr,
-    QK_MAX: tl.constexpr, HADAMARD: tl.constexpr, SPLIT_ROTATION: tl.constexpr, DOT_IN_FP32: tl.constexpr,
+    QK_MAX: tl.constexpr, HADAMARD: tl.constexpr, SPLIT_ROTATION: tl.constexpr, INTERPRETED: tl.constexpr,
     TILE_STAGES: tl.constexpr,
 ):
     """Tiles of Q_TILE query tokens of one head: rotated (HADAMARD; in column halves when
@@ -380,14 +419,14 @@ def _quantize_q_tiles(
         if SPLIT_ROTATION:
             hi = tl.load(q_head + HALF * stride_qd + offs_t[:, None] * stride_qt,
                          mask=t_ok[:, None] & (offs_c + HALF < head_dim)[None, :], other=0.0)
-            y_lo, y_hi = _rotate_halves(x, hi, hadamard, rot_scale, DOT_IN_FP32)
-            row_amax = tl.maximum(tl.max(tl.abs(y_lo), axis=1), tl.max(tl.abs(y_hi), axis=1))
+            y_lo, y_hi = _rotate_halves(x, hi, hadamard, rot_scale, INTERPRETED)
+            row_amax = tl.max(tl.maximum(tl.abs(y_lo), tl.abs(y_hi)), axis=1)
             block_scale, row_inv = _q_row_scales(row_amax, Q_TILE, Q_BLOCK, QK_MAX)
-            tl.store(out, _to_8bit(y_lo * row_inv[:, None], QK_INT8), mask=t_ok[:, None])
-            tl.store(out + HALF, _to_8bit(y_hi * row_inv[:, None], QK_INT8), mask=t_ok[:, None])
+            tl.store(out, _to_8bit(y_lo, row_inv[:, None], QK_INT8, INTERPRETED), mask=t_ok[:, None])
+            tl.store(out + HALF, _to_8bit(y_hi, row_inv[:, None], QK_INT8, INTERPRETED), mask=t_ok[:, None])
         else:
-            x8, block_scale = _quantize_q_rows(_rotate(x, hadamard, rot_scale, HADAMARD, DOT_IN_FP32),
-                                               Q_TILE, Q_BLOCK, QK_MAX, QK_INT8)
+            x8, block_scale = _quantize_q_rows(_rotate(x, hadamard, rot_scale, HADAMARD, INTERPRETED),
+                                               Q_TILE, Q_BLOCK, QK_MAX, QK_INT8, INTERPRETED)
             tl.store(out, x8, mask=t_ok[:, None])
         offs_blk = tile * (Q_TILE // Q_BLOCK) + tl.arange(0, Q_TILE // Q_BLOCK)
         tl.store(q_scale_ptr + bh * num_blocks + offs_blk, block_scale, mask=offs_blk < num_blocks)
@@ -399,7 +438,7 @@ def _quantize_k_blocks(
     seqlen_k, seqlen_k_pad, num_kv_heads, num_chunks, tiles_per_program, rot_scale, head_dim,
     stride_kb, stride_kh, stride_kt, stride_kd, stride_vb, stride_vh, stride_vt, stride_vd,
     K_BLOCK: tl.constexpr, HEAD_DIM_PAD: tl.constexpr, QK_INT8: tl.constexpr, QK_MAX: tl.constexpr,
-    SMOOTH_K: tl.constexpr, HADAMARD: tl.constexpr, SPLIT_ROTATION: tl.constexpr, DOT_IN_FP32: tl.constexpr,
+    SMOOTH_K: tl.constexpr, HADAMARD: tl.constexpr, SPLIT_ROTATION: tl.constexpr, INTERPRETED: tl.constexpr,
     INLINE_STATS: tl.constexpr, STATS_TILE: tl.constexpr, STATS_STAGES: tl.constexpr, TILE_STAGES: tl.constexpr,
     GRID_DEPENDENCY: tl.constexpr,
 ):
@@ -436,21 +475,21 @@ def _quantize_k_blocks(
         if SPLIT_ROTATION:
             hi = tl.load(k_head + HALF * stride_kd + offs_t[:, None] * stride_kt,
                          mask=row_ok[:, None] & (offs_c + HALF < head_dim)[None, :], other=0.0)
-            y_lo, y_hi = _rotate_halves(k, hi, hadamard, rot_scale, DOT_IN_FP32)
+            y_lo, y_hi = _rotate_halves(k, hi, hadamard, rot_scale, INTERPRETED)
             if SMOOTH_K:
                 y_lo = _smooth_rows(y_lo, tl.load(mean_ptr), row_ok)
                 y_hi = _smooth_rows(y_hi, tl.load(mean_ptr + HALF), row_ok)
-            k_scale = _scale_from_amax(tl.maximum(tl.max(tl.abs(y_lo)), tl.max(tl.abs(y_hi))), QK_MAX)
+            k_scale = _scale_from_amax(tl.max(tl.maximum(tl.abs(y_lo), tl.abs(y_hi))), QK_MAX)  # one block reduction
             k_inv = tl.math.div_rn(1.0, k_scale)
-            tl.store(out, _to_8bit(y_lo * k_inv, QK_INT8))
-            tl.store(out + HALF, _to_8bit(y_hi * k_inv, QK_INT8))
+            tl.store(out, _to_8bit(y_lo, k_inv, QK_INT8, INTERPRETED))
+            tl.store(out + HALF, _to_8bit(y_hi, k_inv, QK_INT8, INTERPRETED))
         else:
             if SMOOTH_K:
                 mean = tl.load(mean_ptr)
             else:
                 mean = tl.zeros([HEAD_DIM_PAD], dtype=tl.float32)
-            k8, k_scale = _quantize_k_block(_rotate(k, hadamard, rot_scale, HADAMARD, DOT_IN_FP32), mean, row_ok,
-                                            QK_MAX, QK_INT8, SMOOTH_K)
+            k8, k_scale = _quantize_k_block(_rotate(k, hadamard, rot_scale, HADAMARD, INTERPRETED), mean, row_ok,
+                                            QK_MAX, QK_INT8, SMOOTH_K, INTERPRETED)
             tl.store(out, k8)
         tl.store(k_scale_ptr + bh * num_blocks + block, k_scale)
 
@@ -503,7 +542,7 @@ def _quantize_qkv_kernel(
     Q_TILE: tl.constexpr, Q_BLOCK: tl.constexpr, K_BLOCK: tl.constexpr, HEAD_DIM_PAD: tl.constexpr,
     QK_INT8: tl.constexpr, QK_MAX: tl.constexpr, V_FP16: tl.constexpr,
     SMOOTH_K: tl.constexpr, SMOOTH_V: tl.constexpr, HADAMARD: tl.constexpr, SPLIT_ROTATION: tl.constexpr,
-    DOT_IN_FP32: tl.constexpr, INLINE_STATS: tl.constexpr, STATS_TILE: tl.constexpr, STATS_STAGES: tl.constexpr,
+    INTERPRETED: tl.constexpr, INLINE_STATS: tl.constexpr, STATS_TILE: tl.constexpr, STATS_STAGES: tl.constexpr,
     TILE_STAGES: tl.constexpr, GRID_DEPENDENCY: tl.constexpr,
 ):
     """Programs [0, num_q_programs) quantize Q, the next num_k_programs K, the rest V; each takes
@@ -523,14 +562,14 @@ def _quantize_qkv_kernel(
         _quantize_q_tiles(
             pid, q_ptr, h_ptr, q8_ptr, q_scale_ptr, seqlen_q, num_q_heads, tiles_per_program, rot_scale, head_dim,
             stride_qb, stride_qh, stride_qt, stride_qd,
-            Q_TILE, Q_BLOCK, HEAD_DIM_PAD, QK_INT8, QK_MAX, HADAMARD, SPLIT_ROTATION, DOT_IN_FP32, TILE_STAGES,
+            Q_TILE, Q_BLOCK, HEAD_DIM_PAD, QK_INT8, QK_MAX, HADAMARD, SPLIT_ROTATION, INTERPRETED, TILE_STAGES,
         )
     elif pid < num_q_programs + num_k_programs:
         _quantize_k_blocks(
             pid - num_q_programs, k_ptr, v_ptr, h_ptr, stats_ptr, k8_ptr, k_scale_ptr, k_mean_ptr,
             seqlen_k, seqlen_k_pad, num_kv_heads, num_chunks, tiles_per_program, rot_scale, head_dim,
             stride_kb, stride_kh, stride_kt, stride_kd, stride_vb, stride_vh, stride_vt, stride_vd,
-            K_BLOCK, HEAD_DIM_PAD, QK_INT8, QK_MAX, SMOOTH_K, HADAMARD, SPLIT_ROTATION, DOT_IN_FP32,
+            K_BLOCK, HEAD_DIM_PAD, QK_INT8, QK_MAX, SMOOTH_K, HADAMARD, SPLIT_ROTATION, INTERPRETED,
             INLINE_STATS, STATS_TILE, STATS_STAGES, TILE_STAGES, GRID_DEPENDENCY,
         )
     else:
@@ -670,7 +709,7 @@ def quantize_launches(
         dict(Q_TILE=q_tile, Q_BLOCK=recipe.q_block, K_BLOCK=recipe.k_block, HEAD_DIM_PAD=dp,
              QK_INT8=recipe.qk_format == "int8", QK_MAX=recipe.qk_max, V_FP16=recipe.pv_format == "fp16",
              SMOOTH_K=recipe.smooth_k, SMOOTH_V=recipe.smooth_v,
-             HADAMARD=recipe.hadamard, SPLIT_ROTATION=split, DOT_IN_FP32=bool(knobs.runtime.interpret),
+             HADAMARD=recipe.hadamard, SPLIT_ROTATION=split, INTERPRETED=bool(knobs.runtime.interpret),
              INLINE_STATS=stats is None, STATS_TILE=_STATS_TILE_ELEMENTS // dp,
              STATS_STAGES=_STATS_STAGES, TILE_STAGES=_tile_stages(dp, recipe), GRID_DEPENDENCY=pdl),
         dict(num_warps=8, launch_pdl=pdl and stats is not None,

@@ -64,7 +64,6 @@ def quantize_emulated(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, recipe:
     dp = padded_head_dim(head_dim)
     skp = triton.cdiv(seqlen_k, recipe.k_block) * recipe.k_block
     sqp = triton.cdiv(seqlen_q, recipe.q_block) * recipe.q_block
-    to_qk = to_int8 if recipe.qk_format == "int8" else to_e4m3
     hadamard = hadamard_matrix(dp, torch.float64, q.device)
     rot_scale = hadamard_scale(dp)
 
@@ -79,7 +78,8 @@ def quantize_emulated(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, recipe:
     def blockwise(x: torch.Tensor, block: int) -> tuple[torch.Tensor, torch.Tensor]:
         blocks = x.unflatten(2, (x.shape[2] // block, block))
         scale = scale_from_amax(blocks.abs().amax(dim=(-1, -2)), recipe.qk_max)
-        x8 = to_qk(blocks * (1.0 / scale)[..., None, None]).flatten(2, 3)
+        inv = (1.0 / scale)[..., None, None]
+        x8 = (to_int8(blocks, inv) if recipe.qk_format == "int8" else to_e4m3(blocks * inv)).flatten(2, 3)
         return x8, scale
 
     q8, q_scale = blockwise(rotate(pad(q, sqp)), recipe.q_block)
