@@ -685,7 +685,7 @@ def quantize_launches(
             dict(num_warps=_STATS_WARPS),
         ))
     unused = out.v_scale  # stands in for pointers a recipe does not read
-    q_tile = _q_tile(dp, recipe)
+    q_tile = MAX_Q_BLOCK  # query tokens a Q tile holds: the largest q_block
     q_tiles = batch * num_q_heads * triton.cdiv(seqlen_q, q_tile)
     kv_blocks = batch * num_kv_heads * (skp // recipe.k_block)
     if tiles_per_program is None:
@@ -711,9 +711,8 @@ def quantize_launches(
              SMOOTH_K=recipe.smooth_k, SMOOTH_V=recipe.smooth_v,
              HADAMARD=recipe.hadamard, SPLIT_ROTATION=split, INTERPRETED=bool(knobs.runtime.interpret),
              INLINE_STATS=stats is None, STATS_TILE=_STATS_TILE_ELEMENTS // dp,
-             STATS_STAGES=_STATS_STAGES, TILE_STAGES=_tile_stages(dp, recipe), GRID_DEPENDENCY=pdl),
-        dict(num_warps=8, launch_pdl=pdl and stats is not None,
-             **_quantize_register_cap(dp, recipe, inline_stats=stats is None)),
+             STATS_STAGES=_STATS_STAGES, TILE_STAGES=_tile_stages(recipe), GRID_DEPENDENCY=pdl),
+        dict(num_warps=_quantize_warps(dp), launch_pdl=pdl and stats is not None),
         constants=(hadamard,) if recipe.hadamard else (),
     ))
     return tuple(launches)
@@ -728,13 +727,6 @@ def tiles_per_program_for(num_tiles: int) -> int:
     return max(1, min(_MAX_TILES_PER_PROGRAM, num_tiles // _TARGET_PROGRAMS))
 
 
-def _q_tile(head_dim_pad: int, recipe: Recipe) -> int:
-    """Query tokens a Q tile holds: 128 (the largest ``q_block``), 64 at padded D=256 where the recipe's
-    blocks allow it (a 128 x 256 fp32 rotation result is all 128 registers a thread of 8 warps has to
-    spare; the Q and K loops together spilled)."""
-    return max(recipe.q_block, 64) if head_dim_pad == 256 else MAX_Q_BLOCK
-
-
 def _split_rotation(head_dim_pad: int, recipe: Recipe) -> bool:
     """Whether the Hadamard rotation is applied as two half-width products (``_rotate_halves``): half
     the multiply-adds and a quarter of the matrix. Needed at padded D=256, where the full 256 x 256
@@ -744,23 +736,19 @@ def _split_rotation(head_dim_pad: int, recipe: Recipe) -> bool:
     return recipe.hadamard and head_dim_pad >= 64
 
 
-def _tile_stages(head_dim_pad: int, recipe: Recipe) -> int:
+def _tile_stages(recipe: Recipe) -> int:
     """Pipeline depth of the Q and K tile loops: 2 where the tile feeds the Hadamard rotation's dot
     straight from shared memory (no register staging: the capped D=128 kernel spilled without it);
     1 without the rotation (a tile used element-wise would make a round trip through shared memory,
-    measured slower) and at padded D=256 (two stages of its half tiles spilled at 255 registers)."""
-    return 2 if recipe.hadamard and head_dim_pad <= 128 else 1
+    measured slower)."""
+    return 2 if recipe.hadamard else 1
 
 
-def _quantize_register_cap(head_dim_pad: int, recipe: Recipe, inline_stats: bool) -> dict[str, int]:
-    """The quantize launch's register cap: 128 for the INT8 Hadamard recipes at padded D=128, whose
-    kernel would take 165 registers a thread (one 8-warp program per SM) and fits 128 without spills
-    (two programs per SM; perf-notes §12, §17). Not for ``e4m3-hadamard`` (its 128-token Q scale blocks
-    need 135: capped, it spills), the other recipes (at most 119 there), with the statistics inline
-    (the kernel would spill), nor in the interpreter (which takes no such option)."""
-    capped = (head_dim_pad == 128 and recipe.hadamard and recipe.qk_format == "int8" and not inline_stats
-              and not knobs.runtime.interpret)
-    return {"maxnreg": 128} if capped else {}
+def _quantize_warps(head_dim_pad: int) -> int:
+    """Warps a quantize program runs: 16 at padded D=256, where 8 warps took 190-230 registers a thread
+    (one 8-warp program per SM) and 16 take at most 128 (sixteen warps per SM, room for two pipelined
+    tiles and 128-token Q tiles: the pass 188 -> 172 us, perf-notes §24); 8 below."""
+    return 16 if head_dim_pad == 256 else 8
 
 
 def quantize_qkv(
