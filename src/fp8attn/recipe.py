@@ -25,7 +25,8 @@ class Recipe:
     Attributes:
         name: the name :func:`fp8attn.attention` accepts as ``recipe=``.
         qk_format: ``"e4m3"`` (FP8 Q·Kᵀ, QGMMA) or ``"int8"`` (INT8 Q·Kᵀ with exact int32
-            accumulation, IGMMA at the same tensor-core rate; values rounded half away from zero).
+            accumulation, IGMMA at the same tensor-core rate; codes are the nearest integer, ties to
+            even, of the exact product of a value and its inverse scale).
         pv_format: ``"e4m3"`` (FP8 P·V, V per channel) or ``"fp16"`` (fp16 P and V, HGMMA at half
             the FP8 rate, for accuracy).
         q_block: query tokens sharing one fp32 scale (a power of two up to 128; 1 = per token).
