@@ -49,8 +49,9 @@ _STATS_WARPS = 4  # faster than 8 at every head dim (perf-notes §17)
 _TARGET_PROGRAMS = 384  # quantize programs to aim for: about three per SM of an H100
 _MAX_TILES_PER_PROGRAM = 8
 NUM_STATS: tl.constexpr = tl.constexpr(_NUM_STATS)
-# x + 1.5 * 2**(mantissa bits) lands in [2**m, 2**(m+1)), where the float's unit is 1: round-to-nearest
-# of the sum is that of x, held in the low mantissa bits (for |x| < 2**(m-1)).
+# 1.5 * 2**m, m the format's mantissa bits: for |x| < 2**(m-1), x + this lies in [2**m, 2**(m+1)), where
+# floats are the integers, so the sum rounds x to the nearest integer (ties to even) and holds it in its
+# low mantissa bits (see _to_8bit).
 _ROUND_MAGIC_F32: tl.constexpr = tl.constexpr(1.5 * 2**23)
 _ROUND_MAGIC_F64: tl.constexpr = tl.constexpr(1.5 * 2**52)
 E4M3_MAX_F32: tl.constexpr = tl.constexpr(E4M3_MAX)
@@ -551,6 +552,9 @@ def _quantize_qkv_kernel(
     ``head_dim`` is a runtime value on purpose: as a constant it lets LLVM prove whole register tiles of
     padded channels zero, and ptxas miscompiles the fp8 packing of those constants (12.8: F2FP ...
     MERGE_C with R1 instead of a zero half; on the H100: non-zero bytes in V's padding).
+
+    INTERPRETED: the kernel runs in Triton's interpreter, whose dot and FMA need other operand types
+    for the same results (``_rotate``, ``_to_8bit``).
 
     Under GRID_DEPENDENCY (:mod:`fp8attn.kernels.grid_dependency`) the attention launch may start as
     these programs drain, and K and V programs wait for the statistics launch before reading its
