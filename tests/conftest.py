@@ -30,6 +30,12 @@ def pytest_report_header(config):
     return [f"fp8attn tests: {mode}; inputs drawn with FP8ATTN_SEED={SESSION_SEED} (set it to replay a run)"]
 
 
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """The seed again at the end, where ``-q`` (which drops the header) still shows it: a failure's
+    inputs can then be drawn again. Under pytest-xdist set FP8ATTN_SEED: each worker draws its own."""
+    terminalreporter.write_line(f"inputs drawn with FP8ATTN_SEED={SESSION_SEED} (set it to replay a run)")
+
+
 def _device_params():
     return [
         pytest.param("cpu", marks=pytest.mark.skipif(not INTERPRETED, reason="CPU tensors need TRITON_INTERPRET=1")),
