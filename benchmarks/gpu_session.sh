@@ -90,6 +90,18 @@ for step in "$@"; do
                     grep -E "^  _|Duration|Memory Throughput|DRAM Throughput|Registers Per|Achieved Occupancy|Issued Ipc|Eligible Warps|No Eligible" \
                       "$rep.details.txt" | head -40
                   done ;;
+    peer-ncu) mkdir -p "$OUT/peer_ncu"  # cuDNN-FP8's attention kernel against fp8attn's, instruction mix per score
+              for provider in cudnn-fp8 fp8attn-prequant; do
+                rep="$OUT/peer_ncu/$provider"
+                timeout 150 ncu --clock-control none --kernel-name "regex:(?i)(sdpa|fmha|flash|fprop|attention)" \
+                  --launch-skip 1 --launch-count 1 --set full --import-source no -f -o "$rep" \
+                  python3 benchmarks/peer_profile.py run $provider ${PEER_SHAPE:-2,16,8192,128,0} >/dev/null 2>&1
+                ncu --import "$rep.ncu-rep" --page details > "$rep.details.txt" 2>&1
+                ncu --import "$rep.ncu-rep" --page source --print-source sass --csv > "$rep.csv" 2>&1
+                rm -f "$rep.ncu-rep"
+              done
+              python3 benchmarks/peer_profile.py mix ${PEER_SHAPE:-2,16,8192,128,0} "$OUT"/peer_ncu/{cudnn-fp8,fp8attn-prequant}.csv \
+                | tee "$OUT/peer_ncu/mix.txt" ;;
     study) timeout 300 python3 benchmarks/promotion_study.py --out "$OUT" 2>&1 | tail -20 ;;
     bench-quick) timeout 300 python3 -m fp8attn.bench --quick --out "$OUT" 2>&1 | tail -60 ;;
     bench) timeout ${BENCH_TIMEOUT:-560} python3 -m fp8attn.bench --out "$OUT" ${BENCH_ARGS:-} 2>&1 | tail -80 ;;
