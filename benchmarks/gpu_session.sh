@@ -80,7 +80,7 @@ for step in "$@"; do
                    python3 benchmarks/wgmma_study.py --recipes e4m3 --profile-target $target 2>&1
                done | tee "$OUT/wgmma_ncu.txt" | grep -E "fwd|Tensor|gmma|Occupancy|Issued|Eligible|Stall|Throughput|Registers|Cycles" | head -90 ;;
     quantize-ncu) for spec in int8-hadamard-vsmooth:128 int8:128 e4m3:128 int8-hadamard-vsmooth:256; do  # the quantize pass under ncu
-                    recipe=${spec%:*} d=${spec#*:} shape="2,$((2048 / ${spec#*:})),$((2048 / ${spec#*:})),8192,${spec#*:},0"
+                    recipe=${spec%:*} d=${spec#*:}; shape="2,$((2048 / d)),$((2048 / d)),8192,$d,0"
                     rep="$OUT/quantize_ncu/${recipe}_d$d"; mkdir -p "$OUT/quantize_ncu"
                     timeout 240 ncu --clock-control none -k "regex:_quantize_qkv_kernel|_kv_stats_kernel" --set full \
                       --import-source no -f -o "$rep" python3 -m fp8attn.kernel_profile "$shape" "$recipe" >/dev/null 2>&1

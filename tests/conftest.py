@@ -23,17 +23,18 @@ ROOT = Path(__file__).resolve().parents[1]
 SESSION_SEED = int(os.environ.get("FP8ATTN_SEED", random.SystemRandom().randrange(2**31)))
 HAS_CUDA = torch.cuda.is_available()
 INTERPRETED = bool(knobs.runtime.interpret)
+_SEED_LINE = f"inputs drawn with FP8ATTN_SEED={SESSION_SEED} (set it to replay a run)"
 
 
 def pytest_report_header(config):
     mode = "Triton interpreter (CPU)" if INTERPRETED else f"GPU: {torch.cuda.get_device_name()}" if HAS_CUDA else "?"
-    return [f"fp8attn tests: {mode}; inputs drawn with FP8ATTN_SEED={SESSION_SEED} (set it to replay a run)"]
+    return [f"fp8attn tests: {mode}; {_SEED_LINE}"]
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
     """The seed again at the end, where ``-q`` (which drops the header) still shows it: a failure's
     inputs can then be drawn again. Under pytest-xdist set FP8ATTN_SEED: each worker draws its own."""
-    terminalreporter.write_line(f"inputs drawn with FP8ATTN_SEED={SESSION_SEED} (set it to replay a run)")
+    terminalreporter.write_line(_SEED_LINE)
 
 
 def _device_params():
