@@ -162,7 +162,8 @@ def attention_emulated(
     """The forward kernel's arithmetic in float64 on quantized inputs → ``(B, Hq, Sq, D)`` float64
     (and the ``(B, Hq, Sq)`` log-sum-exp of the quantized scores with ``return_lse``).
 
-    Keys are visited in tiles of ``block_n`` (default: the kernel's own tile for this shape); after each
+    Keys are visited in tiles of ``block_n`` (default: the Triton kernel's tile for this shape; the Hopper
+    kernel's steps are ``fp8attn.kernels.attention_fwd_hopper.hopper_softmax_keys`` keys); after each
     tile the running maximum ``m`` is updated and ``P = exp2(s - m)`` is rounded to E4M3 after scaling
     by ``p_scale``, exactly where the kernel rounds it. The row sum ``l`` uses the unrounded P.
     """

@@ -85,15 +85,16 @@ def _mask_scores(qk, offs_m, offs_n, seqlen_k, diagonal, CAUSAL: tl.constexpr):
 
 
 @triton.jit
-def _softmax_step(qk, c, m_i, l_i, LOG2_P_SCALE: tl.constexpr):
+def _softmax_step(qk, c, m_tile, m_i, l_i, LOG2_P_SCALE: tl.constexpr):
     """One key tile of the online softmax on raw products ``qk`` with per-row factor ``c`` (> 0).
 
-    Returns P (already times 2**LOG2_P_SCALE), the accumulator's rescale ``alpha``, the new row max and
-    the new row sum.
+    ``m_tile`` is the tile's row max in log2 units, ``max(qk) * c``, or the max over a wider tile that
+    ``qk`` is a part of (then the second part's call finds ``alpha == 1``). Returns P (already times
+    2**LOG2_P_SCALE), the accumulator's rescale ``alpha``, the new row max and the new row sum.
     """
     # Scores in log2 units are qk * c with c > 0 (the scale is checked positive), so the row max
     # is taken on the raw products and each score costs one FMA: qk * c - m.
-    m_new = tl.maximum(m_i, tl.max(qk, axis=1) * c)
+    m_new = tl.maximum(m_i, m_tile)
     # A row that has seen no visible key keeps m = -inf; use 0 there so exp2 gives 0, not NaN.
     m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
     alpha = tl.math.exp2(m_i - m_use)
@@ -146,7 +147,8 @@ def _attend_kv_tiles(
             qk = tl.dot(q, tl.trans(k), max_num_imprecise_acc=QK_IMPRECISE_ACC)
         if MASKED:
             qk = _mask_scores(qk, offs_m, offs_n, seqlen_k, diagonal, CAUSAL)
-        p, alpha, m_i, l_i = _softmax_step(qk, row_scale * k_scale, m_i, l_i, LOG2_P_SCALE)
+        c = row_scale * k_scale
+        p, alpha, m_i, l_i = _softmax_step(qk, c, tl.max(qk, axis=1) * c, m_i, l_i, LOG2_P_SCALE)
         v = tl.trans(tl.load(vt_base + offs_d[:, None] * stride_vd + offs_n[None, :]))
         acc, acc_part = _accumulate_pv(acc, acc_part, p, alpha, v, start_n // BLOCK_N, PROMOTE_EVERY,
                                        PV_IMPRECISE_ACC, PV_FP16)

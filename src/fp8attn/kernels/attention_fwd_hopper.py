@@ -1,22 +1,28 @@
 """The forward kernel for Hopper in Gluon: warp-specialized, TMA loads, explicit wgmma.
 
-Same recipe, tiles and arithmetic as :mod:`fp8attn.kernels.attention_fwd` (whose docstring explains the
-scale folding); its outputs are bit-identical to that kernel's (``benchmarks/wgmma_study.py``,
-tests/test_hopper_kernel.py). What differs is the schedule, which ``tl.dot``-level Triton does not express:
+Same recipe and arithmetic as :mod:`fp8attn.kernels.attention_fwd` (whose docstring explains the scale
+folding), with one difference in where P is rounded: this kernel takes the key tiles (``BLOCK_N`` keys,
+one K scale each) two at a time as one online-softmax step, so the running max, the rescale of the
+accumulator and P's rounding to E4M3 happen once per ``2·BLOCK_N`` keys.
+:func:`hopper_softmax_keys` says how many; ``fp8attn.reference.attention_emulated`` with that
+``block_n`` is this kernel's exact emulation (``benchmarks/wgmma_study.py``, tests/test_hopper_kernel.py).
+What else differs is the schedule, which ``tl.dot``-level Triton does not express:
 
 * one program owns 128 query rows of one (batch, head) as two consumer warpgroups of 64 rows, plus a
   producer warp (``gl.warp_specialize``, registers rebalanced with ``setmaxnreg``: 240 per consumer
   thread, 24 per producer thread);
 * the producer copies both Q tiles and then every key tile (K rows and Vᵀ columns) by TMA into a ring
-  of ``NUM_STAGES`` shared-memory slots; one ``ready`` mbarrier per slot, and one ``empty`` mbarrier per
-  slot and consumer, which that consumer arrives on once its P·V has read the slot. Both consumers read
-  every tile once, so each K/V byte serves 128 rows (the Triton kernel runs 64-row programs);
-* each consumer issues the next tile's ``Q·Kᵀ`` before the current tile's softmax, so the scores of
-  tile ``j + 1`` are on the tensor cores while tile ``j``'s exponentials run; the two consumers
-  interleave freely on the SM's schedulers.
+  of ``NUM_STAGES`` (even) shared-memory slots; one ``ready`` mbarrier per slot, and one ``empty``
+  mbarrier per slot and consumer, which that consumer arrives on once its P·V has read the slot. Both
+  consumers read every tile once, so each K/V byte serves 128 rows (the Triton kernel runs 64-row
+  programs);
+* per pair of tiles a consumer issues both score matmuls, takes one row max over both (each half
+  scaled by its own K scale), and chains both P·V products in one wgmma accumulator: half the row
+  reductions, rescales and waits per key of a one-tile step; whole pairs run without mask selects. The
+  two consumers interleave freely on the SM's schedulers, one's softmax under the other's matmuls.
 
 It wins where key loops are long and the Triton kernel is limited to one program per SM: D = 256
-(docs/perf-notes.md, section 16). :func:`hopper_kernel_applies` says where the library uses it.
+(docs/perf-notes.md, sections 16 and 26). :func:`hopper_kernel_applies` says where the library uses it.
 """
 
 from __future__ import annotations
@@ -57,12 +63,14 @@ def _issue_kv_load(k_desc, vt_desc, k_smem, v_smem, ready, tile, kv_row, vt_row,
 
 @gluon.jit
 def _scores(qk, k_scale_base, tile, offs_m, offs_n0, c_row, full_hi, seqlen_k, diagonal,
-            BLOCK_N: gl.constexpr, K_BLOCK: gl.constexpr, CAUSAL: gl.constexpr):
-    """Raw products of one key tile with their per-row factor ``c`` (> 0); tiles past ``full_hi`` masked."""
+            BLOCK_N: gl.constexpr, K_BLOCK: gl.constexpr, CAUSAL: gl.constexpr, MASKED: gl.constexpr = True):
+    """Raw products of one key tile with their per-row factor ``c`` (> 0). With MASKED, a tile past
+    ``full_hi`` is masked (ptxas turns the test into a select per score: tiles known to be whole pass False)."""
     start_n = tile * BLOCK_N
     k_scale = gl.load(k_scale_base + start_n // K_BLOCK)
-    if start_n + BLOCK_N > full_hi:
-        qk = _mask_scores(qk, offs_m, start_n + offs_n0, seqlen_k, diagonal, CAUSAL)
+    if MASKED:
+        if start_n + BLOCK_N > full_hi:
+            qk = _mask_scores(qk, offs_m, start_n + offs_n0, seqlen_k, diagonal, CAUSAL)
     return qk, c_row * k_scale
 
 
@@ -70,12 +78,12 @@ def _scores(qk, k_scale_base, tile, offs_m, offs_n0, c_row, full_hi, seqlen_k, d
 def _attend_tile(qk, acc, l_i, m_i, v_tile, k_scale_base, tile, offs_m, offs_n0, c_row, full_hi, seqlen_k, diagonal,
                  p_layout: gl.constexpr, pv_rows: gl.constexpr, BLOCK_N: gl.constexpr, K_BLOCK: gl.constexpr,
                  CAUSAL: gl.constexpr, LOG2_P_SCALE: gl.constexpr, PROMOTE: gl.constexpr):
-    """Softmax of one key tile's products ``qk``, then ``acc·alpha + P·V``, waited for (with any score
-    matmul issued before it). With PROMOTE the product lands in fresh registers and is added in fp32;
-    without, it accumulates in the wgmma accumulator."""
+    """Softmax of one key tile's products ``qk`` (a consumer's odd last tile), then ``acc·alpha + P·V``,
+    waited for. With PROMOTE the product lands in fresh registers and is added in fp32; without, it
+    accumulates in the wgmma accumulator."""
     qk, c = _scores(qk.to(gl.float32), k_scale_base, tile, offs_m, offs_n0, c_row, full_hi, seqlen_k, diagonal,
                     BLOCK_N, K_BLOCK, CAUSAL)
-    p, alpha, m_i, l_i = _softmax_step(qk, c, m_i, l_i, LOG2_P_SCALE)
+    p, alpha, m_i, l_i = _softmax_step(qk, c, gl.max(qk, axis=1) * c, m_i, l_i, LOG2_P_SCALE)
     p8 = gl.convert_layout(p.to(gl.float8e4nv), p_layout)
     alpha = gl.expand_dims(gl.convert_layout(alpha, pv_rows), 1)
     if PROMOTE:
@@ -85,6 +93,59 @@ def _attend_tile(qk, acc, l_i, m_i, v_tile, k_scale_base, tile, offs_m, offs_n0,
     else:
         acc = warpgroup_mma(p8, v_tile.permute((1, 0)), acc * alpha, is_async=True)
         acc = warpgroup_mma_wait(0, deps=(acc,))
+    return acc, l_i, m_i
+
+
+@gluon.jit
+def _attend_tile_pair(q_tile, k_lo, k_hi, v_lo, v_hi, qk_zero, acc, l_i, m_i, k_scale_base, tile, offs_m, offs_n0,
+                      c_row, full_hi, seqlen_k, diagonal, p_layout: gl.constexpr, pv_rows: gl.constexpr,
+                      BLOCK_N: gl.constexpr, K_BLOCK: gl.constexpr, CAUSAL: gl.constexpr, LOG2_P_SCALE: gl.constexpr,
+                      PROMOTE: gl.constexpr, MASKED: gl.constexpr):
+    """Key tiles ``tile`` and ``tile + 1`` as one softmax step of 2·BLOCK_N keys: both score matmuls,
+    one row max, each half's exponentials with its own K scale, and both halves' P·V chained in one
+    wgmma accumulator (added to ``acc`` in fp32 once with PROMOTE)."""
+    qk_lo = warpgroup_mma(q_tile, k_lo.permute((1, 0)), qk_zero, use_acc=False, is_async=True)
+    qk_hi = warpgroup_mma(q_tile, k_hi.permute((1, 0)), qk_zero, use_acc=False, is_async=True)
+    qk_lo, qk_hi = warpgroup_mma_wait(0, deps=(qk_lo, qk_hi))
+    qk_lo, c_lo = _scores(qk_lo.to(gl.float32), k_scale_base, tile, offs_m, offs_n0, c_row, full_hi, seqlen_k,
+                          diagonal, BLOCK_N, K_BLOCK, CAUSAL, MASKED)
+    qk_hi, c_hi = _scores(qk_hi.to(gl.float32), k_scale_base, tile + 1, offs_m, offs_n0, c_row, full_hi, seqlen_k,
+                          diagonal, BLOCK_N, K_BLOCK, CAUSAL, MASKED)
+    m_tile = gl.maximum(gl.max(qk_lo, axis=1) * c_lo, gl.max(qk_hi, axis=1) * c_hi)
+    p_lo, alpha, m_i, l_i = _softmax_step(qk_lo, c_lo, m_tile, m_i, l_i, LOG2_P_SCALE)
+    p_hi, _, m_i, l_i = _softmax_step(qk_hi, c_hi, m_tile, m_i, l_i, LOG2_P_SCALE)  # alpha == 1
+    p8_lo = gl.convert_layout(p_lo.to(gl.float8e4nv), p_layout)
+    p8_hi = gl.convert_layout(p_hi.to(gl.float8e4nv), p_layout)
+    alpha = gl.expand_dims(gl.convert_layout(alpha, pv_rows), 1)
+    if PROMOTE:
+        pv = warpgroup_mma(p8_lo, v_lo.permute((1, 0)), acc, use_acc=False, is_async=True)
+        pv = warpgroup_mma(p8_hi, v_hi.permute((1, 0)), pv, is_async=True)
+        pv = warpgroup_mma_wait(0, deps=(pv,))
+        acc = acc * alpha + pv
+    else:
+        acc = warpgroup_mma(p8_lo, v_lo.permute((1, 0)), acc * alpha, is_async=True)
+        acc = warpgroup_mma(p8_hi, v_hi.permute((1, 0)), acc, is_async=True)
+        acc = warpgroup_mma_wait(0, deps=(acc,))
+    return acc, l_i, m_i
+
+
+@gluon.jit
+def _consume_pair(q_tile, k_smem, v_smem, ready, empty, qk_zero, acc, l_i, m_i, k_scale_base, t, offs_m, offs_n0,
+                  c_row, full_hi, seqlen_k, diagonal, p_layout: gl.constexpr, pv_rows: gl.constexpr,
+                  BLOCK_N: gl.constexpr, K_BLOCK: gl.constexpr, CAUSAL: gl.constexpr, LOG2_P_SCALE: gl.constexpr,
+                  PROMOTE: gl.constexpr, NUM_STAGES: gl.constexpr, WG: gl.constexpr, MASKED: gl.constexpr):
+    """Wait for ring tiles ``t`` and ``t + 1`` (even ``t``; NUM_STAGES even, so their slots are adjacent),
+    attend to both as one step, release both slots."""
+    slot = t % NUM_STAGES
+    phase = (t // NUM_STAGES) & 1
+    mbarrier.wait(ready.index(slot), phase)
+    mbarrier.wait(ready.index(slot + 1), phase)
+    acc, l_i, m_i = _attend_tile_pair(q_tile, k_smem.index(slot), k_smem.index(slot + 1), v_smem.index(slot),
+                                      v_smem.index(slot + 1), qk_zero, acc, l_i, m_i, k_scale_base, t, offs_m,
+                                      offs_n0, c_row, full_hi, seqlen_k, diagonal, p_layout, pv_rows, BLOCK_N,
+                                      K_BLOCK, CAUSAL, LOG2_P_SCALE, PROMOTE, MASKED)
+    mbarrier.arrive(empty.index(WG * NUM_STAGES + slot), count=1)
+    mbarrier.arrive(empty.index(WG * NUM_STAGES + slot + 1), count=1)
     return acc, l_i, m_i
 
 
@@ -174,25 +235,28 @@ def _ws_consume(
     m_i = gl.full([BLOCK_M], float("-inf"), gl.float32, qk_rows)
     q_tile = q_smem.index(WG)
     mbarrier.wait(q_ready.index(WG), 0)
-    if num_tiles > 0:
-        mbarrier.wait(ready.index(0), 0)
-        qk = warpgroup_mma(q_tile, k_smem.index(0).permute((1, 0)), qk_zero, use_acc=False, is_async=True)
-        qk = warpgroup_mma_wait(0, deps=(qk,))
-        for j in range(0, num_tiles - 1):
-            nxt = (j + 1) % NUM_STAGES
-            mbarrier.wait(ready.index(nxt), ((j + 1) // NUM_STAGES) & 1)
-            qk_next = warpgroup_mma(q_tile, k_smem.index(nxt).permute((1, 0)), qk_zero, use_acc=False,
-                                    is_async=True)
-            acc, l_i, m_i = _attend_tile(qk, acc, l_i, m_i, v_smem.index(j % NUM_STAGES), k_scale_base, j, offs_m,
-                                         offs_n0, c_row, full_hi, seqlen_k, diagonal, p_layout, pv_rows, BLOCK_N,
-                                         K_BLOCK, CAUSAL, LOG2_P_SCALE, PROMOTE)
-            qk = warpgroup_mma_wait(0, deps=(qk_next,))
-            mbarrier.arrive(empty.index(WG * NUM_STAGES + j % NUM_STAGES), count=1)
+    # Key tiles two at a time, one softmax step each; tiles every row sees whole skip the masks.
+    num_pairs = num_tiles // 2
+    whole_pairs = gl.minimum(full_hi // (2 * BLOCK_N), num_pairs)
+    for j in range(0, whole_pairs):
+        acc, l_i, m_i = _consume_pair(q_tile, k_smem, v_smem, ready, empty, qk_zero, acc, l_i, m_i, k_scale_base,
+                                      2 * j, offs_m, offs_n0, c_row, full_hi, seqlen_k, diagonal, p_layout, pv_rows,
+                                      BLOCK_N, K_BLOCK, CAUSAL, LOG2_P_SCALE, PROMOTE, NUM_STAGES, WG, False)
+    for j in range(whole_pairs, num_pairs):
+        acc, l_i, m_i = _consume_pair(q_tile, k_smem, v_smem, ready, empty, qk_zero, acc, l_i, m_i, k_scale_base,
+                                      2 * j, offs_m, offs_n0, c_row, full_hi, seqlen_k, diagonal, p_layout, pv_rows,
+                                      BLOCK_N, K_BLOCK, CAUSAL, LOG2_P_SCALE, PROMOTE, NUM_STAGES, WG, True)
+    if num_tiles % 2 == 1:
+        # An odd last tile alone: the arithmetic of a pair whose upper tile is past every visible key.
         last = num_tiles - 1
-        acc, l_i, m_i = _attend_tile(qk, acc, l_i, m_i, v_smem.index(last % NUM_STAGES), k_scale_base, last, offs_m,
-                                     offs_n0, c_row, full_hi, seqlen_k, diagonal, p_layout, pv_rows, BLOCK_N, K_BLOCK,
-                                     CAUSAL, LOG2_P_SCALE, PROMOTE)
-        mbarrier.arrive(empty.index(WG * NUM_STAGES + last % NUM_STAGES), count=1)
+        slot = last % NUM_STAGES
+        mbarrier.wait(ready.index(slot), (last // NUM_STAGES) & 1)
+        qk = warpgroup_mma(q_tile, k_smem.index(slot).permute((1, 0)), qk_zero, use_acc=False, is_async=True)
+        qk = warpgroup_mma_wait(0, deps=(qk,))
+        acc, l_i, m_i = _attend_tile(qk, acc, l_i, m_i, v_smem.index(slot), k_scale_base, last, offs_m, offs_n0,
+                                     c_row, full_hi, seqlen_k, diagonal, p_layout, pv_rows, BLOCK_N, K_BLOCK, CAUSAL,
+                                     LOG2_P_SCALE, PROMOTE)
+        mbarrier.arrive(empty.index(WG * NUM_STAGES + slot), count=1)
 
     offs_d = gl.arange(0, HEAD_DIM_PAD, layout=pv_cols)
     offs_mo = start_m + gl.arange(0, BLOCK_M, layout=pv_rows)
@@ -273,6 +337,12 @@ def _is_sm90(device: torch.device) -> bool:
     return torch.cuda.get_device_capability(device) == (9, 0)
 
 
+def hopper_softmax_keys(head_dim_pad: int, k_block: int) -> int:
+    """Keys per online-softmax step of this kernel (two of the Triton kernel's tiles): the ``block_n``
+    of its float64 emulation, ``fp8attn.reference.attention_emulated``."""
+    return 2 * forward_config(head_dim_pad, k_block).block_n
+
+
 def hopper_kernel_shape(qkv: QuantizedQKV) -> bool:
     """The shapes this kernel is used for (where it beat the Triton kernel on an H100): an E4M3 P·V
     recipe, padded head dim 256, at least 4096 queries and keys."""
@@ -294,19 +364,22 @@ def hopper_kernel_applies(qkv: QuantizedQKV) -> bool:
 
 def hopper_forward_launch(
     qkv: QuantizedQKV, out: torch.Tensor, lse: torch.Tensor, *, causal: bool, softmax_scale: float, p_scale: float,
-    num_stages: int = 3, consumer_regs: int = 240, maxnreg: int = 168,
+    num_stages: int = 4, consumer_regs: int = 240, maxnreg: int = 168,
 ) -> Launch:
     """The Gluon kernel's launch for ``qkv`` writing ``out (B, Hq, Sq, D)`` and ``lse (B, Hq, Sq)``.
 
     Takes E4M3 P·V recipes on a contiguous kernel layout (any head dim; the library uses it where
     :func:`hopper_kernel_applies`). ``maxnreg`` caps the launch's registers per thread so that the
     12 warps (two consumer warpgroups, the producer's warpgroup) fit an SM: 168 · 384 ≤ 65536;
-    ``setmaxnreg`` then moves the producer's share to the consumers (``consumer_regs``).
+    ``setmaxnreg`` then moves the producer's share to the consumers (``consumer_regs``). The ring holds
+    ``num_stages`` key tiles (even: a consumer takes them in pairs, :func:`hopper_softmax_keys`).
     """
     batch, num_q_heads, seqlen_q, dp = qkv.q.shape
     num_kv_heads, seqlen_k_pad = qkv.k.shape[1], qkv.k.shape[2]
     if qkv.v_t.dtype != torch.float8_e4m3fn:
         raise ValueError(f"the Hopper kernel takes E4M3 P·V recipes, got V in {qkv.v_t.dtype}")
+    if num_stages < 2 or num_stages % 2:
+        raise ValueError(f"num_stages must be even and >= 2 (key tiles are taken in pairs), got {num_stages}")
     if not all(t.is_contiguous() for t in (qkv.q, qkv.k, qkv.v_t)):
         raise ValueError("the Hopper kernel reads q, k and v_t through 2-D TMA views: they must be contiguous")
     cfg = forward_config(dp, qkv.k_block, causal, qk_int8=qkv.q.dtype == torch.int8)
