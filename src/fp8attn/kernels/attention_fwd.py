@@ -266,7 +266,8 @@ def forward_launch(
     """The forward kernel's launch for ``qkv`` writing ``out (B, Hq, Sq, D)`` and ``lse (B, Hq, Sq)``.
 
     Without a ``config``, shapes where the warp-specialized Gluon kernel is faster on Hopper get that
-    kernel instead (same arithmetic, bit-identical output: :mod:`fp8attn.kernels.attention_fwd_hopper`).
+    kernel instead (same recipe with one softmax step per two key tiles:
+    :mod:`fp8attn.kernels.attention_fwd_hopper`).
     """
     if config is None:
         from fp8attn.kernels import attention_fwd_hopper  # imports this module: resolved at call time

@@ -315,7 +315,7 @@ def _fp8_attention_fwd_ws_kernel(
 
 
 _GL_DTYPES = {torch.float8_e4m3fn: gl.float8e4nv, torch.int8: gl.int8}
-# Where it beat the Triton kernel on an H100 (perf-notes section 16): padded head dim 256, long sequences.
+# Where it beats the Triton kernel (perf-notes sections 16, 26): padded head dim 256, long sequences.
 HOPPER_HEAD_DIM_PAD = 256
 HOPPER_MIN_SEQLEN = 4096
 _ROWS_PER_CONSUMER = 64
@@ -344,8 +344,8 @@ def hopper_softmax_keys(head_dim_pad: int, k_block: int) -> int:
 
 
 def hopper_kernel_shape(qkv: QuantizedQKV) -> bool:
-    """The shapes this kernel is used for (where it beat the Triton kernel on an H100): an E4M3 P·V
-    recipe, padded head dim 256, at least 4096 queries and keys."""
+    """The shapes this kernel is used for (where it beats the Triton kernel: perf-notes sections 16 and 26):
+    an E4M3 P·V recipe, padded head dim 256, at least 4096 queries and keys."""
     return (qkv.q.shape[-1] == HOPPER_HEAD_DIM_PAD and min(qkv.seqlen_q, qkv.seqlen_k) >= HOPPER_MIN_SEQLEN
             and qkv.v_t.dtype == torch.float8_e4m3fn)
 
