@@ -97,19 +97,25 @@ def _attend_tile(qk, acc, l_i, m_i, v_tile, k_scale_base, tile, offs_m, offs_n0,
 
 
 @gluon.jit
-def _attend_tile_pair(q_tile, k_lo, k_hi, v_lo, v_hi, qk_zero, acc, l_i, m_i, k_scale_base, tile, offs_m, offs_n0,
-                      c_row, full_hi, seqlen_k, diagonal, p_layout: gl.constexpr, pv_rows: gl.constexpr,
-                      BLOCK_N: gl.constexpr, K_BLOCK: gl.constexpr, CAUSAL: gl.constexpr, LOG2_P_SCALE: gl.constexpr,
-                      PROMOTE: gl.constexpr, MASKED: gl.constexpr):
-    """Key tiles ``tile`` and ``tile + 1`` as one softmax step of 2·BLOCK_N keys: both score matmuls,
-    one row max, each half's exponentials with its own K scale, and both halves' P·V chained in one
-    wgmma accumulator (added to ``acc`` in fp32 once with PROMOTE)."""
+def _consume_pair(q_tile, k_smem, v_smem, ready, empty, qk_zero, acc, l_i, m_i, k_scale_base, t, offs_m, offs_n0,
+                  c_row, full_hi, seqlen_k, diagonal, p_layout: gl.constexpr, pv_rows: gl.constexpr,
+                  BLOCK_N: gl.constexpr, K_BLOCK: gl.constexpr, CAUSAL: gl.constexpr, LOG2_P_SCALE: gl.constexpr,
+                  PROMOTE: gl.constexpr, NUM_STAGES: gl.constexpr, WG: gl.constexpr, MASKED: gl.constexpr):
+    """Ring tiles ``t`` and ``t + 1`` (even ``t``; NUM_STAGES even, so their slots are adjacent) as one
+    softmax step of 2·BLOCK_N keys: both score matmuls, one row max, each half's exponentials with its
+    own K scale, both halves' P·V chained in one wgmma accumulator (added to ``acc`` in fp32 once with
+    PROMOTE); then both slots are released."""
+    slot = t % NUM_STAGES
+    phase = (t // NUM_STAGES) & 1
+    mbarrier.wait(ready.index(slot), phase)
+    mbarrier.wait(ready.index(slot + 1), phase)
+    k_lo, k_hi, v_lo, v_hi = k_smem.index(slot), k_smem.index(slot + 1), v_smem.index(slot), v_smem.index(slot + 1)
     qk_lo = warpgroup_mma(q_tile, k_lo.permute((1, 0)), qk_zero, use_acc=False, is_async=True)
     qk_hi = warpgroup_mma(q_tile, k_hi.permute((1, 0)), qk_zero, use_acc=False, is_async=True)
     qk_lo, qk_hi = warpgroup_mma_wait(0, deps=(qk_lo, qk_hi))
-    qk_lo, c_lo = _scores(qk_lo.to(gl.float32), k_scale_base, tile, offs_m, offs_n0, c_row, full_hi, seqlen_k,
+    qk_lo, c_lo = _scores(qk_lo.to(gl.float32), k_scale_base, t, offs_m, offs_n0, c_row, full_hi, seqlen_k,
                           diagonal, BLOCK_N, K_BLOCK, CAUSAL, MASKED)
-    qk_hi, c_hi = _scores(qk_hi.to(gl.float32), k_scale_base, tile + 1, offs_m, offs_n0, c_row, full_hi, seqlen_k,
+    qk_hi, c_hi = _scores(qk_hi.to(gl.float32), k_scale_base, t + 1, offs_m, offs_n0, c_row, full_hi, seqlen_k,
                           diagonal, BLOCK_N, K_BLOCK, CAUSAL, MASKED)
     m_tile = gl.maximum(gl.max(qk_lo, axis=1) * c_lo, gl.max(qk_hi, axis=1) * c_hi)
     p_lo, alpha, m_i, l_i = _softmax_step(qk_lo, c_lo, m_tile, m_i, l_i, LOG2_P_SCALE)
@@ -126,24 +132,6 @@ def _attend_tile_pair(q_tile, k_lo, k_hi, v_lo, v_hi, qk_zero, acc, l_i, m_i, k_
         acc = warpgroup_mma(p8_lo, v_lo.permute((1, 0)), acc * alpha, is_async=True)
         acc = warpgroup_mma(p8_hi, v_hi.permute((1, 0)), acc, is_async=True)
         acc = warpgroup_mma_wait(0, deps=(acc,))
-    return acc, l_i, m_i
-
-
-@gluon.jit
-def _consume_pair(q_tile, k_smem, v_smem, ready, empty, qk_zero, acc, l_i, m_i, k_scale_base, t, offs_m, offs_n0,
-                  c_row, full_hi, seqlen_k, diagonal, p_layout: gl.constexpr, pv_rows: gl.constexpr,
-                  BLOCK_N: gl.constexpr, K_BLOCK: gl.constexpr, CAUSAL: gl.constexpr, LOG2_P_SCALE: gl.constexpr,
-                  PROMOTE: gl.constexpr, NUM_STAGES: gl.constexpr, WG: gl.constexpr, MASKED: gl.constexpr):
-    """Wait for ring tiles ``t`` and ``t + 1`` (even ``t``; NUM_STAGES even, so their slots are adjacent),
-    attend to both as one step, release both slots."""
-    slot = t % NUM_STAGES
-    phase = (t // NUM_STAGES) & 1
-    mbarrier.wait(ready.index(slot), phase)
-    mbarrier.wait(ready.index(slot + 1), phase)
-    acc, l_i, m_i = _attend_tile_pair(q_tile, k_smem.index(slot), k_smem.index(slot + 1), v_smem.index(slot),
-                                      v_smem.index(slot + 1), qk_zero, acc, l_i, m_i, k_scale_base, t, offs_m,
-                                      offs_n0, c_row, full_hi, seqlen_k, diagonal, p_layout, pv_rows, BLOCK_N,
-                                      K_BLOCK, CAUSAL, LOG2_P_SCALE, PROMOTE, MASKED)
     mbarrier.arrive(empty.index(WG * NUM_STAGES + slot), count=1)
     mbarrier.arrive(empty.index(WG * NUM_STAGES + slot + 1), count=1)
     return acc, l_i, m_i
