@@ -50,7 +50,9 @@ def test_recipes_compile_to_their_tensor_core_instructions(recipe, qk_op, pv_op)
 @pytest.mark.parametrize("head_dim", [64, 128])
 def test_key_loop_spends_one_exp2_and_one_fma_per_score(recipe, head_dim):
     """The unmasked key loop, read from the SASS: one MUFU (exp2) per score plus the row rescales, the
-    scale folded into one FFMA per score (almost no FMUL left), and the matmuls inside the loop."""
+    scale folded into one FFMA per score (almost no FMUL left), the matmuls inside the loop, and shuffles
+    only for the row max and sum (two rows a thread, two lane steps each): P reaches the P·V wgmma
+    without the 16 SHFL per tile its conversion took in natural key order (fp8attn.kernels.key_order)."""
     cfg = forward_config(head_dim, RECIPES[recipe].k_block)
     scores = cfg.block_m * cfg.block_n // (32 * cfg.num_warps)  # per thread, per key tile
     (report,) = [r for r in _offline(recipe, head_dims=(head_dim,)) if "S4096" in r.shape and "causal" not in r.shape]
@@ -58,6 +60,7 @@ def test_key_loop_spends_one_exp2_and_one_fma_per_score(recipe, head_dim):
     assert scores <= loop.get("MUFU", 0) <= scores + 4, loop
     assert loop.get("FFMA", 0) >= scores and loop.get("FMUL", 0) <= 8, loop
     assert loop.get("QGMMA", 0) > 0, loop
+    assert loop.get("SHFL", 0) <= 8, loop
     if recipe.startswith("int8"):
         assert loop.get("IGMMA", 0) > 0 and loop.get("I2FP", 0) == scores, loop  # int32 scores to fp32
 

@@ -31,6 +31,7 @@ from triton import knobs
 
 from fp8attn.fp8 import E4M3, E4M3_MAX
 from fp8attn.kernels.grid_dependency import programmatic_launch, signal_next_grid, wait_for_previous_grid
+from fp8attn.kernels.key_order import pv_key_order
 from fp8attn.kernels.launch import Launch
 from fp8attn.recipe import MAX_Q_BLOCK, Recipe
 
@@ -64,7 +65,8 @@ class QuantizedQKV:
     Shapes (``Dp`` = head dim padded to a power of two, ``Skp`` = Sk padded to ``k_block``):
         q: ``(B, Hq, Sq, Dp)`` E4M3 or int8; q_scale: ``(B, Hq, ceil(Sq / q_block))``.
         k: ``(B, Hkv, Skp, Dp)`` like q, smoothed when the recipe says so; k_scale: ``(B, Hkv, Skp / k_block)``.
-        v_t: ``(B, Hkv, Dp, Skp)`` E4M3 or fp16, V transposed; v_scale: ``(B, Hkv, Dp)``.
+        v_t: ``(B, Hkv, Dp, Skp)`` E4M3 or fp16, V transposed, E4M3 with its keys in P·V operand order
+            (:mod:`fp8attn.kernels.key_order`); v_scale: ``(B, Hkv, Dp)``.
         k_mean, v_mean: ``(B, Hkv, Dp)`` fp32, what was subtracted from K (rotated with it) and V,
             or None where the recipe does not smooth.
     Q and K are Hadamard-rotated when the recipe says so. Padding is zero in the quantized tensors
@@ -504,7 +506,8 @@ def _quantize_v_blocks(
     INLINE_STATS: tl.constexpr, STATS_TILE: tl.constexpr, STATS_STAGES: tl.constexpr, GRID_DEPENDENCY: tl.constexpr,
 ):
     """Blocks of K_BLOCK tokens of one head's V: smoothed (SMOOTH_V), scaled per channel, written
-    transposed (``[Dp, Skp]``, the K-major layout P·V needs on Hopper); padding written as zeros."""
+    transposed (``[Dp, Skp]``, the K-major layout P·V needs on Hopper; E4M3 keys in P·V operand order,
+    :mod:`fp8attn.kernels.key_order`); padding written as zeros."""
     num_blocks = seqlen_k_pad // K_BLOCK
     bh, first, last = _program_tiles(pid, num_blocks, tiles_per_program)
     b = bh // num_kv_heads
@@ -527,8 +530,10 @@ def _quantize_v_blocks(
         offs_t = block * K_BLOCK + tl.arange(0, K_BLOCK)
         ok = (offs_t < seqlen_k)[:, None] & d_ok[None, :]
         v = tl.load(v_head + offs_t[:, None] * stride_vt, mask=ok, other=0.0).to(tl.float32)
-        vq = _quantize_v_block(v, v_mean, v_inv, ok, SMOOTH_V, V_FP16)
-        tl.store(vt_ptr + (bh * HEAD_DIM_PAD + offs_d[None, :]) * seqlen_k_pad + offs_t[:, None], vq)
+        vq_t = tl.trans(_quantize_v_block(v, v_mean, v_inv, ok, SMOOTH_V, V_FP16))
+        if not V_FP16:
+            vq_t = pv_key_order(vq_t)
+        tl.store(vt_ptr + (bh * HEAD_DIM_PAD + offs_d[:, None]) * seqlen_k_pad + offs_t[None, :], vq_t)
 
 
 @triton.jit

@@ -21,6 +21,7 @@ import triton
 
 from fp8attn.fp8 import scale_from_amax, to_e4m3, to_int8
 from fp8attn.kernels.attention_fwd import forward_config
+from fp8attn.kernels.key_order import from_pv_key_order, to_pv_key_order
 from fp8attn.kernels.prequantized_layout import PREQUANTIZED_LAYOUT
 from fp8attn.quantize import QuantizedQKV, hadamard_matrix, hadamard_scale, padded_head_dim
 from fp8attn.recipe import Recipe
@@ -99,8 +100,9 @@ def quantize_emulated(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, recipe:
     v_scale = scale_from_amax(vf.abs().amax(dim=2))
     vf = vf * (1.0 / v_scale)[:, :, None, :]
     vq = vf.half() if recipe.pv_format == "fp16" else to_e4m3(vf)
+    v_t = to_pv_key_order(vq.transpose(-1, -2), recipe.k_block).contiguous()
     return QuantizedQKV(
-        q=q8[:, :, :seqlen_q].contiguous(), k=k8, v_t=vq.transpose(-1, -2).contiguous(),
+        q=q8[:, :, :seqlen_q].contiguous(), k=k8, v_t=v_t,
         q_scale=q_scale, k_scale=k_scale, v_scale=v_scale, k_mean=k_mean, v_mean=v_mean,
         seqlen_q=seqlen_q, seqlen_k=seqlen_k, head_dim=head_dim, q_block=recipe.q_block, k_block=recipe.k_block,
     )
@@ -121,8 +123,9 @@ def quantize_per_tensor_emulated(q: torch.Tensor, k: torch.Tensor, v: torch.Tens
     q8, q_scale = requantize(q, q.shape[2])
     k8, k_scale = requantize(k, qkv.k.shape[2])
     v8, v_scale = requantize(v, qkv.k.shape[2])
+    v_t = to_pv_key_order(v8.transpose(-1, -2), qkv.k_block).contiguous()
     return dataclasses.replace(
-        qkv, q=q8, k=k8, v_t=v8.transpose(-1, -2).contiguous(), q_scale=q_scale.expand_as(qkv.q_scale),
+        qkv, q=q8, k=k8, v_t=v_t, q_scale=q_scale.expand_as(qkv.q_scale),
         k_scale=k_scale.expand_as(qkv.k_scale), v_scale=v_scale.expand_as(qkv.v_scale), k_mean=None,
     )
 
@@ -144,6 +147,7 @@ def prequantized_layout_emulated(
     k_pad[:, :, :seqlen_k, :head_dim] = k
     v_t = v.new_zeros((batch, num_kv_heads, dp, skp))
     v_t[:, :, :head_dim, :seqlen_k] = v.transpose(-1, -2)
+    v_t = to_pv_key_order(v_t, block)
     v_scale = torch.ones((batch, num_kv_heads, dp), device=q.device, dtype=torch.float32)
     v_scale[..., :head_dim] = v_descale[..., None]
     return QuantizedQKV(
@@ -174,7 +178,8 @@ def attention_emulated(
     q_scale = qkv.q_scale.double().repeat_interleave(qkv.q_block, dim=-1)[..., :seqlen_q]
     k = _repeat_kv(qkv.k.double()[:, :, :seqlen_k], num_q_heads)
     k_scale = _repeat_kv(qkv.k_scale.double().repeat_interleave(qkv.k_block, dim=-1)[..., :seqlen_k], num_q_heads)
-    v = _repeat_kv(qkv.v_t.double().transpose(-1, -2)[:, :, :seqlen_k], num_q_heads)
+    v_t = from_pv_key_order(qkv.v_t, qkv.k_block)
+    v = _repeat_kv(v_t.double().transpose(-1, -2)[:, :, :seqlen_k], num_q_heads)
     v_scale = _repeat_kv(qkv.v_scale.double(), num_q_heads)
 
     s_all = (q @ k.transpose(-1, -2)) * (q_scale * scale * math.log2(math.e))[..., None] * k_scale[..., None, :]

@@ -36,6 +36,7 @@ import triton
 import triton.language as tl
 
 from fp8attn.kernels.grid_dependency import programmatic_launch, wait_for_previous_grid
+from fp8attn.kernels.key_order import pv_key_order
 from fp8attn.kernels.launch import Launch
 from fp8attn.quantize import QuantizedQKV
 
@@ -107,22 +108,22 @@ def _softmax_step(qk, c, m_tile, m_i, l_i, LOG2_P_SCALE: tl.constexpr):
 def _accumulate_pv(acc, acc_part, p, alpha, v, tile, PROMOTE_EVERY: tl.constexpr, PV_IMPRECISE_ACC: tl.constexpr,
                    PV_FP16: tl.constexpr):
     """``acc·alpha + P·V`` for key tile number ``tile``, with the recipe's P rounding and the promotion
-    of FP8 partial sums to the fp32 accumulator every PROMOTE_EVERY tiles (see the module docstring)."""
+    of FP8 partial sums to the fp32 accumulator every PROMOTE_EVERY tiles (see the module docstring).
+    E4M3 ``v`` has its keys in P·V operand order (:mod:`fp8attn.kernels.key_order`): P follows it."""
     if PV_FP16:
         acc = tl.dot(p.to(tl.float16), v, acc * alpha[:, None])  # fp16 wgmma accumulates in fp32
-    elif PROMOTE_EVERY == 0:
-        p8 = p.to(tl.float8e4nv)
-        acc = tl.dot(p8, v, acc * alpha[:, None], max_num_imprecise_acc=PV_IMPRECISE_ACC)
-    elif PROMOTE_EVERY == 1:
-        p8 = p.to(tl.float8e4nv)
-        acc = acc * alpha[:, None] + tl.dot(p8, v, max_num_imprecise_acc=PV_IMPRECISE_ACC)
     else:
-        p8 = p.to(tl.float8e4nv)
-        acc = acc * alpha[:, None]
-        acc_part = tl.dot(p8, v, acc_part * alpha[:, None], max_num_imprecise_acc=PV_IMPRECISE_ACC)
-        if tile % PROMOTE_EVERY == PROMOTE_EVERY - 1:
-            acc += acc_part
-            acc_part = tl.zeros_like(acc_part)
+        p8 = pv_key_order(p.to(tl.float8e4nv))
+        if PROMOTE_EVERY == 0:
+            acc = tl.dot(p8, v, acc * alpha[:, None], max_num_imprecise_acc=PV_IMPRECISE_ACC)
+        elif PROMOTE_EVERY == 1:
+            acc = acc * alpha[:, None] + tl.dot(p8, v, max_num_imprecise_acc=PV_IMPRECISE_ACC)
+        else:
+            acc = acc * alpha[:, None]
+            acc_part = tl.dot(p8, v, acc_part * alpha[:, None], max_num_imprecise_acc=PV_IMPRECISE_ACC)
+            if tile % PROMOTE_EVERY == PROMOTE_EVERY - 1:
+                acc += acc_part
+                acc_part = tl.zeros_like(acc_part)
     return acc, acc_part
 
 

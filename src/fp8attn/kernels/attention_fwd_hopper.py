@@ -40,6 +40,7 @@ from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 from fp8attn.kernels import attention_fwd
 from fp8attn.kernels.attention_fwd import LOG2_E, forward_config
+from fp8attn.kernels.key_order import pv_key_order
 from fp8attn.kernels.launch import Launch
 from fp8attn.quantize import QuantizedQKV
 
@@ -48,6 +49,14 @@ _mask_scores = gluon.jit(attention_fwd._mask_scores.fn)
 _softmax_step = gluon.jit(attention_fwd._softmax_step.fn)
 _key_range = gluon.jit(attention_fwd._key_range.fn)
 _store_output = gluon.jit(attention_fwd._store_output.fn)
+_pv_key_order = gluon.jit(pv_key_order.fn)
+
+
+@gluon.jit
+def _pv_operand(p, p_layout: gl.constexpr):
+    """P in E4M3 as the P·V wgmma's register operand: its keys relabelled into Vᵀ's stored order
+    (:mod:`fp8attn.kernels.key_order`), which leaves every value in the thread that already holds it."""
+    return gl.convert_layout(_pv_key_order(p.to(gl.float8e4nv)), p_layout, assert_trivial=True)
 
 
 @gluon.jit
@@ -84,7 +93,7 @@ def _attend_tile(qk, acc, l_i, m_i, v_tile, k_scale_base, tile, offs_m, offs_n0,
     qk, c = _scores(qk.to(gl.float32), k_scale_base, tile, offs_m, offs_n0, c_row, full_hi, seqlen_k, diagonal,
                     BLOCK_N, K_BLOCK, CAUSAL)
     p, alpha, m_i, l_i = _softmax_step(qk, c, gl.max(qk, axis=1) * c, m_i, l_i, LOG2_P_SCALE)
-    p8 = gl.convert_layout(p.to(gl.float8e4nv), p_layout)
+    p8 = _pv_operand(p, p_layout)
     alpha = gl.expand_dims(gl.convert_layout(alpha, pv_rows), 1)
     if PROMOTE:
         pv = warpgroup_mma(p8, v_tile.permute((1, 0)), acc, use_acc=False, is_async=True)
@@ -120,8 +129,8 @@ def _consume_pair(q_tile, k_smem, v_smem, ready, empty, qk_zero, acc, l_i, m_i, 
     m_tile = gl.maximum(gl.max(qk_lo, axis=1) * c_lo, gl.max(qk_hi, axis=1) * c_hi)
     p_lo, alpha, m_i, l_i = _softmax_step(qk_lo, c_lo, m_tile, m_i, l_i, LOG2_P_SCALE)
     p_hi, _, m_i, l_i = _softmax_step(qk_hi, c_hi, m_tile, m_i, l_i, LOG2_P_SCALE)  # alpha == 1
-    p8_lo = gl.convert_layout(p_lo.to(gl.float8e4nv), p_layout)
-    p8_hi = gl.convert_layout(p_hi.to(gl.float8e4nv), p_layout)
+    p8_lo = _pv_operand(p_lo, p_layout)
+    p8_hi = _pv_operand(p_hi, p_layout)
     alpha = gl.expand_dims(gl.convert_layout(alpha, pv_rows), 1)
     if PROMOTE:
         pv = warpgroup_mma(p8_lo, v_lo.permute((1, 0)), acc, use_acc=False, is_async=True)

@@ -5,7 +5,8 @@ per-head descales. The forward kernel reads the layout of :class:`~fp8attn.quant
 V transposed to ``(B, Hkv, Dp, Skp)`` (Hopper's FP8 wgmma takes its B operand K-major only), the
 head dimension padded to a power of two, the key length to a multiple of ``k_block``, and scales per
 block of tokens. ``_prequantized_layout_kernel`` writes all of it: one program per (block of 128
-tokens, batch · KV head) transposes that block of V, copies K (and the query heads of its group) when
+tokens, batch · KV head) transposes that block of V (keys in P·V operand order,
+:mod:`fp8attn.kernels.key_order`), copies K (and the query heads of its group) when
 they need padding, and writes the block's scales. Q and K are used in place when they already have the
 layout (D already the padded width, a power of two from 32; unit stride along D; and for K a length
 that is a multiple of ``k_block``).
@@ -20,6 +21,7 @@ import triton
 import triton.language as tl
 
 from fp8attn.kernels.grid_dependency import programmatic_launch, signal_next_grid
+from fp8attn.kernels.key_order import pv_key_order
 from fp8attn.kernels.launch import Launch
 from fp8attn.quantize import BufferLayout, QuantizedQKV, carve_workspace, padded_head_dim
 from fp8attn.recipe import E4M3_BLOCK
@@ -67,7 +69,8 @@ def _prequantized_layout_kernel(
         ok = (offs_t < seqlen_k)[:, None] & d_ok[None, :]
         v = tl.load(v_ptr + b * stride_vb + h * stride_vh + offs_t[:, None] * stride_vt + offs_d[None, :] * stride_vd,
                     mask=ok, other=0.0)
-        tl.store(vt_ptr + (kv_bh * HEAD_DIM_PAD + offs_d[None, :]) * seqlen_k_pad + offs_t[:, None], v)
+        tl.store(vt_ptr + (kv_bh * HEAD_DIM_PAD + offs_d[:, None]) * seqlen_k_pad + offs_t[None, :],
+                 pv_key_order(tl.trans(v)))
         if COPY_K:
             _copy_padded(k_ptr + b * stride_kb + h * stride_kh, k_out_ptr + kv_bh * seqlen_k_pad * HEAD_DIM_PAD,
                          stride_kt, stride_kd, offs_t, seqlen_k, seqlen_k_pad, head_dim, HEAD_DIM_PAD)
