@@ -32,16 +32,29 @@ ON_HOPPER = HAS_CUDA and not INTERPRETED and torch.cuda.get_device_capability() 
 needs_hopper = pytest.mark.skipif(not ON_HOPPER, reason="needs an sm_90 GPU (compiled Gluon kernel)")
 
 
+def assert_hopper_kernel_spills_as_measured(report) -> None:
+    """No spills at D=256. At D=128, under setmaxnreg 240, the masked-pair loop (the diagonal or ragged pair,
+    once or twice per consumer) spills a few registers and the causal key loop one (one STL and one LDL a
+    pass of ~800 instructions); with them the kernel measured 6-16 % faster than the Triton kernel at
+    S >= 4k, causal S=4k even (docs/perf-notes.md, section 27)."""
+    if "D128" in report.shape:
+        assert report.loop.get("LDL", 0) <= 1 and report.loop.get("STL", 0) <= 1, report
+    else:
+        assert report.spills == 0 and report.stack_bytes == 0, report
+
+
 @pytest.mark.parametrize(("recipe", "qk_op"), [("e4m3", "QGMMA"), ("int8-hadamard-vsmooth", "IGMMA")])
-def test_hopper_kernel_compiled_offline_uses_8bit_wgmma_without_spills(recipe, qk_op):
+def test_hopper_kernel_compiled_offline_uses_8bit_wgmma_and_spills_as_measured(recipe, qk_op):
     only = "fwd_ws_kernel"
-    reports = (collect_in_subprocess(arch=90, only=only, recipe=recipe, head_dims=(256,)) if INTERPRETED
-               else collect(shapes_for((256,)), arch=90, only=only, recipe=recipe))
-    assert len(reports) == 2  # D=256, 4096 keys, causal and not: the shapes the library gives it
+    reports = (collect_in_subprocess(arch=90, only=only, recipe=recipe, head_dims=(128, 256)) if INTERPRETED
+               else collect(shapes_for((128, 256)), arch=90, only=only, recipe=recipe))
+    assert len(reports) == 4  # D=128 and 256, 4096 keys, causal and not: the shapes the library gives it
     for report in reports:
         assert report.opcodes[qk_op] > 0 and report.opcodes["QGMMA"] > 0, report
         assert report.opcodes["HGMMA"] == report.opcodes["HMMA"] == report.opcodes["IMMA"] == 0, report
-        assert report.spills == 0 and report.stack_bytes == 0, report
+        assert report.loop.get(qk_op, 0) > 0, report  # the key loop found: its matmuls are in it
+        assert report.loop.get("SHFL", 0) <= 16, report  # row max and sum only: P needs no shuffles
+        assert_hopper_kernel_spills_as_measured(report)
 
 
 @needs_hopper
@@ -85,12 +98,13 @@ def test_hopper_kernel_rejects_an_odd_ring():
 
 @needs_hopper
 @pytest.mark.parametrize("recipe", ["e4m3", "int8-hadamard-vsmooth"])
-def test_library_runs_long_d256_on_the_hopper_kernel_and_replays_it(gen, recipe):
-    """At D=256 and 4096 tokens fp8attn.attention picks the Gluon kernel; the second call replays the
-    recorded launches with TMA descriptors rebuilt around the new buffers, and must give exactly what a
+@pytest.mark.parametrize("head_dim", [128, 256])
+def test_library_runs_long_shapes_on_the_hopper_kernel_and_replays_it(gen, recipe, head_dim):
+    """At D=128 and 256 and 4096 tokens fp8attn.attention picks the Gluon kernel; the second call replays
+    the recorded launches with TMA descriptors rebuilt around the new buffers, and must give exactly what a
     fresh kernel launch gives on the new inputs."""
     r = RECIPES[recipe]
-    shape = (1, 2, 1, HOPPER_MIN_SEQLEN, HOPPER_MIN_SEQLEN, 256)
+    shape = (1, 2, 1, HOPPER_MIN_SEQLEN, HOPPER_MIN_SEQLEN, head_dim)
     _PLANS.clear()
     for call in range(2):
         q, k, v = make_qkv(gen, shape, dtype=torch.bfloat16, device="cuda", kind="k_offset")
@@ -100,7 +114,7 @@ def test_library_runs_long_d256_on_the_hopper_kernel_and_replays_it(gen, recipe)
         assert hopper_kernel_applies(qkv)
         want = torch.full_like(out, float("nan"))
         lse = torch.empty(q.shape[:3], device="cuda")
-        launch = forward_launch(qkv, want, lse, causal=True, softmax_scale=256**-0.5, p_scale=r.p_multiplier)
+        launch = forward_launch(qkv, want, lse, causal=True, softmax_scale=head_dim**-0.5, p_scale=r.p_multiplier)
         assert launch.kernel.__name__ == "_fp8_attention_fwd_ws_kernel"
         launch.run()
         assert torch.equal(out, want), f"call {call}"

@@ -15,12 +15,20 @@ from fp8attn.kernel_report import collect, collect_in_subprocess, read_cubin, sh
 from fp8attn.kernels.attention_fwd import _fp8_attention_fwd_kernel, forward_config
 from fp8attn.recipe import RECIPES
 from tests.conftest import HAS_CUDA, INTERPRETED, make_qkv
+from tests.test_hopper_kernel import assert_hopper_kernel_spills_as_measured
+
+
+def _assert_no_spills(report) -> None:
+    if report.kernel == "_fp8_attention_fwd_ws_kernel":
+        assert_hopper_kernel_spills_as_measured(report)
+    else:
+        assert report.spills == 0 and report.stack_bytes == 0, f"register spills in {report}"
 
 
 def _assert_fp8_tensor_core_kernel(report) -> None:
     assert report.opcodes["QGMMA"] > 0, f"no FP8 wgmma in {report}"
     assert report.opcodes["HGMMA"] == report.opcodes["HMMA"] == 0, f"a 16-bit matmul path in {report}"
-    assert report.spills == 0 and report.stack_bytes == 0, f"register spills in {report}"
+    _assert_no_spills(report)
 
 
 def _offline(recipe: str, only: str = "attention", head_dims: tuple[int, ...] = (64, 128, 256)) -> list:
@@ -43,7 +51,7 @@ def test_recipes_compile_to_their_tensor_core_instructions(recipe, qk_op, pv_op)
     for report in _offline(recipe):
         assert report.opcodes[qk_op] > 0 and report.opcodes[pv_op] > 0, report
         assert report.opcodes["HMMA"] == report.opcodes["IMMA"] == 0, report
-        assert report.spills == 0, report
+        _assert_no_spills(report)
 
 
 @pytest.mark.parametrize("recipe", ["e4m3", "int8-hadamard-vsmooth"])
@@ -55,7 +63,7 @@ def test_key_loop_spends_one_exp2_and_one_fma_per_score(recipe, head_dim):
     without the 16 SHFL per tile its conversion took in natural key order (fp8attn.kernels.key_order)."""
     cfg = forward_config(head_dim, RECIPES[recipe].k_block)
     scores = cfg.block_m * cfg.block_n // (32 * cfg.num_warps)  # per thread, per key tile
-    (report,) = [r for r in _offline(recipe, head_dims=(head_dim,)) if "S4096" in r.shape and "causal" not in r.shape]
+    (report,) = [r for r in _offline(recipe, head_dims=(head_dim,)) if "S512" in r.shape]  # the Triton kernel
     loop = report.loop
     assert scores <= loop.get("MUFU", 0) <= scores + 4, loop
     assert loop.get("FFMA", 0) >= scores and loop.get("FMUL", 0) <= 8, loop

@@ -47,7 +47,7 @@ class KernelReport:
     num_warps: int
     num_stages: int
     opcodes: dict[str, int]
-    loop: dict[str, int] = field(default_factory=dict)  # opcode mix of one pass of the first loop
+    loop: dict[str, int] = field(default_factory=dict)  # opcode mix of one pass of the hot loop (key_loop_mix)
     stack_pointer_packs: int = 0  # F2FP merging R1 (the stack pointer) into a packed word: a ptxas miscompile
 
     @property
@@ -63,19 +63,30 @@ _SASS_LINE = re.compile(r"\s+/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0
 _BACKWARD_BRANCH = re.compile(r"\s+/\*([0-9a-f]{4,})\*/.*\bBRA\s+0x([0-9a-f]+)")
 
 
-def first_loop_mix(sass: str) -> dict[str, int]:
-    """Opcode counts (without modifiers) of the instructions between the first backward branch and its
-    target: one pass of the kernel's first loop, for the attention kernel its unmasked key loop."""
+_WGMMA = ("QGMMA", "HGMMA", "IGMMA")
+
+
+def key_loop_mix(sass: str) -> dict[str, int]:
+    """Opcode counts (without modifiers) of one pass of the kernel's hot loop: the first innermost loop
+    (a backward branch and its target) that issues a wgmma — for the attention kernels their unmasked
+    key loop (in the warp-specialized kernel, the first consumer's) — or the first loop of a kernel
+    without wgmma."""
+    ops = [(int(m.group(1), 16), m.group(2)) for m in map(_SASS_LINE.match, sass.splitlines()) if m]
+    loops = []
     for line in sass.splitlines():
         m = _BACKWARD_BRANCH.match(line)
         if m and int(m.group(2), 16) < int(m.group(1), 16):
-            lo, hi = int(m.group(2), 16), int(m.group(1), 16)
-            break
-    else:
+            loops.append((int(m.group(2), 16), int(m.group(1), 16)))
+    if not loops:
         return {}
-    counts = Counter(m.group(2) for m in map(_SASS_LINE.match, sass.splitlines())
-                     if m and lo <= int(m.group(1), 16) <= hi)
-    return dict(counts.most_common())
+
+    def issues_wgmma(lo: int, hi: int) -> bool:
+        return any(lo <= addr <= hi and op in _WGMMA for addr, op in ops)
+
+    hot = [(lo, hi) for lo, hi in loops if issues_wgmma(lo, hi)]
+    innermost = [(lo, hi) for lo, hi in hot if not any(lo <= a and b <= hi and (a, b) != (lo, hi) for a, b in hot)]
+    lo, hi = min(innermost) if innermost else min(loops, key=lambda loop: loop[1])
+    return dict(Counter(op for addr, op in ops if lo <= addr <= hi).most_common())
 
 
 def _tool(name: str) -> str:
@@ -149,7 +160,7 @@ def read_cubin(cubin: bytes, kernel: str, shape: str, arch: int, num_warps: int,
         kernel=kernel, shape=shape, arch=arch, registers=int(resources.get("REG", 0)),
         stack_bytes=int(resources.get("STACK", 0)), shared_bytes=shared_bytes,
         num_warps=num_warps, num_stages=num_stages, opcodes={op: counts.get(op, 0) for op in _OPCODES},
-        loop=first_loop_mix(sass.stdout), stack_pointer_packs=len(_STACK_POINTER_PACK.findall(sass.stdout)),
+        loop=key_loop_mix(sass.stdout), stack_pointer_packs=len(_STACK_POINTER_PACK.findall(sass.stdout)),
     )
 
 
@@ -251,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.loop and not args.json:
         for r in reports:
             mix = ", ".join(f"{op} {n}" for op, n in r.loop.items())
-            print(f"\n{r.kernel} {r.shape}: first loop, one pass, {sum(r.loop.values())} instructions:\n  {mix}")
+            print(f"\n{r.kernel} {r.shape}: hot loop, one pass, {sum(r.loop.values())} instructions:\n  {mix}")
     if args.ncu:
         from fp8attn import kernel_profile
 

@@ -21,8 +21,9 @@ What else differs is the schedule, which ``tl.dot``-level Triton does not expres
   reductions, rescales and waits per key of a one-tile step; whole pairs run without mask selects. The
   two consumers interleave freely on the SM's schedulers, one's softmax under the other's matmuls.
 
-It wins where key loops are long and the Triton kernel is limited to one program per SM: D = 256
-(docs/perf-notes.md, sections 16 and 26). :func:`hopper_kernel_applies` says where the library uses it.
+It wins where key loops are long: at D = 256, where the Triton kernel runs one program per SM, and
+since P needs no shuffles (:mod:`fp8attn.kernels.key_order`) at D = 128 too (docs/perf-notes.md,
+sections 16, 26 and 27). :func:`hopper_kernel_applies` says where the library uses it.
 """
 
 from __future__ import annotations
@@ -312,8 +313,8 @@ def _fp8_attention_fwd_ws_kernel(
 
 
 _GL_DTYPES = {torch.float8_e4m3fn: gl.float8e4nv, torch.int8: gl.int8}
-# Where it beats the Triton kernel (perf-notes sections 16, 26): padded head dim 256, long sequences.
-HOPPER_HEAD_DIM_PAD = 256
+# Where it beats the Triton kernel (perf-notes sections 16, 26, 27): padded head dim 128 or 256, long sequences.
+HOPPER_HEAD_DIMS_PAD = (128, 256)
 HOPPER_MIN_SEQLEN = 4096
 _ROWS_PER_CONSUMER = 64
 
@@ -341,9 +342,9 @@ def hopper_softmax_keys(head_dim_pad: int, k_block: int) -> int:
 
 
 def hopper_kernel_shape(qkv: QuantizedQKV) -> bool:
-    """The shapes this kernel is used for (where it beats the Triton kernel: perf-notes sections 16 and 26):
-    an E4M3 P·V recipe, padded head dim 256, at least 4096 queries and keys."""
-    return (qkv.q.shape[-1] == HOPPER_HEAD_DIM_PAD and min(qkv.seqlen_q, qkv.seqlen_k) >= HOPPER_MIN_SEQLEN
+    """The shapes this kernel is used for (where it beats the Triton kernel: perf-notes sections 16, 26
+    and 27): an E4M3 P·V recipe, padded head dim 128 or 256, at least 4096 queries and keys."""
+    return (qkv.q.shape[-1] in HOPPER_HEAD_DIMS_PAD and min(qkv.seqlen_q, qkv.seqlen_k) >= HOPPER_MIN_SEQLEN
             and qkv.v_t.dtype == torch.float8_e4m3fn)
 
 
