@@ -11,9 +11,10 @@ What else differs is the schedule, which ``tl.dot``-level Triton does not expres
 * one program owns 128 query rows of one (batch, head) as two consumer warpgroups of 64 rows, plus a
   producer warp (``gl.warp_specialize``, registers rebalanced with ``setmaxnreg``: 240 per consumer
   thread, 24 per producer thread);
-* the producer copies both Q tiles and then every key tile (K rows and Vᵀ columns) by TMA into a ring
-  of ``NUM_STAGES`` (even) shared-memory slots; one ``ready`` mbarrier per slot, and one ``empty``
-  mbarrier per slot and consumer, which that consumer arrives on once its P·V has read the slot. Both
+* the producer copies both Q tiles and then the key tiles (K rows and Vᵀ columns), two at a time, by TMA
+  into a ring of ``NUM_STAGES`` (even) shared-memory slots; one ``ready`` mbarrier per pair of slots, and
+  one ``empty`` mbarrier per pair and consumer, which that consumer arrives on once its P·V has read the
+  pair (each wait and arrive costs the warpgroup a named barrier: one per pair, not per tile). Both
   consumers read every tile once, so each K/V byte serves 128 rows (the Triton kernel runs 64-row
   programs);
 * per pair of tiles a consumer issues both score matmuls, takes one row max over both (each half
@@ -61,14 +62,18 @@ def _pv_operand(p, p_layout: gl.constexpr):
 
 
 @gluon.jit
-def _issue_kv_load(k_desc, vt_desc, k_smem, v_smem, ready, tile, kv_row, vt_row, BLOCK_N: gl.constexpr,
-                   NUM_STAGES: gl.constexpr):
-    """Start the TMA copies of key tile ``tile`` (K rows and Vᵀ columns) into its ring slot."""
-    slot = tile % NUM_STAGES
-    bar = ready.index(slot)
-    mbarrier.expect(bar, k_desc.block_type.nbytes + vt_desc.block_type.nbytes)
-    tma.async_copy_global_to_shared(k_desc, [kv_row + tile * BLOCK_N, 0], bar, k_smem.index(slot))
-    tma.async_copy_global_to_shared(vt_desc, [vt_row, tile * BLOCK_N], bar, v_smem.index(slot))
+def _issue_kv_pair_load(k_desc, vt_desc, k_smem, v_smem, ready, pair, kv_row, vt_row, BLOCK_N: gl.constexpr,
+                        NUM_STAGES: gl.constexpr):
+    """Start the TMA copies of key tiles ``2·pair`` and ``2·pair + 1`` (K rows and Vᵀ columns) into their
+    adjacent ring slots, both signalling the pair's one ``ready`` barrier. A pair past a head's last tile
+    reads the next head's keys or TMA's zero fill: loaded, never used, so the byte count stays constant."""
+    slot = 2 * (pair % (NUM_STAGES // 2))
+    bar = ready.index(slot // 2)
+    mbarrier.expect(bar, 2 * (k_desc.block_type.nbytes + vt_desc.block_type.nbytes))
+    for i in gl.static_range(2):
+        tile = 2 * pair + i
+        tma.async_copy_global_to_shared(k_desc, [kv_row + tile * BLOCK_N, 0], bar, k_smem.index(slot + i))
+        tma.async_copy_global_to_shared(vt_desc, [vt_row, tile * BLOCK_N], bar, v_smem.index(slot + i))
 
 
 @gluon.jit
@@ -111,14 +116,12 @@ def _consume_pair(q_tile, k_smem, v_smem, ready, empty, qk_zero, acc, l_i, m_i, 
                   c_row, full_hi, seqlen_k, diagonal, p_layout: gl.constexpr, pv_rows: gl.constexpr,
                   BLOCK_N: gl.constexpr, K_BLOCK: gl.constexpr, CAUSAL: gl.constexpr, LOG2_P_SCALE: gl.constexpr,
                   PROMOTE: gl.constexpr, NUM_STAGES: gl.constexpr, WG: gl.constexpr, MASKED: gl.constexpr):
-    """Ring tiles ``t`` and ``t + 1`` (even ``t``; NUM_STAGES even, so their slots are adjacent) as one
-    softmax step of 2·BLOCK_N keys: both score matmuls, one row max, each half's exponentials with its
-    own K scale, both halves' P·V chained in one wgmma accumulator (added to ``acc`` in fp32 once with
-    PROMOTE); then both slots are released."""
+    """Ring tiles ``t`` and ``t + 1`` (even ``t``; NUM_STAGES even, so their slots are adjacent and share
+    one ``ready`` and one ``empty`` barrier) as one softmax step of 2·BLOCK_N keys: both score matmuls,
+    one row max, each half's exponentials with its own K scale, both halves' P·V chained in one wgmma
+    accumulator (added to ``acc`` in fp32 once with PROMOTE); then the pair's slots are released."""
     slot = t % NUM_STAGES
-    phase = (t // NUM_STAGES) & 1
-    mbarrier.wait(ready.index(slot), phase)
-    mbarrier.wait(ready.index(slot + 1), phase)
+    mbarrier.wait(ready.index(slot // 2), (t // NUM_STAGES) & 1)
     k_lo, k_hi, v_lo, v_hi = k_smem.index(slot), k_smem.index(slot + 1), v_smem.index(slot), v_smem.index(slot + 1)
     qk_lo = warpgroup_mma(q_tile, k_lo.permute((1, 0)), qk_zero, use_acc=False, is_async=True)
     qk_hi = warpgroup_mma(q_tile, k_hi.permute((1, 0)), qk_zero, use_acc=False, is_async=True)
@@ -142,8 +145,7 @@ def _consume_pair(q_tile, k_smem, v_smem, ready, empty, qk_zero, acc, l_i, m_i, 
         acc = warpgroup_mma(p8_lo, v_lo.permute((1, 0)), acc * alpha, is_async=True)
         acc = warpgroup_mma(p8_hi, v_hi.permute((1, 0)), acc, is_async=True)
         acc = warpgroup_mma_wait(0, deps=(acc,))
-    mbarrier.arrive(empty.index(WG * NUM_STAGES + slot), count=1)
-    mbarrier.arrive(empty.index(WG * NUM_STAGES + slot + 1), count=1)
+    mbarrier.arrive(empty.index(WG * (NUM_STAGES // 2) + slot // 2), count=1)
     return acc, l_i, m_i
 
 
@@ -161,10 +163,10 @@ def _ws_producer(
     seqlen_q, seqlen_k, seqlen_k_pad, num_q_heads, num_kv_heads,
     CAUSAL: gl.constexpr, NUM_STAGES: gl.constexpr,
 ):
-    """One warp: both consumers' Q tiles, then every key tile either consumer needs, into the ring.
+    """One warp: both consumers' Q tiles, then every pair of key tiles either consumer needs, into the ring.
 
-    A slot is refilled once each consumer that read its previous tile has released it (consumer 0,
-    the upper rows, may need fewer tiles under a causal mask and stops releasing early).
+    A pair of slots is refilled once each consumer that read its previous pair has released it
+    (consumer 0, the upper rows, may need fewer tiles under a causal mask and stops releasing early).
     """
     BLOCK_M: gl.constexpr = q_desc.block_type.shape[0]
     BLOCK_N: gl.constexpr = k_desc.block_type.shape[0]
@@ -177,15 +179,17 @@ def _ws_producer(
         mbarrier.expect(q_ready.index(c), q_desc.block_type.nbytes)
         tma.async_copy_global_to_shared(q_desc, [bh * seqlen_q + start_m + c * BLOCK_M, 0], q_ready.index(c),
                                         q_smem.index(c))
+    NUM_PAIRS: gl.constexpr = NUM_STAGES // 2
     n0, _, _ = _key_tiles(start_m, seqlen_q, seqlen_k, BLOCK_M, BLOCK_N, CAUSAL)
     n1, _, _ = _key_tiles(start_m + BLOCK_M, seqlen_q, seqlen_k, BLOCK_M, BLOCK_N, CAUSAL)
-    for t in range(gl.maximum(n0, n1)):
-        slot = t % NUM_STAGES
-        phase = ((t // NUM_STAGES) & 1) ^ 1  # a fresh barrier passes a wait for parity 1
-        mbarrier.wait(empty.index(slot), phase, pred=t < n0 + NUM_STAGES)
-        mbarrier.wait(empty.index(NUM_STAGES + slot), phase, pred=t < n1 + NUM_STAGES)
-        _issue_kv_load(k_desc, vt_desc, k_smem, v_smem, ready, t, kv_bh * seqlen_k_pad, kv_bh * HEAD_DIM_PAD,
-                       BLOCK_N, NUM_STAGES)
+    p0 = gl.cdiv(n0, 2)
+    p1 = gl.cdiv(n1, 2)
+    for p in range(gl.maximum(p0, p1)):
+        phase = ((p // NUM_PAIRS) & 1) ^ 1  # a fresh barrier passes a wait for parity 1
+        mbarrier.wait(empty.index(p % NUM_PAIRS), phase, pred=p < p0 + NUM_PAIRS)
+        mbarrier.wait(empty.index(NUM_PAIRS + p % NUM_PAIRS), phase, pred=p < p1 + NUM_PAIRS)
+        _issue_kv_pair_load(k_desc, vt_desc, k_smem, v_smem, ready, p, kv_bh * seqlen_k_pad, kv_bh * HEAD_DIM_PAD,
+                            BLOCK_N, NUM_STAGES)
 
 
 @gluon.jit
@@ -246,15 +250,15 @@ def _ws_consume(
                                       BLOCK_N, K_BLOCK, CAUSAL, LOG2_P_SCALE, PROMOTE, NUM_STAGES, WG, True)
     if num_tiles % 2 == 1:
         # An odd last tile alone: the arithmetic of a pair whose upper tile is past every visible key.
-        last = num_tiles - 1
+        last = num_tiles - 1  # even: the first tile of its pair
         slot = last % NUM_STAGES
-        mbarrier.wait(ready.index(slot), (last // NUM_STAGES) & 1)
+        mbarrier.wait(ready.index(slot // 2), (last // NUM_STAGES) & 1)
         qk = warpgroup_mma(q_tile, k_smem.index(slot).permute((1, 0)), qk_zero, use_acc=False, is_async=True)
         qk = warpgroup_mma_wait(0, deps=(qk,))
         acc, l_i, m_i = _attend_tile(qk, acc, l_i, m_i, v_smem.index(slot), k_scale_base, last, offs_m, offs_n0,
                                      c_row, full_hi, seqlen_k, diagonal, p_layout, pv_rows, BLOCK_N, K_BLOCK, CAUSAL,
                                      LOG2_P_SCALE, PROMOTE)
-        mbarrier.arrive(empty.index(WG * NUM_STAGES + slot), count=1)
+        mbarrier.arrive(empty.index(WG * (NUM_STAGES // 2) + slot // 2), count=1)
 
     offs_d = gl.arange(0, HEAD_DIM_PAD, layout=pv_cols)
     offs_mo = start_m + gl.arange(0, BLOCK_M, layout=pv_rows)
@@ -284,13 +288,13 @@ def _fp8_attention_fwd_ws_kernel(
     q_smem = gl.allocate_shared_memory(q_desc.dtype, [2, BLOCK_M, HEAD_DIM_PAD], q_desc.layout)
     k_smem = gl.allocate_shared_memory(k_desc.dtype, [NUM_STAGES, BLOCK_N, HEAD_DIM_PAD], k_desc.layout)
     v_smem = gl.allocate_shared_memory(vt_desc.dtype, [NUM_STAGES, HEAD_DIM_PAD, BLOCK_N], vt_desc.layout)
-    ready = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
-    empty = gl.allocate_shared_memory(gl.int64, [2 * NUM_STAGES, 1], mbarrier.MBarrierLayout())
+    ready = gl.allocate_shared_memory(gl.int64, [NUM_STAGES // 2, 1], mbarrier.MBarrierLayout())  # one per pair
+    empty = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())  # per pair and consumer
     q_ready = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
-    for i in gl.static_range(NUM_STAGES):
+    for i in gl.static_range(NUM_STAGES // 2):
         mbarrier.init(ready.index(i), count=1)
         mbarrier.init(empty.index(i), count=1)
-        mbarrier.init(empty.index(NUM_STAGES + i), count=1)
+        mbarrier.init(empty.index(NUM_STAGES // 2 + i), count=1)
     for i in gl.static_range(2):
         mbarrier.init(q_ready.index(i), count=1)
     # Consumer warpgroup 0 is the default partition, 1 and the producer are workers. The argument tuples are
