@@ -77,6 +77,21 @@ def _issue_kv_pair_load(k_desc, vt_desc, k_smem, v_smem, ready, pair, kv_row, vt
 
 
 @gluon.jit
+def _wait_for_pair(ready, t, NUM_STAGES: gl.constexpr):
+    """Wait until ring tile ``t`` (even: the first of its pair) and the next have landed; return its slot
+    (the pair's second tile is ``slot + 1``)."""
+    slot = t % NUM_STAGES
+    mbarrier.wait(ready.index(slot // 2), (t // NUM_STAGES) & 1)
+    return slot
+
+
+@gluon.jit
+def _release_pair(empty, slot, NUM_STAGES: gl.constexpr, WG: gl.constexpr):
+    """Consumer WG is done reading the pair of slots from ``slot``: the producer may refill them."""
+    mbarrier.arrive(empty.index(WG * (NUM_STAGES // 2) + slot // 2), count=1)
+
+
+@gluon.jit
 def _scores(qk, k_scale_base, tile, offs_m, offs_n0, c_row, full_hi, seqlen_k, diagonal,
             BLOCK_N: gl.constexpr, K_BLOCK: gl.constexpr, CAUSAL: gl.constexpr, MASKED: gl.constexpr = True):
     """Raw products of one key tile with their per-row factor ``c`` (> 0). With MASKED, a tile past
@@ -120,8 +135,7 @@ def _consume_pair(q_tile, k_smem, v_smem, ready, empty, qk_zero, acc, l_i, m_i, 
     one ``ready`` and one ``empty`` barrier) as one softmax step of 2·BLOCK_N keys: both score matmuls,
     one row max, each half's exponentials with its own K scale, both halves' P·V chained in one wgmma
     accumulator (added to ``acc`` in fp32 once with PROMOTE); then the pair's slots are released."""
-    slot = t % NUM_STAGES
-    mbarrier.wait(ready.index(slot // 2), (t // NUM_STAGES) & 1)
+    slot = _wait_for_pair(ready, t, NUM_STAGES)
     k_lo, k_hi, v_lo, v_hi = k_smem.index(slot), k_smem.index(slot + 1), v_smem.index(slot), v_smem.index(slot + 1)
     qk_lo = warpgroup_mma(q_tile, k_lo.permute((1, 0)), qk_zero, use_acc=False, is_async=True)
     qk_hi = warpgroup_mma(q_tile, k_hi.permute((1, 0)), qk_zero, use_acc=False, is_async=True)
@@ -145,7 +159,7 @@ def _consume_pair(q_tile, k_smem, v_smem, ready, empty, qk_zero, acc, l_i, m_i, 
         acc = warpgroup_mma(p8_lo, v_lo.permute((1, 0)), acc * alpha, is_async=True)
         acc = warpgroup_mma(p8_hi, v_hi.permute((1, 0)), acc, is_async=True)
         acc = warpgroup_mma_wait(0, deps=(acc,))
-    mbarrier.arrive(empty.index(WG * (NUM_STAGES // 2) + slot // 2), count=1)
+    _release_pair(empty, slot, NUM_STAGES, WG)
     return acc, l_i, m_i
 
 
@@ -251,14 +265,13 @@ def _ws_consume(
     if num_tiles % 2 == 1:
         # An odd last tile alone: the arithmetic of a pair whose upper tile is past every visible key.
         last = num_tiles - 1  # even: the first tile of its pair
-        slot = last % NUM_STAGES
-        mbarrier.wait(ready.index(slot // 2), (last // NUM_STAGES) & 1)
+        slot = _wait_for_pair(ready, last, NUM_STAGES)
         qk = warpgroup_mma(q_tile, k_smem.index(slot).permute((1, 0)), qk_zero, use_acc=False, is_async=True)
         qk = warpgroup_mma_wait(0, deps=(qk,))
         acc, l_i, m_i = _attend_tile(qk, acc, l_i, m_i, v_smem.index(slot), k_scale_base, last, offs_m, offs_n0,
                                      c_row, full_hi, seqlen_k, diagonal, p_layout, pv_rows, BLOCK_N, K_BLOCK, CAUSAL,
                                      LOG2_P_SCALE, PROMOTE)
-        mbarrier.arrive(empty.index(WG * (NUM_STAGES // 2) + slot // 2), count=1)
+        _release_pair(empty, slot, NUM_STAGES, WG)
 
     offs_d = gl.arange(0, HEAD_DIM_PAD, layout=pv_cols)
     offs_mo = start_m + gl.arange(0, BLOCK_M, layout=pv_rows)

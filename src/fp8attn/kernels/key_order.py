@@ -43,16 +43,22 @@ def pv_key_positions(num_keys: int, device: torch.device | str = "cpu") -> torch
     return keys.reshape(num_keys // PV_KEY_GROUP, 2, 2, 4, 2).permute(0, 1, 3, 2, 4).reshape(num_keys)
 
 
+def _keys_reordered(v_t: torch.Tensor, k_block: int) -> bool:
+    """Whether the kernel layout stores this ``v_t`` in P·V operand order (the kernels' rule: E4M3 V and
+    tiles of at least 32 keys, see :func:`pv_key_order`)."""
+    return v_t.dtype != torch.float16 and k_block >= PV_KEY_GROUP
+
+
 def to_pv_key_order(v_t: torch.Tensor, k_block: int) -> torch.Tensor:
     """E4M3 ``v_t [..., Skp]`` in natural key order → the kernel layout's order (a copy)."""
-    if v_t.dtype == torch.float16 or k_block < PV_KEY_GROUP:
+    if not _keys_reordered(v_t, k_block):
         return v_t
     return v_t[..., pv_key_positions(v_t.shape[-1], v_t.device)]
 
 
 def from_pv_key_order(v_t: torch.Tensor, k_block: int) -> torch.Tensor:
     """The kernel layout's ``v_t [..., Skp]`` back in natural key order (a copy)."""
-    if v_t.dtype == torch.float16 or k_block < PV_KEY_GROUP:
+    if not _keys_reordered(v_t, k_block):
         return v_t
     natural = torch.empty_like(v_t)
     natural[..., pv_key_positions(v_t.shape[-1], v_t.device)] = v_t
