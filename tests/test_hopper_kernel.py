@@ -33,12 +33,12 @@ needs_hopper = pytest.mark.skipif(not ON_HOPPER, reason="needs an sm_90 GPU (com
 
 
 def assert_hopper_kernel_spills_as_measured(report) -> None:
-    """No spills at D=256. At D=128, under setmaxnreg 240, the masked-pair loop (the diagonal or ragged pair,
-    once or twice per consumer) spills a few registers and the causal key loop one (one STL and one LDL a
-    pass of ~800 instructions); with them the kernel measured 6-16 % faster than the Triton kernel at
-    S >= 4k, causal S=4k even (docs/perf-notes.md, section 27)."""
-    if "D128" in report.shape:
-        assert report.loop.get("LDL", 0) <= 1 and report.loop.get("STL", 0) <= 1, report
+    """No spill in the key loop. None at all at D=256 or with E4M3 Q·Kᵀ; with INT8 Q·Kᵀ at D=128, under
+    setmaxnreg 240, a few registers outside the loop (7 STL + 6 LDL, 2 + 2 causal, offline ptxas;
+    docs/perf-notes.md, section 29: the consumers' turns at the tensor cores took the rest away)."""
+    assert report.loop.get("LDL", 0) == 0 and report.loop.get("STL", 0) == 0, report
+    if "D128" in report.shape and "int8" in report.shape:
+        assert report.spills <= 14, report
     else:
         assert report.spills == 0 and report.stack_bytes == 0, report
 
@@ -69,7 +69,7 @@ def test_hopper_kernel_compiled_offline_uses_8bit_wgmma_and_spills_as_measured(r
     ((2, 2, 1, 640, 640, 256), False),
     ((1, 2, 2, 96, 40, 80), True),  # padded head dim, keys shorter than one tile
 ])
-@pytest.mark.parametrize("num_stages", [2, 4])
+@pytest.mark.parametrize("num_stages", [4, 6])
 def test_hopper_kernel_matches_the_emulation_of_its_softmax_steps(gen, recipe, shape, causal, num_stages):
     r = RECIPES[recipe]
     q, k, v = make_qkv(gen, shape, dtype=torch.bfloat16, device="cuda", kind="k_offset")
@@ -88,12 +88,13 @@ def test_hopper_kernel_matches_the_emulation_of_its_softmax_steps(gen, recipe, s
     torch.testing.assert_close(lse[seen].double(), want_lse[seen], rtol=0, atol=LSE_VS_EMULATION)
 
 
-def test_hopper_kernel_rejects_an_odd_ring():
+@pytest.mark.parametrize("num_stages", [3, 2])  # odd; one pair, where the consumers' turns would deadlock
+def test_hopper_kernel_rejects_a_ring_of_odd_or_fewer_than_four_tiles(num_stages):
     qkv = allocate_quantized(1, 2, 2, 4096, 4096, 256, RECIPES["e4m3"], "meta")
     out = torch.empty(1, 2, 4096, 256, device="meta", dtype=torch.bfloat16)
     lse = torch.empty(1, 2, 4096, device="meta")
-    with pytest.raises(ValueError, match="num_stages must be even"):
-        hopper_forward_launch(qkv, out, lse, causal=False, softmax_scale=0.0625, p_scale=1.0, num_stages=3)
+    with pytest.raises(ValueError, match=f"num_stages must be even .* >= 4 .* got {num_stages}"):
+        hopper_forward_launch(qkv, out, lse, causal=False, softmax_scale=0.0625, p_scale=1.0, num_stages=num_stages)
 
 
 @needs_hopper

@@ -19,12 +19,15 @@ What else differs is the schedule, which ``tl.dot``-level Triton does not expres
   programs);
 * per pair of tiles a consumer issues both score matmuls, takes one row max over both (each half
   scaled by its own K scale), and chains both P·V products in one wgmma accumulator: half the row
-  reductions, rescales and waits per key of a one-tile step; whole pairs run without mask selects. The
-  two consumers interleave freely on the SM's schedulers, one's softmax under the other's matmuls.
+  reductions, rescales and waits per key of a one-tile step; whole pairs run without mask selects;
+* the consumers take turns at the tensor cores (FA3's ping-pong, two named barriers): one issues its
+  P·V of a pair and its score matmuls of the next while the other runs its softmax. Both walk the
+  program's key tiles (under a causal mask the lower rows' last tiles are masked whole for the upper
+  ones) so that their turns pair up, and the ring holds at least two pairs.
 
 It wins where key loops are long: at D = 256, where the Triton kernel runs one program per SM, and
 since P needs no shuffles (:mod:`fp8attn.kernels.key_order`) at D = 128 too (docs/perf-notes.md,
-sections 16, 26 and 27). :func:`hopper_kernel_applies` says where the library uses it.
+sections 16, 26, 27 and 29). :func:`hopper_kernel_applies` says where the library uses it.
 """
 
 from __future__ import annotations
@@ -45,6 +48,10 @@ from fp8attn.kernels.attention_fwd import LOG2_E, forward_config
 from fp8attn.kernels.key_order import pv_key_order
 from fp8attn.kernels.launch import Launch
 from fp8attn.quantize import QuantizedQKV
+
+# Named barriers 14 and 15 (Triton's warp specialization uses the lowest ids): consumer WG's turn at the
+# tensor cores is barrier _TURN_BARRIER + WG.
+_TURN_BARRIER: gl.constexpr = gl.constexpr(14)
 
 # The Triton kernel's helpers, compiled as Gluon: one definition of the masking, softmax and epilogue.
 _mask_scores = gluon.jit(attention_fwd._mask_scores.fn)
@@ -92,6 +99,36 @@ def _release_pair(empty, slot, NUM_STAGES: gl.constexpr, WG: gl.constexpr):
 
 
 @gluon.jit
+def _take_turn(WG: gl.constexpr):
+    """Consumer WG waits for its turn at the tensor cores: until the other consumer has issued its matmuls
+    of the step before (:func:`_pass_turn`). A named barrier of both warpgroups (one instruction; an
+    mbarrier's wait is a loop, which ptxas does not move P's packing across)."""
+    gl.inline_asm_elementwise("bar.sync $1, 256;\n\tmov.b32 $0, 0;", "=r,r", [_TURN_BARRIER + WG], gl.int32,
+                              is_pure=False, pack=1)
+
+
+@gluon.jit
+def _take_turn_after(row_sum, WG: gl.constexpr):
+    """:func:`_take_turn` once ``row_sum`` (a consumer's row sums, two rows per thread: one barrier per
+    thread) is computed; returns it. ptxas schedules register arithmetic freely across a barrier and would
+    hoist the wait into the softmax, so the barrier's thread count is made to depend on the row sums:
+    ``256 + cvt.rzi.u32(row_sum · 0)`` is 256 for every float (0 · finite is ±0, NaN converts to 0), but
+    ptxas cannot fold it, and the wait stays after every exponential of the step."""
+    return gl.inline_asm_elementwise(
+        "{\n\t.reg .f32 zero;\n\t.reg .u32 count;\n\t"
+        "mul.f32 zero, $2, 0f00000000;\n\tcvt.rzi.u32.f32 count, zero;\n\tadd.u32 count, count, 256;\n\t"
+        "bar.sync $4, count;\n\tmov.b32 $0, $2;\n\tmov.b32 $1, $3;\n\t}",
+        "=f,=f,f,f,r,r", [row_sum, _TURN_BARRIER + WG], gl.float32, is_pure=False, pack=2)
+
+
+@gluon.jit
+def _pass_turn(WG: gl.constexpr):
+    """Consumer WG has issued this step's matmuls: the other consumer may issue its own."""
+    gl.inline_asm_elementwise("bar.arrive $1, 256;\n\tmov.b32 $0, 0;", "=r,r", [_TURN_BARRIER + 1 - WG], gl.int32,
+                              is_pure=False, pack=1)
+
+
+@gluon.jit
 def _scores(qk, k_scale_base, tile, offs_m, offs_n0, c_row, full_hi, seqlen_k, diagonal,
             BLOCK_N: gl.constexpr, K_BLOCK: gl.constexpr, CAUSAL: gl.constexpr, MASKED: gl.constexpr = True):
     """Raw products of one key tile with their per-row factor ``c`` (> 0). With MASKED, a tile past
@@ -106,16 +143,18 @@ def _scores(qk, k_scale_base, tile, offs_m, offs_n0, c_row, full_hi, seqlen_k, d
 
 @gluon.jit
 def _attend_tile(qk, acc, l_i, m_i, v_tile, k_scale_base, tile, offs_m, offs_n0, c_row, full_hi, seqlen_k, diagonal,
-                 p_layout: gl.constexpr, pv_rows: gl.constexpr, BLOCK_N: gl.constexpr, K_BLOCK: gl.constexpr,
-                 CAUSAL: gl.constexpr, LOG2_P_SCALE: gl.constexpr, PROMOTE: gl.constexpr):
-    """Softmax of one key tile's products ``qk`` (a consumer's odd last tile), then ``acc·alpha + P·V``,
-    waited for. With PROMOTE the product lands in fresh registers and is added in fp32; without, it
-    accumulates in the wgmma accumulator."""
+                 p_layout: gl.constexpr, pv_rows: gl.constexpr, BLOCK_N: gl.constexpr,
+                 K_BLOCK: gl.constexpr, CAUSAL: gl.constexpr, LOG2_P_SCALE: gl.constexpr, PROMOTE: gl.constexpr,
+                 WG: gl.constexpr):
+    """Softmax of one key tile's products ``qk`` (the odd last tile), then, at the consumer's turn,
+    ``acc·alpha + P·V``, waited for. With PROMOTE the product lands in fresh registers and is
+    added in fp32; without, it accumulates in the wgmma accumulator."""
     qk, c = _scores(qk.to(gl.float32), k_scale_base, tile, offs_m, offs_n0, c_row, full_hi, seqlen_k, diagonal,
                     BLOCK_N, K_BLOCK, CAUSAL)
     p, alpha, m_i, l_i = _softmax_step(qk, c, gl.max(qk, axis=1) * c, m_i, l_i, LOG2_P_SCALE)
     p8 = _pv_operand(p, p_layout)
     alpha = gl.expand_dims(gl.convert_layout(alpha, pv_rows), 1)
+    l_i = _take_turn_after(l_i, WG)
     if PROMOTE:
         pv = warpgroup_mma(p8, v_tile.permute((1, 0)), acc, use_acc=False, is_async=True)
         pv = warpgroup_mma_wait(0, deps=(pv,))
@@ -127,18 +166,24 @@ def _attend_tile(qk, acc, l_i, m_i, v_tile, k_scale_base, tile, offs_m, offs_n0,
 
 
 @gluon.jit
-def _consume_pair(q_tile, k_smem, v_smem, ready, empty, qk_zero, acc, l_i, m_i, k_scale_base, t, offs_m, offs_n0,
-                  c_row, full_hi, seqlen_k, diagonal, p_layout: gl.constexpr, pv_rows: gl.constexpr,
+def _consume_pair(q_tile, k_smem, v_smem, ready, empty, qk_zero, acc, l_i, m_i, k_scale_base, j, offs_m,
+                  offs_n0, c_row, full_hi, seqlen_k, diagonal, p_layout: gl.constexpr, pv_rows: gl.constexpr,
                   BLOCK_N: gl.constexpr, K_BLOCK: gl.constexpr, CAUSAL: gl.constexpr, LOG2_P_SCALE: gl.constexpr,
                   PROMOTE: gl.constexpr, NUM_STAGES: gl.constexpr, WG: gl.constexpr, MASKED: gl.constexpr):
-    """Ring tiles ``t`` and ``t + 1`` (even ``t``; NUM_STAGES even, so their slots are adjacent and share
+    """Pair ``j``: ring tiles ``2j`` and ``2j + 1`` (NUM_STAGES even, so their slots are adjacent and share
     one ``ready`` and one ``empty`` barrier) as one softmax step of 2·BLOCK_N keys: both score matmuls,
     one row max, each half's exponentials with its own K scale, both halves' P·V chained in one wgmma
-    accumulator (added to ``acc`` in fp32 once with PROMOTE); then the pair's slots are released."""
+    accumulator (added to ``acc`` in fp32 once with PROMOTE); then the pair's slots are released.
+
+    The consumer holds the tensor-core turn (:func:`_take_turn`) from the P·V of the pair before through
+    this pair's score matmuls, and waits for it again before this pair's P·V: the two consumers' matmuls
+    alternate, so one's exponentials run under the other's matmuls."""
+    t = 2 * j
     slot = _wait_for_pair(ready, t, NUM_STAGES)
     k_lo, k_hi, v_lo, v_hi = k_smem.index(slot), k_smem.index(slot + 1), v_smem.index(slot), v_smem.index(slot + 1)
     qk_lo = warpgroup_mma(q_tile, k_lo.permute((1, 0)), qk_zero, use_acc=False, is_async=True)
     qk_hi = warpgroup_mma(q_tile, k_hi.permute((1, 0)), qk_zero, use_acc=False, is_async=True)
+    _pass_turn(WG)
     qk_lo, qk_hi = warpgroup_mma_wait(0, deps=(qk_lo, qk_hi))
     qk_lo, c_lo = _scores(qk_lo.to(gl.float32), k_scale_base, t, offs_m, offs_n0, c_row, full_hi, seqlen_k,
                           diagonal, BLOCK_N, K_BLOCK, CAUSAL, MASKED)
@@ -150,6 +195,7 @@ def _consume_pair(q_tile, k_smem, v_smem, ready, empty, qk_zero, acc, l_i, m_i, 
     p8_lo = _pv_operand(p_lo, p_layout)
     p8_hi = _pv_operand(p_hi, p_layout)
     alpha = gl.expand_dims(gl.convert_layout(alpha, pv_rows), 1)
+    l_i = _take_turn_after(l_i, WG)
     if PROMOTE:
         pv = warpgroup_mma(p8_lo, v_lo.permute((1, 0)), acc, use_acc=False, is_async=True)
         pv = warpgroup_mma(p8_hi, v_hi.permute((1, 0)), pv, is_async=True)
@@ -172,16 +218,21 @@ def _key_tiles(start_m, seqlen_q, seqlen_k, BLOCK_M: gl.constexpr, BLOCK_N: gl.c
 
 
 @gluon.jit
+def _program_key_tiles(seqlen_q, seqlen_k, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, CAUSAL: gl.constexpr):
+    """Key tiles the program's 2·BLOCK_M query rows visit. Both consumers walk all of them (under a causal
+    mask the lower rows' last tiles are masked whole for the upper ones), so that their turns pair up."""
+    num_tiles, _, _ = _key_tiles(gl.program_id(0) * 2 * BLOCK_M, seqlen_q, seqlen_k, 2 * BLOCK_M, BLOCK_N, CAUSAL)
+    return num_tiles
+
+
+@gluon.jit
 def _ws_producer(
     q_desc, k_desc, vt_desc, q_smem, k_smem, v_smem, ready, empty, q_ready,
     seqlen_q, seqlen_k, seqlen_k_pad, num_q_heads, num_kv_heads,
     CAUSAL: gl.constexpr, NUM_STAGES: gl.constexpr,
 ):
-    """One warp: both consumers' Q tiles, then every pair of key tiles either consumer needs, into the ring.
-
-    A pair of slots is refilled once each consumer that read its previous pair has released it
-    (consumer 0, the upper rows, may need fewer tiles under a causal mask and stops releasing early).
-    """
+    """One warp: both consumers' Q tiles, then every pair of key tiles into the ring; a pair of slots is
+    refilled once both consumers have released the pair they held."""
     BLOCK_M: gl.constexpr = q_desc.block_type.shape[0]
     BLOCK_N: gl.constexpr = k_desc.block_type.shape[0]
     HEAD_DIM_PAD: gl.constexpr = q_desc.block_type.shape[1]
@@ -194,14 +245,10 @@ def _ws_producer(
         tma.async_copy_global_to_shared(q_desc, [bh * seqlen_q + start_m + c * BLOCK_M, 0], q_ready.index(c),
                                         q_smem.index(c))
     NUM_PAIRS: gl.constexpr = NUM_STAGES // 2
-    n0, _, _ = _key_tiles(start_m, seqlen_q, seqlen_k, BLOCK_M, BLOCK_N, CAUSAL)
-    n1, _, _ = _key_tiles(start_m + BLOCK_M, seqlen_q, seqlen_k, BLOCK_M, BLOCK_N, CAUSAL)
-    p0 = gl.cdiv(n0, 2)
-    p1 = gl.cdiv(n1, 2)
-    for p in range(gl.maximum(p0, p1)):
+    for p in range(gl.cdiv(_program_key_tiles(seqlen_q, seqlen_k, BLOCK_M, BLOCK_N, CAUSAL), 2)):
         phase = ((p // NUM_PAIRS) & 1) ^ 1  # a fresh barrier passes a wait for parity 1
-        mbarrier.wait(empty.index(p % NUM_PAIRS), phase, pred=p < p0 + NUM_PAIRS)
-        mbarrier.wait(empty.index(NUM_PAIRS + p % NUM_PAIRS), phase, pred=p < p1 + NUM_PAIRS)
+        mbarrier.wait(empty.index(p % NUM_PAIRS), phase)
+        mbarrier.wait(empty.index(NUM_PAIRS + p % NUM_PAIRS), phase)
         _issue_kv_pair_load(k_desc, vt_desc, k_smem, v_smem, ready, p, kv_bh * seqlen_k_pad, kv_bh * HEAD_DIM_PAD,
                             BLOCK_N, NUM_STAGES)
 
@@ -237,7 +284,8 @@ def _ws_consume(
     b = bh // num_q_heads
     h = bh % num_q_heads
     kv_bh = b * num_kv_heads + h // (num_q_heads // num_kv_heads)
-    num_tiles, full_hi, diagonal = _key_tiles(start_m, seqlen_q, seqlen_k, BLOCK_M, BLOCK_N, CAUSAL)
+    num_tiles = _program_key_tiles(seqlen_q, seqlen_k, BLOCK_M, BLOCK_N, CAUSAL)
+    _, full_hi, diagonal = _key_tiles(start_m, seqlen_q, seqlen_k, BLOCK_M, BLOCK_N, CAUSAL)
 
     offs_m = start_m + gl.arange(0, BLOCK_M, layout=qk_rows)
     offs_n0 = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, qk_layout))
@@ -251,27 +299,34 @@ def _ws_consume(
     m_i = gl.full([BLOCK_M], float("-inf"), gl.float32, qk_rows)
     q_tile = q_smem.index(WG)
     mbarrier.wait(q_ready.index(WG), 0)
-    # Key tiles two at a time, one softmax step each; tiles every row sees whole skip the masks.
+    # Key tiles two at a time, one softmax step each; tiles every row sees whole skip the masks. Step j's
+    # turn at the tensor cores runs from pair j-1's P·V through pair j's score matmuls.
     num_pairs = num_tiles // 2
     whole_pairs = gl.minimum(full_hi // (2 * BLOCK_N), num_pairs)
+    if WG == 1:
+        _pass_turn(WG)  # consumer 0 goes first
+    _take_turn(WG)
     for j in range(0, whole_pairs):
-        acc, l_i, m_i = _consume_pair(q_tile, k_smem, v_smem, ready, empty, qk_zero, acc, l_i, m_i, k_scale_base,
-                                      2 * j, offs_m, offs_n0, c_row, full_hi, seqlen_k, diagonal, p_layout, pv_rows,
-                                      BLOCK_N, K_BLOCK, CAUSAL, LOG2_P_SCALE, PROMOTE, NUM_STAGES, WG, False)
+        acc, l_i, m_i = _consume_pair(q_tile, k_smem, v_smem, ready, empty, qk_zero, acc, l_i, m_i,
+                                      k_scale_base, j, offs_m, offs_n0, c_row, full_hi, seqlen_k, diagonal, p_layout,
+                                      pv_rows, BLOCK_N, K_BLOCK, CAUSAL, LOG2_P_SCALE, PROMOTE, NUM_STAGES, WG, False)
     for j in range(whole_pairs, num_pairs):
-        acc, l_i, m_i = _consume_pair(q_tile, k_smem, v_smem, ready, empty, qk_zero, acc, l_i, m_i, k_scale_base,
-                                      2 * j, offs_m, offs_n0, c_row, full_hi, seqlen_k, diagonal, p_layout, pv_rows,
-                                      BLOCK_N, K_BLOCK, CAUSAL, LOG2_P_SCALE, PROMOTE, NUM_STAGES, WG, True)
+        acc, l_i, m_i = _consume_pair(q_tile, k_smem, v_smem, ready, empty, qk_zero, acc, l_i, m_i,
+                                      k_scale_base, j, offs_m, offs_n0, c_row, full_hi, seqlen_k, diagonal, p_layout,
+                                      pv_rows, BLOCK_N, K_BLOCK, CAUSAL, LOG2_P_SCALE, PROMOTE, NUM_STAGES, WG, True)
     if num_tiles % 2 == 1:
         # An odd last tile alone: the arithmetic of a pair whose upper tile is past every visible key.
         last = num_tiles - 1  # even: the first tile of its pair
         slot = _wait_for_pair(ready, last, NUM_STAGES)
         qk = warpgroup_mma(q_tile, k_smem.index(slot).permute((1, 0)), qk_zero, use_acc=False, is_async=True)
+        _pass_turn(WG)
         qk = warpgroup_mma_wait(0, deps=(qk,))
         acc, l_i, m_i = _attend_tile(qk, acc, l_i, m_i, v_smem.index(slot), k_scale_base, last, offs_m, offs_n0,
-                                     c_row, full_hi, seqlen_k, diagonal, p_layout, pv_rows, BLOCK_N, K_BLOCK, CAUSAL,
-                                     LOG2_P_SCALE, PROMOTE)
+                                     c_row, full_hi, seqlen_k, diagonal, p_layout, pv_rows,
+                                     BLOCK_N, K_BLOCK, CAUSAL, LOG2_P_SCALE, PROMOTE, WG)
         _release_pair(empty, slot, NUM_STAGES, WG)
+    if WG == 0:
+        _pass_turn(WG)  # for consumer 1's last P·V (consumer 1's own last pass would have no taker)
 
     offs_d = gl.arange(0, HEAD_DIM_PAD, layout=pv_cols)
     offs_mo = start_m + gl.arange(0, BLOCK_M, layout=pv_rows)
@@ -387,14 +442,16 @@ def hopper_forward_launch(
     :func:`hopper_kernel_applies`). ``maxnreg`` caps the launch's registers per thread so that the
     12 warps (two consumer warpgroups, the producer's warpgroup) fit an SM: 168 · 384 ≤ 65536;
     ``setmaxnreg`` then moves the producer's share to the consumers (``consumer_regs``). The ring holds
-    ``num_stages`` key tiles (even: a consumer takes them in pairs, :func:`hopper_softmax_keys`).
-    """
+    ``num_stages`` key tiles: even (a consumer takes them in pairs, :func:`hopper_softmax_keys`) and at least
+    four (a consumer waits for the next pair while it holds the tensor-core turn the other consumer needs
+    to release the pair before: with one pair in the ring, that would deadlock)."""
     batch, num_q_heads, seqlen_q, dp = qkv.q.shape
     num_kv_heads, seqlen_k_pad = qkv.k.shape[1], qkv.k.shape[2]
     if qkv.v_t.dtype != torch.float8_e4m3fn:
         raise ValueError(f"the Hopper kernel takes E4M3 P·V recipes, got V in {qkv.v_t.dtype}")
-    if num_stages < 2 or num_stages % 2:
-        raise ValueError(f"num_stages must be even and >= 2 (key tiles are taken in pairs), got {num_stages}")
+    if num_stages < 4 or num_stages % 2:
+        raise ValueError(f"num_stages must be even (key tiles are taken in pairs) and >= 4 (two pairs: the "
+                         f"consumers take turns), got {num_stages}")
     if not all(t.is_contiguous() for t in (qkv.q, qkv.k, qkv.v_t)):
         raise ValueError("the Hopper kernel reads q, k and v_t through 2-D TMA views: they must be contiguous")
     cfg = forward_config(dp, qkv.k_block, causal, qk_int8=qkv.q.dtype == torch.int8)
