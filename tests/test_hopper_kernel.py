@@ -8,6 +8,8 @@ compiles it for sm_90 without a GPU.
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 
@@ -43,18 +45,39 @@ def assert_hopper_kernel_spills_as_measured(report) -> None:
         assert report.spills == 0 and report.stack_bytes == 0, report
 
 
-@pytest.mark.parametrize(("recipe", "qk_op"), [("e4m3", "QGMMA"), ("int8-hadamard-vsmooth", "IGMMA")])
-def test_hopper_kernel_compiled_offline_uses_8bit_wgmma_and_spills_as_measured(recipe, qk_op):
+@functools.cache
+def _offline_reports(recipe: str) -> tuple:
+    """The Gluon kernel compiled for sm_90 at the library's shapes: D=128 and 256, 4096 keys, causal and not."""
     only = "fwd_ws_kernel"
     reports = (collect_in_subprocess(arch=90, only=only, recipe=recipe, head_dims=(128, 256)) if INTERPRETED
                else collect(shapes_for((128, 256)), arch=90, only=only, recipe=recipe))
-    assert len(reports) == 4  # D=128 and 256, 4096 keys, causal and not: the shapes the library gives it
-    for report in reports:
+    assert len(reports) == 4
+    return tuple(reports)
+
+
+@pytest.mark.parametrize(("recipe", "qk_op"), [("e4m3", "QGMMA"), ("int8-hadamard-vsmooth", "IGMMA")])
+def test_hopper_kernel_compiled_offline_uses_8bit_wgmma_and_spills_as_measured(recipe, qk_op):
+    for report in _offline_reports(recipe):
         assert report.opcodes[qk_op] > 0 and report.opcodes["QGMMA"] > 0, report
         assert report.opcodes["HGMMA"] == report.opcodes["HMMA"] == report.opcodes["IMMA"] == 0, report
         assert report.loop.get(qk_op, 0) > 0, report  # the key loop found: its matmuls are in it
         assert report.loop.get("SHFL", 0) <= 16, report  # row max and sum only: P needs no shuffles
         assert_hopper_kernel_spills_as_measured(report)
+
+
+@pytest.mark.parametrize("recipe", ["e4m3", "int8-hadamard-vsmooth"])
+def test_hopper_kernel_turn_barriers_are_its_own_and_wait_after_the_softmax(recipe):
+    """The consumers' turns (named barriers 14 and 15, both warpgroups' 256 threads) share no id with the
+    barriers Triton's warp specialization emits, and the waits before each P·V take their thread count
+    from the row sums (a register: ptxas cannot hoist them into the softmax; perf-notes section 29)."""
+    for report in _offline_reports(recipe):
+        turns = {key: n for key, n in report.named_barriers.items() if key.split()[1] in ("0xe", "0xf")}
+        assert all(key.split()[2] in ("0x100", "R") for key in turns), report.named_barriers
+        for bar, waiter in (("0xe", "0x100"), ("0xf", "0x100")):
+            assert turns.get(f"ARV {bar} {waiter}", 0) > 0, report.named_barriers  # passed by the other
+            assert turns.get(f"SYNC {bar} R", 0) >= 2, report.named_barriers  # the pair loops' pinned waits
+        others = [key for key in report.named_barriers if key not in turns]
+        assert others and all(int(key.split()[1], 16) < 0xE for key in others), report.named_barriers
 
 
 @needs_hopper

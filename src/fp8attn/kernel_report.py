@@ -49,6 +49,7 @@ class KernelReport:
     opcodes: dict[str, int]
     loop: dict[str, int] = field(default_factory=dict)  # opcode mix of one pass of the hot loop (key_loop_mix)
     stack_pointer_packs: int = 0  # F2FP merging R1 (the stack pointer) into a packed word: a ptxas miscompile
+    named_barriers: dict[str, int] = field(default_factory=dict)  # named_barrier_uses
 
     @property
     def spills(self) -> int:
@@ -59,6 +60,7 @@ class KernelReport:
 # stack pointer R1 into the word (docs/perf-notes.md §10): garbage bytes in the output (the same bytes
 # appeared on the H100 with the GPU image's ptxas).
 _STACK_POINTER_PACK = re.compile(r"\bF2FP\.[\w.]*MERGE_C\b[^;]*,\s*R1\s*;")
+_NAMED_BARRIER = re.compile(r"\bBAR\.(SYNC|ARV)[\w.]*\s+(0x[0-9a-f]+)(?:,\s*(0x[0-9a-f]+|R\d+))?\s*;")
 _SASS_LINE = re.compile(r"\s+/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)")
 _BACKWARD_BRANCH = re.compile(r"\s+/\*([0-9a-f]{4,})\*/.*\bBRA\s+0x([0-9a-f]+)")
 
@@ -87,6 +89,14 @@ def key_loop_mix(sass: str) -> dict[str, int]:
     innermost = [(lo, hi) for lo, hi in hot if not any(lo <= a and b <= hi and (a, b) != (lo, hi) for a, b in hot)]
     lo, hi = min(innermost) if innermost else min(loops, key=lambda loop: loop[1])
     return dict(Counter(op for addr, op in ops if lo <= addr <= hi).most_common())
+
+
+def named_barrier_uses(sass: str) -> dict[str, int]:
+    """How often each named barrier is waited on (``SYNC``) or arrived at (``ARV``), keyed
+    ``"SYNC 0xf 0x100"``: operation, barrier id, thread count (``R`` when the count is in a register,
+    ``all`` when the whole CTA takes part)."""
+    return dict(Counter(f"{op} {bar} {'R' if (count or '').startswith('R') else count or 'all'}"
+                        for op, bar, count in _NAMED_BARRIER.findall(sass)))
 
 
 def _tool(name: str) -> str:
@@ -161,6 +171,7 @@ def read_cubin(cubin: bytes, kernel: str, shape: str, arch: int, num_warps: int,
         stack_bytes=int(resources.get("STACK", 0)), shared_bytes=shared_bytes,
         num_warps=num_warps, num_stages=num_stages, opcodes={op: counts.get(op, 0) for op in _OPCODES},
         loop=key_loop_mix(sass.stdout), stack_pointer_packs=len(_STACK_POINTER_PACK.findall(sass.stdout)),
+        named_barriers=named_barrier_uses(sass.stdout),
     )
 
 
