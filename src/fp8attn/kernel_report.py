@@ -49,7 +49,7 @@ class KernelReport:
     opcodes: dict[str, int]
     loop: dict[str, int] = field(default_factory=dict)  # opcode mix of one pass of the hot loop (key_loop_mix)
     stack_pointer_packs: int = 0  # F2FP merging R1 (the stack pointer) into a packed word: a ptxas miscompile
-    named_barriers: dict[str, int] = field(default_factory=dict)  # named_barrier_uses
+    named_barriers: dict[str, int] = field(default_factory=dict)  # waits and arrives per barrier: named_barrier_uses
 
     @property
     def spills(self) -> int:
