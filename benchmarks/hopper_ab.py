@@ -7,7 +7,8 @@ tree, so only that file may differ), checks that both kernels agree on the same 
 and times them in alternation, ``--rounds`` times per shape: ``triton.testing.do_bench`` medians with
 L2 flushed. Prints and writes (``--out``/hopper_ab.json) each round and the median ratio new/old.
 
-Run: ``python benchmarks/hopper_ab.py --before out/base/src``.
+Run: ``python benchmarks/hopper_ab.py --before out/base/src`` (``git archive <commit> src | tar -x -C
+out/base``), or ``BEFORE_SRC=out/base/src bash benchmarks/gpu_session.sh hopper-ab`` on the GPU machine.
 """
 
 from __future__ import annotations
