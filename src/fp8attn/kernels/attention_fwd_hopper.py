@@ -265,6 +265,7 @@ def _ws_consume(
 ):
     """One warpgroup: the 64 query rows number WG of the program's 128, against the ring's key tiles."""
     BLOCK_M: gl.constexpr = q_desc.block_type.shape[0]
+    gl.static_assert(BLOCK_M == 64, "64 rows a warpgroup: two a thread, one turn barrier a thread (_take_turn_after)")
     HEAD_DIM_PAD: gl.constexpr = q_desc.block_type.shape[1]
     BLOCK_N: gl.constexpr = k_desc.block_type.shape[0]
     QK_INT8: gl.constexpr = q_desc.dtype == gl.int8
