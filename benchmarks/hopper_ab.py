@@ -3,9 +3,10 @@
 Two studies run one after the other on a GPU can differ by several per cent through clocks and
 temperature alone (docs/perf-notes.md, section 29); this one loads the other tree's
 ``fp8attn/kernels/attention_fwd_hopper.py`` as a second module (everything it imports comes from this
-tree, so only that file may differ), checks that both kernels agree on the same quantized inputs,
-and times them in alternation, ``--rounds`` times per shape: ``triton.testing.do_bench`` medians with
-L2 flushed. Prints and writes (``--out``/hopper_ab.json) each round and the median ratio new/old.
+tree, so only that file may differ), runs both on the same quantized inputs (outputs poisoned with NaN
+first) and reports their relative L2 difference, then times them in alternation, ``--rounds`` times per
+shape: ``triton.testing.do_bench`` medians with L2 flushed. Prints and writes (``--out``/hopper_ab.json)
+each round and the median ratio new/old.
 
 Run: ``python benchmarks/hopper_ab.py --before out/base/src`` (``git archive <commit> src | tar -x -C
 out/base``), or ``BEFORE_SRC=out/base/src bash benchmarks/gpu_session.sh hopper-ab`` on the GPU machine.
