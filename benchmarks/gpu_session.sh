@@ -71,6 +71,8 @@ for step in "$@"; do
     qpipe) timeout 400 python3 benchmarks/quantize_pipeline_study.py --before "${QUANTIZE_BEFORE:-out/quantize_before.py}" --out "$OUT" ${QPIPE_ARGS:-} 2>&1 \
              | tee "$OUT/quantize_pipeline_study.txt" | tail -40 ;;
     configs) timeout 400 python3 benchmarks/config_study.py --recipes e4m3 --out "$OUT" 2>&1 | tail -80 ;;
+    hopper-tests) timeout ${TESTS_TIMEOUT:-240} python3 -m pytest $XDIST -q -p no:cacheprovider -ra tests/test_hopper_kernel.py 2>&1 \
+                    | tee "$OUT/pytest_hopper.log" | grep -v "^SKIPPED" | tail -15 ;;
     hopper-ab) timeout 300 python3 benchmarks/hopper_ab.py --before "${BEFORE_SRC:-out/before/src}" --out "$OUT" \
                  ${HOPPER_AB_ARGS:-} 2>&1 | tee "$OUT/hopper_ab.txt" | tail -20 ;;  # the Gluon kernel, this tree vs BEFORE_SRC
     wgmma-check) timeout 150 python3 benchmarks/wgmma_study.py --only-check --out "$OUT" 2>&1 | tee "$OUT/wgmma_check.txt" | tail -30 ;;

@@ -8,6 +8,9 @@ first) and reports their relative L2 difference, then times them in alternation,
 shape: ``triton.testing.do_bench`` medians with L2 flushed. Prints and writes (``--out``/hopper_ab.json)
 each round and the median ratio new/old.
 
+``--before triton`` takes the library's Triton kernel instead (what runs where the Gluon kernel does
+not apply; its softmax steps are half as long, so the outputs differ by rounding).
+
 Run: ``python benchmarks/hopper_ab.py --before out/base/src`` (``git archive <commit> src | tar -x -C
 out/base``), or ``BEFORE_SRC=out/base/src bash benchmarks/gpu_session.sh hopper-ab`` on the GPU machine.
 """
@@ -25,12 +28,12 @@ import torch
 import triton
 
 from fp8attn.bench import attention_flops
-from fp8attn.kernels import attention_fwd_hopper
+from fp8attn.kernels import attention_fwd, attention_fwd_hopper
 from fp8attn.metrics import compare
 from fp8attn.quantize import quantize_qkv
 from fp8attn.recipe import DEFAULT_RECIPE, RECIPES
 
-SEQLENS = (4096, 16384)
+SEQLENS = "4096,16384"
 
 
 def load_module_from(src: Path):
@@ -42,19 +45,31 @@ def load_module_from(src: Path):
     return module
 
 
+class _TritonKernel:
+    """The Triton kernel with its own tile configuration, launched like the Gluon kernel's module."""
+
+    @staticmethod
+    def hopper_forward_launch(qkv, out, lse, **kwargs):
+        config = attention_fwd.forward_config(qkv.q.shape[-1], qkv.k_block, kwargs["causal"],
+                                              qk_int8=qkv.q.dtype == torch.int8)
+        return attention_fwd.forward_launch(qkv, out, lse, config=config, **kwargs)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--before", type=Path, required=True, help="the other tree's src directory")
+    parser.add_argument("--before", required=True, help="the other tree's src directory, or 'triton'")
+    parser.add_argument("--seqlens", default=SEQLENS)
     parser.add_argument("--recipes", default=f"e4m3,{DEFAULT_RECIPE.name}")
     parser.add_argument("--head-dims", default="128,256")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out", type=Path, default=Path("."))
     args = parser.parse_args()
-    kernels = {"before": load_module_from(args.before), "after": attention_fwd_hopper}
+    before = _TritonKernel if args.before == "triton" else load_module_from(Path(args.before))
+    kernels = {"before": before, "after": attention_fwd_hopper}
     records = []
     for recipe in (RECIPES[name] for name in args.recipes.split(",")):
         for d in map(int, args.head_dims.split(",")):
-            for s in SEQLENS:
+            for s in map(int, args.seqlens.split(",")):
                 for causal in (False, True):
                     b, h = 16384 // s, 2048 // d
                     g = torch.Generator(device="cuda").manual_seed(s + d)
@@ -85,7 +100,8 @@ def main() -> None:
                           + " ".join(f"{t0 / t1:.3f}" for t0, t1 in zip(times["before"], times["after"], strict=True))
                           + f") diff {diff:.1e}", flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "hopper_ab.json").write_text(json.dumps(dict(gpu=torch.cuda.get_device_name(), records=records),
+    (args.out / "hopper_ab.json").write_text(json.dumps(dict(gpu=torch.cuda.get_device_name(), before=args.before,
+                                                             records=records),
                                                         indent=1))
 
 

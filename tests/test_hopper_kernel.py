@@ -35,14 +35,11 @@ needs_hopper = pytest.mark.skipif(not ON_HOPPER, reason="needs an sm_90 GPU (com
 
 
 def assert_hopper_kernel_spills_as_measured(report) -> None:
-    """No spill in the key loop. None at all at D=256 or with E4M3 Q·Kᵀ; with INT8 Q·Kᵀ at D=128, under
-    setmaxnreg 240, a few registers outside the loop (7 STL + 6 LDL, 2 + 2 causal, offline ptxas;
-    docs/perf-notes.md, section 29: the consumers' turns at the tensor cores took the rest away)."""
+    """No spill in the key loop. Outside it, a few words of stack: scalars of the persistent walk over query
+    blocks (loop bounds, offsets), stored once and reloaded once per block (offline ptxas under setmaxnreg
+    240: 0-40 bytes by recipe, head dim and mask; docs/perf-notes.md, section 31)."""
     assert report.loop.get("LDL", 0) == 0 and report.loop.get("STL", 0) == 0, report
-    if "D128" in report.shape and "int8" in report.shape:
-        assert report.spills <= 14, report
-    else:
-        assert report.spills == 0 and report.stack_bytes == 0, report
+    assert report.stack_bytes <= 40, report
 
 
 @functools.cache

@@ -69,12 +69,13 @@ def _pv_operand(p, p_layout: gl.constexpr):
 
 
 @gluon.jit
-def _issue_kv_pair_load(k_desc, vt_desc, k_smem, v_smem, ready, pair, kv_row, vt_row, BLOCK_N: gl.constexpr,
-                        NUM_STAGES: gl.constexpr):
-    """Start the TMA copies of key tiles ``2·pair`` and ``2·pair + 1`` (K rows and Vᵀ columns) into their
-    adjacent ring slots, both signalling the pair's one ``ready`` barrier. A pair past a head's last tile
-    reads the next head's keys or TMA's zero fill: loaded, never used, so the byte count stays constant."""
-    slot = 2 * (pair % (NUM_STAGES // 2))
+def _issue_kv_pair_load(k_desc, vt_desc, k_smem, v_smem, ready, ring_pair, pair, kv_row, vt_row,
+                        BLOCK_N: gl.constexpr, NUM_STAGES: gl.constexpr):
+    """Start the TMA copies of a tile's key tiles ``2·pair`` and ``2·pair + 1`` (K rows and Vᵀ columns) into
+    the adjacent ring slots of the program's ``ring_pair``-th pair, both signalling the pair's one ``ready``
+    barrier. A pair past a head's last tile reads the next head's keys or TMA's zero fill: loaded, never
+    used, so the byte count stays constant."""
+    slot = 2 * (ring_pair % (NUM_STAGES // 2))
     bar = ready.index(slot // 2)
     mbarrier.expect(bar, 2 * (k_desc.block_type.nbytes + vt_desc.block_type.nbytes))
     for i in gl.static_range(2):
@@ -166,12 +167,13 @@ def _attend_tile(qk, acc, l_i, m_i, v_tile, k_scale_base, tile, offs_m, offs_n0,
 
 
 @gluon.jit
-def _consume_pair(q_tile, k_smem, v_smem, ready, empty, qk_zero, acc, l_i, m_i, k_scale_base, j, offs_m,
+def _consume_pair(q_tile, k_smem, v_smem, ready, empty, qk_zero, acc, l_i, m_i, k_scale_base, ring_pair, j, offs_m,
                   offs_n0, c_row, full_hi, seqlen_k, diagonal, p_layout: gl.constexpr, pv_rows: gl.constexpr,
                   BLOCK_N: gl.constexpr, K_BLOCK: gl.constexpr, CAUSAL: gl.constexpr, LOG2_P_SCALE: gl.constexpr,
                   PROMOTE: gl.constexpr, NUM_STAGES: gl.constexpr, WG: gl.constexpr, MASKED: gl.constexpr):
-    """Pair ``j``: ring tiles ``2j`` and ``2j + 1`` (NUM_STAGES even, so their slots are adjacent and share
-    one ``ready`` and one ``empty`` barrier) as one softmax step of 2·BLOCK_N keys: both score matmuls,
+    """The tile's key tiles ``2j`` and ``2j + 1``, the program's ``ring_pair``-th pair in the ring (NUM_STAGES
+    even, so their slots are adjacent and share one ``ready`` and one ``empty`` barrier) as one softmax step
+    of 2·BLOCK_N keys: both score matmuls,
     one row max, each half's exponentials with its own K scale, both halves' P·V chained in one wgmma
     accumulator (added to ``acc`` in fp32 once with PROMOTE); then the pair's slots are released.
 
@@ -179,7 +181,7 @@ def _consume_pair(q_tile, k_smem, v_smem, ready, empty, qk_zero, acc, l_i, m_i, 
     this pair's score matmuls, and waits for it again before this pair's P·V: the two consumers' matmuls
     alternate, so one's exponentials run under the other's matmuls."""
     t = 2 * j
-    slot = _wait_for_pair(ready, t, NUM_STAGES)
+    slot = _wait_for_pair(ready, 2 * ring_pair, NUM_STAGES)
     k_lo, k_hi, v_lo, v_hi = k_smem.index(slot), k_smem.index(slot + 1), v_smem.index(slot), v_smem.index(slot + 1)
     qk_lo = warpgroup_mma(q_tile, k_lo.permute((1, 0)), qk_zero, use_acc=False, is_async=True)
     qk_hi = warpgroup_mma(q_tile, k_hi.permute((1, 0)), qk_zero, use_acc=False, is_async=True)
@@ -218,52 +220,80 @@ def _key_tiles(start_m, seqlen_q, seqlen_k, BLOCK_M: gl.constexpr, BLOCK_N: gl.c
 
 
 @gluon.jit
-def _program_key_tiles(seqlen_q, seqlen_k, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, CAUSAL: gl.constexpr):
-    """Key tiles the program's 2·BLOCK_M query rows visit. Both consumers walk all of them (under a causal
-    mask the lower rows' last tiles are masked whole for the upper ones), so that their turns pair up."""
-    num_tiles, _, _ = _key_tiles(gl.program_id(0) * 2 * BLOCK_M, seqlen_q, seqlen_k, 2 * BLOCK_M, BLOCK_N, CAUSAL)
+def _block_key_tiles(block_start, seqlen_q, seqlen_k, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
+                     CAUSAL: gl.constexpr):
+    """Key tiles a query block's 2·BLOCK_M rows from ``block_start`` visit. Both consumers walk all of them
+    (under a causal mask the lower rows' last tiles are masked whole for the upper ones), so that their
+    turns pair up."""
+    num_tiles, _, _ = _key_tiles(block_start, seqlen_q, seqlen_k, 2 * BLOCK_M, BLOCK_N, CAUSAL)
     return num_tiles
 
 
 @gluon.jit
+def _program_blocks(num_query_blocks):
+    """How many query blocks this program runs: blocks ``program_id``, ``program_id + num_programs``, ..."""
+    return gl.cdiv(num_query_blocks - gl.program_id(0), gl.num_programs(0))
+
+
+@gluon.jit
+def _query_block(i, seqlen_q, BLOCK_M: gl.constexpr, CAUSAL: gl.constexpr):
+    """The program's ``i``-th query block: its first row and its (batch, head) index. Blocks are ordered
+    head after head, so a head's K and V stay in L2 while its blocks run, and under a causal mask each
+    head's longest blocks come first."""
+    block = gl.program_id(0) + i * gl.num_programs(0)
+    blocks_per_head = gl.cdiv(seqlen_q, 2 * BLOCK_M)
+    bh = block // blocks_per_head
+    m_block = block % blocks_per_head
+    if CAUSAL:
+        m_block = blocks_per_head - 1 - m_block
+    return m_block * 2 * BLOCK_M, bh
+
+
+@gluon.jit
 def _ws_producer(
-    q_desc, k_desc, vt_desc, q_smem, k_smem, v_smem, ready, empty, q_ready,
-    seqlen_q, seqlen_k, seqlen_k_pad, num_q_heads, num_kv_heads,
-    CAUSAL: gl.constexpr, NUM_STAGES: gl.constexpr,
+    q_desc, k_desc, vt_desc, q_smem, k_smem, v_smem, ready, empty, q_ready, q_empty,
+    seqlen_q, seqlen_k, seqlen_k_pad, num_q_heads, num_kv_heads, num_query_blocks,
+    CAUSAL: gl.constexpr, NUM_STAGES: gl.constexpr, Q_BUFFERS: gl.constexpr,
 ):
-    """One warp: both consumers' Q tiles, then every pair of key tiles into the ring; a pair of slots is
-    refilled once both consumers have released the pair they held."""
+    """One warp: per query block of the program, both consumers' Q tiles (into the buffer freed by the
+    block ``Q_BUFFERS`` before), then every pair of key tiles into the ring, which runs on across blocks;
+    a pair of slots is refilled once both consumers have released the pair they held."""
     BLOCK_M: gl.constexpr = q_desc.block_type.shape[0]
     BLOCK_N: gl.constexpr = k_desc.block_type.shape[0]
     HEAD_DIM_PAD: gl.constexpr = q_desc.block_type.shape[1]
-    start_m = gl.program_id(0) * 2 * BLOCK_M
-    bh = gl.program_id(1)
-    b = bh // num_q_heads
-    kv_bh = b * num_kv_heads + (bh % num_q_heads) // (num_q_heads // num_kv_heads)
-    for c in gl.static_range(2):
-        mbarrier.expect(q_ready.index(c), q_desc.block_type.nbytes)
-        tma.async_copy_global_to_shared(q_desc, [bh * seqlen_q + start_m + c * BLOCK_M, 0], q_ready.index(c),
-                                        q_smem.index(c))
     NUM_PAIRS: gl.constexpr = NUM_STAGES // 2
-    for p in range(gl.cdiv(_program_key_tiles(seqlen_q, seqlen_k, BLOCK_M, BLOCK_N, CAUSAL), 2)):
-        phase = ((p // NUM_PAIRS) & 1) ^ 1  # a fresh barrier passes a wait for parity 1
-        mbarrier.wait(empty.index(p % NUM_PAIRS), phase)
-        mbarrier.wait(empty.index(NUM_PAIRS + p % NUM_PAIRS), phase)
-        _issue_kv_pair_load(k_desc, vt_desc, k_smem, v_smem, ready, p, kv_bh * seqlen_k_pad, kv_bh * HEAD_DIM_PAD,
-                            BLOCK_N, NUM_STAGES)
+    ring_pair = 0  # pairs of key tiles loaded so far, over all of the program's blocks
+    for i in range(_program_blocks(num_query_blocks)):
+        block_start, bh = _query_block(i, seqlen_q, BLOCK_M, CAUSAL)
+        b = bh // num_q_heads
+        kv_bh = b * num_kv_heads + (bh % num_q_heads) // (num_q_heads // num_kv_heads)
+        for c in gl.static_range(2):
+            q_buf = 2 * (i % Q_BUFFERS) + c
+            mbarrier.wait(q_empty.index(q_buf), ((i // Q_BUFFERS) & 1) ^ 1)  # a fresh barrier passes parity 1
+            mbarrier.expect(q_ready.index(q_buf), q_desc.block_type.nbytes)
+            tma.async_copy_global_to_shared(q_desc, [bh * seqlen_q + block_start + c * BLOCK_M, 0],
+                                            q_ready.index(q_buf), q_smem.index(q_buf))
+        for p in range(gl.cdiv(_block_key_tiles(block_start, seqlen_q, seqlen_k, BLOCK_M, BLOCK_N, CAUSAL), 2)):
+            phase = ((ring_pair // NUM_PAIRS) & 1) ^ 1
+            mbarrier.wait(empty.index(ring_pair % NUM_PAIRS), phase)
+            mbarrier.wait(empty.index(NUM_PAIRS + ring_pair % NUM_PAIRS), phase)
+            _issue_kv_pair_load(k_desc, vt_desc, k_smem, v_smem, ready, ring_pair, p, kv_bh * seqlen_k_pad,
+                                kv_bh * HEAD_DIM_PAD, BLOCK_N, NUM_STAGES)
+            ring_pair += 1
 
 
 @gluon.jit
 def _ws_consume(
-    q_desc, k_desc, vt_desc, q_smem, k_smem, v_smem, ready, empty, q_ready,
+    q_desc, k_desc, vt_desc, q_smem, k_smem, v_smem, ready, empty, q_ready, q_empty,
     q_scale_ptr, k_scale_ptr, v_scale_ptr, v_mean_ptr, out_ptr, lse_ptr,
     seqlen_q, seqlen_k, seqlen_k_pad, num_q_heads, num_kv_heads, num_q_scale_blocks, num_k_scale_blocks,
-    qk_scale_log2, stride_ob, stride_oh, stride_om,
+    num_query_blocks, qk_scale_log2, stride_ob, stride_oh, stride_om,
     HEAD_DIM: gl.constexpr, Q_BLOCK: gl.constexpr, K_BLOCK: gl.constexpr, CAUSAL: gl.constexpr,
     LOG2_P_SCALE: gl.constexpr, PROMOTE: gl.constexpr, SMOOTH_V: gl.constexpr, NUM_STAGES: gl.constexpr,
-    WG: gl.constexpr,
+    Q_BUFFERS: gl.constexpr, WG: gl.constexpr,
 ):
-    """One warpgroup: the 64 query rows number WG of the program's 128, against the ring's key tiles."""
+    """One warpgroup: rows 64·WG to 64·WG + 63 of each of the program's query blocks, against the ring's
+    key tiles."""
     BLOCK_M: gl.constexpr = q_desc.block_type.shape[0]
     gl.static_assert(BLOCK_M == 64, "64 rows a warpgroup: two a thread, one turn barrier a thread (_take_turn_after)")
     HEAD_DIM_PAD: gl.constexpr = q_desc.block_type.shape[1]
@@ -277,110 +307,126 @@ def _ws_consume(
     qk_rows: gl.constexpr = gl.SliceLayout(1, qk_layout)
     pv_rows: gl.constexpr = gl.SliceLayout(1, pv_layout)
     pv_cols: gl.constexpr = gl.SliceLayout(0, pv_layout)
-
-    # Query blocks in grid order, causal or not: the Triton kernel's longest-first order
-    # (attention_fwd._query_block) made this kernel spill at INT8 causal (10 LDL/STL under setmaxnreg 240).
-    start_m = gl.program_id(0) * 2 * BLOCK_M + WG * BLOCK_M
-    bh = gl.program_id(1)
-    b = bh // num_q_heads
-    h = bh % num_q_heads
-    kv_bh = b * num_kv_heads + h // (num_q_heads // num_kv_heads)
-    num_tiles = _program_key_tiles(seqlen_q, seqlen_k, BLOCK_M, BLOCK_N, CAUSAL)
-    _, full_hi, diagonal = _key_tiles(start_m, seqlen_q, seqlen_k, BLOCK_M, BLOCK_N, CAUSAL)
-
-    offs_m = start_m + gl.arange(0, BLOCK_M, layout=qk_rows)
     offs_n0 = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, qk_layout))
-    m_ok = offs_m < seqlen_q
-    q_scale = gl.load(q_scale_ptr + bh * num_q_scale_blocks + offs_m // Q_BLOCK, mask=m_ok, other=1.0)
-    c_row = q_scale * qk_scale_log2
-    k_scale_base = k_scale_ptr + kv_bh * num_k_scale_blocks
+    offs_d = gl.arange(0, HEAD_DIM_PAD, layout=pv_cols)
     qk_zero = gl.zeros([BLOCK_M, BLOCK_N], gl.int32 if QK_INT8 else gl.float32, qk_layout)
-    acc = gl.zeros([BLOCK_M, HEAD_DIM_PAD], gl.float32, pv_layout)
-    l_i = gl.zeros([BLOCK_M], gl.float32, qk_rows)
-    m_i = gl.full([BLOCK_M], float("-inf"), gl.float32, qk_rows)
-    q_tile = q_smem.index(WG)
-    mbarrier.wait(q_ready.index(WG), 0)
-    # Key tiles two at a time, one softmax step each; tiles every row sees whole skip the masks. Step j's
-    # turn at the tensor cores runs from pair j-1's P·V through pair j's score matmuls.
-    num_pairs = num_tiles // 2
-    whole_pairs = gl.minimum(full_hi // (2 * BLOCK_N), num_pairs)
+
+    ring_pair = 0  # pairs of key tiles consumed so far, over all of the program's blocks
     if WG == 1:
         _pass_turn(WG)  # consumer 0 goes first
-    _take_turn(WG)
-    for j in range(0, whole_pairs):
-        acc, l_i, m_i = _consume_pair(q_tile, k_smem, v_smem, ready, empty, qk_zero, acc, l_i, m_i,
-                                      k_scale_base, j, offs_m, offs_n0, c_row, full_hi, seqlen_k, diagonal, p_layout,
-                                      pv_rows, BLOCK_N, K_BLOCK, CAUSAL, LOG2_P_SCALE, PROMOTE, NUM_STAGES, WG, False)
-    for j in range(whole_pairs, num_pairs):
-        acc, l_i, m_i = _consume_pair(q_tile, k_smem, v_smem, ready, empty, qk_zero, acc, l_i, m_i,
-                                      k_scale_base, j, offs_m, offs_n0, c_row, full_hi, seqlen_k, diagonal, p_layout,
-                                      pv_rows, BLOCK_N, K_BLOCK, CAUSAL, LOG2_P_SCALE, PROMOTE, NUM_STAGES, WG, True)
-    if num_tiles % 2 == 1:
-        # An odd last tile alone: the arithmetic of a pair whose upper tile is past every visible key.
-        last = num_tiles - 1  # even: the first tile of its pair
-        slot = _wait_for_pair(ready, last, NUM_STAGES)
-        qk = warpgroup_mma(q_tile, k_smem.index(slot).permute((1, 0)), qk_zero, use_acc=False, is_async=True)
-        _pass_turn(WG)
-        qk = warpgroup_mma_wait(0, deps=(qk,))
-        acc, l_i, m_i = _attend_tile(qk, acc, l_i, m_i, v_smem.index(slot), k_scale_base, last, offs_m, offs_n0,
-                                     c_row, full_hi, seqlen_k, diagonal, p_layout, pv_rows,
-                                     BLOCK_N, K_BLOCK, CAUSAL, LOG2_P_SCALE, PROMOTE, WG)
-        _release_pair(empty, slot, NUM_STAGES, WG)
-    if WG == 0:
-        _pass_turn(WG)  # for consumer 1's last P·V (consumer 1's own last pass would have no taker)
+    for i in range(_program_blocks(num_query_blocks)):
+        block_start, bh = _query_block(i, seqlen_q, BLOCK_M, CAUSAL)
+        start_m = block_start + WG * BLOCK_M
+        b = bh // num_q_heads
+        h = bh % num_q_heads
+        kv_bh = b * num_kv_heads + h // (num_q_heads // num_kv_heads)
+        num_tiles = _block_key_tiles(block_start, seqlen_q, seqlen_k, BLOCK_M, BLOCK_N, CAUSAL)
+        _, full_hi, diagonal = _key_tiles(start_m, seqlen_q, seqlen_k, BLOCK_M, BLOCK_N, CAUSAL)
 
-    offs_d = gl.arange(0, HEAD_DIM_PAD, layout=pv_cols)
-    offs_mo = start_m + gl.arange(0, BLOCK_M, layout=pv_rows)
-    v_scale = gl.load(v_scale_ptr + kv_bh * HEAD_DIM_PAD + offs_d)
-    v_mean = gl.load(v_mean_ptr + kv_bh * HEAD_DIM_PAD + offs_d) if SMOOTH_V else v_scale
-    out_ptrs = (out_ptr + b * stride_ob + h * stride_oh + gl.expand_dims(offs_mo, 1) * stride_om
-                + gl.expand_dims(offs_d, 0))
-    _store_output(acc, gl.convert_layout(l_i, pv_rows), gl.convert_layout(m_i, pv_rows), v_scale, v_mean, out_ptrs,
-                  lse_ptr + bh * seqlen_q + offs_mo, offs_mo < seqlen_q, offs_d < HEAD_DIM, LOG2_P_SCALE, SMOOTH_V)
+        offs_m = start_m + gl.arange(0, BLOCK_M, layout=qk_rows)
+        q_scale = gl.load(q_scale_ptr + bh * num_q_scale_blocks + offs_m // Q_BLOCK, mask=offs_m < seqlen_q,
+                          other=1.0)
+        c_row = q_scale * qk_scale_log2
+        k_scale_base = k_scale_ptr + kv_bh * num_k_scale_blocks
+        acc = gl.zeros([BLOCK_M, HEAD_DIM_PAD], gl.float32, pv_layout)
+        l_i = gl.zeros([BLOCK_M], gl.float32, qk_rows)
+        m_i = gl.full([BLOCK_M], float("-inf"), gl.float32, qk_rows)
+        q_buf = 2 * (i % Q_BUFFERS) + WG
+        q_tile = q_smem.index(q_buf)
+        mbarrier.wait(q_ready.index(q_buf), (i // Q_BUFFERS) & 1)
+        # Key tiles two at a time, one softmax step each; tiles every row sees whole skip the masks. Step j's
+        # turn at the tensor cores runs from pair j-1's P·V (the block's start for j = 0) through pair j's
+        # score matmuls.
+        num_pairs = num_tiles // 2
+        whole_pairs = gl.minimum(full_hi // (2 * BLOCK_N), num_pairs)
+        _take_turn(WG)
+        for j in range(0, whole_pairs):
+            acc, l_i, m_i = _consume_pair(q_tile, k_smem, v_smem, ready, empty, qk_zero, acc, l_i, m_i,
+                                          k_scale_base, ring_pair + j, j, offs_m, offs_n0, c_row, full_hi, seqlen_k,
+                                          diagonal, p_layout, pv_rows, BLOCK_N, K_BLOCK, CAUSAL, LOG2_P_SCALE,
+                                          PROMOTE, NUM_STAGES, WG, False)
+        for j in range(whole_pairs, num_pairs):
+            acc, l_i, m_i = _consume_pair(q_tile, k_smem, v_smem, ready, empty, qk_zero, acc, l_i, m_i,
+                                          k_scale_base, ring_pair + j, j, offs_m, offs_n0, c_row, full_hi, seqlen_k,
+                                          diagonal, p_layout, pv_rows, BLOCK_N, K_BLOCK, CAUSAL, LOG2_P_SCALE,
+                                          PROMOTE, NUM_STAGES, WG, True)
+        if num_tiles % 2 == 1:
+            # An odd last tile alone: the arithmetic of a pair whose upper tile is past every visible key.
+            last = num_tiles - 1  # even: the first tile of its pair
+            slot = _wait_for_pair(ready, 2 * (ring_pair + num_pairs), NUM_STAGES)
+            qk = warpgroup_mma(q_tile, k_smem.index(slot).permute((1, 0)), qk_zero, use_acc=False, is_async=True)
+            _pass_turn(WG)
+            qk = warpgroup_mma_wait(0, deps=(qk,))
+            acc, l_i, m_i = _attend_tile(qk, acc, l_i, m_i, v_smem.index(slot), k_scale_base, last, offs_m,
+                                         offs_n0, c_row, full_hi, seqlen_k, diagonal, p_layout, pv_rows,
+                                         BLOCK_N, K_BLOCK, CAUSAL, LOG2_P_SCALE, PROMOTE, WG)
+            _release_pair(empty, slot, NUM_STAGES, WG)
+        # The other consumer's last P·V of the block runs under this one's epilogue; the producer may load
+        # the Q tile of block i + Q_BUFFERS.
+        _pass_turn(WG)
+        mbarrier.arrive(q_empty.index(q_buf), count=1)
+        ring_pair += gl.cdiv(num_tiles, 2)
+
+        offs_mo = start_m + gl.arange(0, BLOCK_M, layout=pv_rows)
+        v_scale = gl.load(v_scale_ptr + kv_bh * HEAD_DIM_PAD + offs_d)
+        v_mean = gl.load(v_mean_ptr + kv_bh * HEAD_DIM_PAD + offs_d) if SMOOTH_V else v_scale
+        out_ptrs = (out_ptr + b * stride_ob + h * stride_oh + gl.expand_dims(offs_mo, 1) * stride_om
+                    + gl.expand_dims(offs_d, 0))
+        _store_output(acc, gl.convert_layout(l_i, pv_rows), gl.convert_layout(m_i, pv_rows), v_scale, v_mean,
+                      out_ptrs, lse_ptr + bh * seqlen_q + offs_mo, offs_mo < seqlen_q, offs_d < HEAD_DIM,
+                      LOG2_P_SCALE, SMOOTH_V)
+    if WG == 0:
+        _take_turn(WG)  # consumer 1's pass after its last block: every arrival on a turn barrier is waited for
 
 
 @gluon.jit
 def _fp8_attention_fwd_ws_kernel(
     q_desc, k_desc, vt_desc, q_scale_ptr, k_scale_ptr, v_scale_ptr, v_mean_ptr, out_ptr, lse_ptr,
     seqlen_q, seqlen_k, seqlen_k_pad, num_q_heads, num_kv_heads, num_q_scale_blocks, num_k_scale_blocks,
-    qk_scale_log2,
+    num_query_blocks, qk_scale_log2,
     stride_ob, stride_oh, stride_om,
     HEAD_DIM: gl.constexpr, Q_BLOCK: gl.constexpr, K_BLOCK: gl.constexpr, CAUSAL: gl.constexpr,
     LOG2_P_SCALE: gl.constexpr, PROMOTE: gl.constexpr, SMOOTH_V: gl.constexpr, NUM_STAGES: gl.constexpr,
-    CONSUMER_REGS: gl.constexpr, num_warps: gl.constexpr,
+    Q_BUFFERS: gl.constexpr, CONSUMER_REGS: gl.constexpr, num_warps: gl.constexpr,
 ):
-    """Warp-specialized: two consumer warpgroups (64 query rows each) share one TMA producer warp's ring."""
+    """Persistent and warp-specialized: two consumer warpgroups (64 query rows each of a 128-row query
+    block) share one TMA producer warp's ring, block after block."""
     gl.static_assert(num_warps == 4, "the default partition is consumer warpgroup 0")
     BLOCK_M: gl.constexpr = q_desc.block_type.shape[0]
     HEAD_DIM_PAD: gl.constexpr = q_desc.block_type.shape[1]
     BLOCK_N: gl.constexpr = k_desc.block_type.shape[0]
-    q_smem = gl.allocate_shared_memory(q_desc.dtype, [2, BLOCK_M, HEAD_DIM_PAD], q_desc.layout)
+    q_smem = gl.allocate_shared_memory(q_desc.dtype, [2 * Q_BUFFERS, BLOCK_M, HEAD_DIM_PAD], q_desc.layout)
     k_smem = gl.allocate_shared_memory(k_desc.dtype, [NUM_STAGES, BLOCK_N, HEAD_DIM_PAD], k_desc.layout)
     v_smem = gl.allocate_shared_memory(vt_desc.dtype, [NUM_STAGES, HEAD_DIM_PAD, BLOCK_N], vt_desc.layout)
     ready = gl.allocate_shared_memory(gl.int64, [NUM_STAGES // 2, 1], mbarrier.MBarrierLayout())  # one per pair
     empty = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())  # per pair and consumer
-    q_ready = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+    q_ready = gl.allocate_shared_memory(gl.int64, [2 * Q_BUFFERS, 1], mbarrier.MBarrierLayout())
+    q_empty = gl.allocate_shared_memory(gl.int64, [2 * Q_BUFFERS, 1], mbarrier.MBarrierLayout())
     for i in gl.static_range(NUM_STAGES // 2):
         mbarrier.init(ready.index(i), count=1)
         mbarrier.init(empty.index(i), count=1)
         mbarrier.init(empty.index(NUM_STAGES // 2 + i), count=1)
-    for i in gl.static_range(2):
+    for i in gl.static_range(2 * Q_BUFFERS):
         mbarrier.init(q_ready.index(i), count=1)
+        mbarrier.init(q_empty.index(i), count=1)
     # Consumer warpgroup 0 is the default partition, 1 and the producer are workers. The argument tuples are
     # written out in the call: an assigned tuple would turn its constexprs into tensors.
     gl.warp_specialize([
-        (_ws_consume, (q_desc, k_desc, vt_desc, q_smem, k_smem, v_smem, ready, empty, q_ready,
-                          q_scale_ptr, k_scale_ptr, v_scale_ptr, v_mean_ptr, out_ptr, lse_ptr,
-                          seqlen_q, seqlen_k, seqlen_k_pad, num_q_heads, num_kv_heads, num_q_scale_blocks,
-                          num_k_scale_blocks, qk_scale_log2, stride_ob, stride_oh, stride_om,
-                          HEAD_DIM, Q_BLOCK, K_BLOCK, CAUSAL, LOG2_P_SCALE, PROMOTE, SMOOTH_V, NUM_STAGES, 0)),
-        (_ws_consume, (q_desc, k_desc, vt_desc, q_smem, k_smem, v_smem, ready, empty, q_ready,
-                          q_scale_ptr, k_scale_ptr, v_scale_ptr, v_mean_ptr, out_ptr, lse_ptr,
-                          seqlen_q, seqlen_k, seqlen_k_pad, num_q_heads, num_kv_heads, num_q_scale_blocks,
-                          num_k_scale_blocks, qk_scale_log2, stride_ob, stride_oh, stride_om,
-                          HEAD_DIM, Q_BLOCK, K_BLOCK, CAUSAL, LOG2_P_SCALE, PROMOTE, SMOOTH_V, NUM_STAGES, 1)),
-        (_ws_producer, (q_desc, k_desc, vt_desc, q_smem, k_smem, v_smem, ready, empty, q_ready,
-                        seqlen_q, seqlen_k, seqlen_k_pad, num_q_heads, num_kv_heads, CAUSAL, NUM_STAGES)),
+        (_ws_consume, (q_desc, k_desc, vt_desc, q_smem, k_smem, v_smem, ready, empty, q_ready, q_empty,
+                       q_scale_ptr, k_scale_ptr, v_scale_ptr, v_mean_ptr, out_ptr, lse_ptr,
+                       seqlen_q, seqlen_k, seqlen_k_pad, num_q_heads, num_kv_heads, num_q_scale_blocks,
+                       num_k_scale_blocks, num_query_blocks, qk_scale_log2, stride_ob, stride_oh, stride_om,
+                       HEAD_DIM, Q_BLOCK, K_BLOCK, CAUSAL, LOG2_P_SCALE, PROMOTE, SMOOTH_V, NUM_STAGES, Q_BUFFERS,
+                       0)),
+        (_ws_consume, (q_desc, k_desc, vt_desc, q_smem, k_smem, v_smem, ready, empty, q_ready, q_empty,
+                       q_scale_ptr, k_scale_ptr, v_scale_ptr, v_mean_ptr, out_ptr, lse_ptr,
+                       seqlen_q, seqlen_k, seqlen_k_pad, num_q_heads, num_kv_heads, num_q_scale_blocks,
+                       num_k_scale_blocks, num_query_blocks, qk_scale_log2, stride_ob, stride_oh, stride_om,
+                       HEAD_DIM, Q_BLOCK, K_BLOCK, CAUSAL, LOG2_P_SCALE, PROMOTE, SMOOTH_V, NUM_STAGES, Q_BUFFERS,
+                       1)),
+        (_ws_producer, (q_desc, k_desc, vt_desc, q_smem, k_smem, v_smem, ready, empty, q_ready, q_empty,
+                        seqlen_q, seqlen_k, seqlen_k_pad, num_q_heads, num_kv_heads, num_query_blocks, CAUSAL,
+                        NUM_STAGES, Q_BUFFERS)),
     ], [4, 1],
                        [CONSUMER_REGS, 24])
 
@@ -390,6 +436,9 @@ _GL_DTYPES = {torch.float8_e4m3fn: gl.float8e4nv, torch.int8: gl.int8}
 HOPPER_HEAD_DIMS_PAD = (128, 256)
 HOPPER_MIN_SEQLEN = 4096
 _ROWS_PER_CONSUMER = 64
+# Shared memory for the ring and Q tiles: the most a configuration measured so far used (D=256, six stages,
+# one Q buffer; the H100's limit per block is 227 KiB, and the barriers and layout scratch take the rest).
+_MAX_TILE_SHARED_BYTES = 224 * 1024
 
 
 def _descriptor(t: torch.Tensor, block: list[int]) -> TensorDescriptor:
@@ -406,6 +455,17 @@ def _descriptor(t: torch.Tensor, block: list[int]) -> TensorDescriptor:
 @functools.cache
 def _is_sm90(device: torch.device) -> bool:
     return torch.cuda.get_device_capability(device) == (9, 0)
+
+
+def _num_programs(device: torch.device, num_query_blocks: int) -> int:
+    """Persistent programs: one per SM of a GPU (one fits an SM: 160-224 KiB of shared memory, 384 threads
+    at 168 registers). A launch built on another device (``meta``, to compile offline) is never run."""
+    return _sm_count(device) if device.type == "cuda" else num_query_blocks
+
+
+@functools.cache
+def _sm_count(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count
 
 
 def hopper_softmax_keys(head_dim_pad: int, k_block: int) -> int:
@@ -440,12 +500,15 @@ def hopper_forward_launch(
     """The Gluon kernel's launch for ``qkv`` writing ``out (B, Hq, Sq, D)`` and ``lse (B, Hq, Sq)``.
 
     Takes E4M3 P·V recipes on a contiguous kernel layout (any head dim; the library uses it where
-    :func:`hopper_kernel_applies`). ``maxnreg`` caps the launch's registers per thread so that the
+    :func:`hopper_kernel_applies`). One program per SM (fewer when there are fewer query blocks of 128
+    rows) walks query blocks. ``maxnreg`` caps the launch's registers per thread so that the
     12 warps (two consumer warpgroups, the producer's warpgroup) fit an SM: 168 · 384 ≤ 65536;
     ``setmaxnreg`` then moves the producer's share to the consumers (``consumer_regs``). The ring holds
     ``num_stages`` key tiles: even (a consumer takes them in pairs, :func:`hopper_softmax_keys`) and at least
     four (a consumer waits for the next pair while it holds the tensor-core turn the other consumer needs
-    to release the pair before: with one pair in the ring, that would deadlock)."""
+    to release the pair before: with one pair in the ring, that would deadlock). Q is double-buffered
+    (the next block's Q loads a block ahead) where shared memory allows, else the producer loads it once
+    both consumers are done with the block before."""
     batch, num_q_heads, seqlen_q, dp = qkv.q.shape
     num_kv_heads, seqlen_k_pad = qkv.k.shape[1], qkv.k.shape[2]
     if qkv.v_t.dtype != torch.float8_e4m3fn:
@@ -456,19 +519,25 @@ def hopper_forward_launch(
     if not all(t.is_contiguous() for t in (qkv.q, qkv.k, qkv.v_t)):
         raise ValueError("the Hopper kernel reads q, k and v_t through 2-D TMA views: they must be contiguous")
     cfg = forward_config(dp, qkv.k_block, causal, qk_int8=qkv.q.dtype == torch.int8)
+    ring_bytes = num_stages * 2 * cfg.block_n * dp  # K and Vᵀ tiles, one byte an element
+    q_block_bytes = 2 * _ROWS_PER_CONSUMER * dp
+    q_buffers = 2 if ring_bytes + 2 * q_block_bytes <= _MAX_TILE_SHARED_BYTES else 1
+    if ring_bytes + q_buffers * q_block_bytes > _MAX_TILE_SHARED_BYTES:
+        raise ValueError(f"num_stages={num_stages} key tiles of {cfg.block_n}x{dp} do not fit in shared memory")
     q_desc = _descriptor(qkv.q, [_ROWS_PER_CONSUMER, dp])
     k_desc = _descriptor(qkv.k, [cfg.block_n, dp])
     vt_desc = _descriptor(qkv.v_t, [dp, cfg.block_n])
+    num_query_blocks = triton.cdiv(seqlen_q, 2 * _ROWS_PER_CONSUMER) * batch * num_q_heads
     args = (
         q_desc, k_desc, vt_desc, qkv.q_scale, qkv.k_scale, qkv.v_scale,
         qkv.v_mean if qkv.v_mean is not None else qkv.v_scale, out, lse,
         seqlen_q, qkv.seqlen_k, seqlen_k_pad, num_q_heads, num_kv_heads, qkv.q_scale.shape[-1],
-        qkv.k_scale.shape[-1], softmax_scale * LOG2_E, *out.stride()[:3],
+        qkv.k_scale.shape[-1], num_query_blocks, softmax_scale * LOG2_E, *out.stride()[:3],
     )
     constexprs = dict(
         HEAD_DIM=qkv.head_dim, Q_BLOCK=qkv.q_block, K_BLOCK=qkv.k_block, CAUSAL=causal,
         LOG2_P_SCALE=math.log2(p_scale), PROMOTE=cfg.promote_every == 1, SMOOTH_V=qkv.v_mean is not None,
-        NUM_STAGES=num_stages, CONSUMER_REGS=consumer_regs,
+        NUM_STAGES=num_stages, Q_BUFFERS=q_buffers, CONSUMER_REGS=consumer_regs,
     )
-    grid = (triton.cdiv(seqlen_q, 2 * _ROWS_PER_CONSUMER), batch * num_q_heads)
+    grid = (min(num_query_blocks, _num_programs(qkv.q.device, num_query_blocks)),)
     return Launch(_fp8_attention_fwd_ws_kernel, grid, args, constexprs, dict(num_warps=4, maxnreg=maxnreg))
