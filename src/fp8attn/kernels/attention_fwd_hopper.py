@@ -250,14 +250,27 @@ def _query_block(i, seqlen_q, BLOCK_M: gl.constexpr, CAUSAL: gl.constexpr):
 
 
 @gluon.jit
+def _issue_q_loads(q_desc, q_smem, q_ready, q_empty, i, bh, block_start, seqlen_q):
+    """Start the TMA copies of both consumers' Q tiles of the program's ``i``-th query block, each once its
+    consumer is done with the block before (:func:`_ws_consume` releases its Q tile after its last P·V)."""
+    BLOCK_M: gl.constexpr = q_desc.block_type.shape[0]
+    for c in gl.static_range(2):
+        mbarrier.wait(q_empty.index(c), (i & 1) ^ 1)  # a fresh barrier passes a wait for parity 1
+        mbarrier.expect(q_ready.index(c), q_desc.block_type.nbytes)
+        tma.async_copy_global_to_shared(q_desc, [bh * seqlen_q + block_start + c * BLOCK_M, 0], q_ready.index(c),
+                                        q_smem.index(c))
+
+
+@gluon.jit
 def _ws_producer(
     q_desc, k_desc, vt_desc, q_smem, k_smem, v_smem, ready, empty, q_ready, q_empty,
     seqlen_q, seqlen_k, seqlen_k_pad, num_q_heads, num_kv_heads, num_query_blocks,
-    CAUSAL: gl.constexpr, NUM_STAGES: gl.constexpr, Q_BUFFERS: gl.constexpr,
+    CAUSAL: gl.constexpr, NUM_STAGES: gl.constexpr,
 ):
-    """One warp: per query block of the program, both consumers' Q tiles (into the buffer freed by the
-    block ``Q_BUFFERS`` before), then every pair of key tiles into the ring, which runs on across blocks;
-    a pair of slots is refilled once both consumers have released the pair they held."""
+    """One warp: per query block of the program, every pair of key tiles into the ring, which runs on across
+    blocks (a pair of slots is refilled once both consumers have released the pair they held), and both
+    consumers' Q tiles after the block's first pair: that pair loads while the consumers finish the block
+    before, whose Q tiles they hold until its end."""
     BLOCK_M: gl.constexpr = q_desc.block_type.shape[0]
     BLOCK_N: gl.constexpr = k_desc.block_type.shape[0]
     HEAD_DIM_PAD: gl.constexpr = q_desc.block_type.shape[1]
@@ -267,19 +280,18 @@ def _ws_producer(
         block_start, bh = _query_block(i, seqlen_q, BLOCK_M, CAUSAL)
         b = bh // num_q_heads
         kv_bh = b * num_kv_heads + (bh % num_q_heads) // (num_q_heads // num_kv_heads)
-        for c in gl.static_range(2):
-            q_buf = 2 * (i % Q_BUFFERS) + c
-            mbarrier.wait(q_empty.index(q_buf), ((i // Q_BUFFERS) & 1) ^ 1)  # a fresh barrier passes parity 1
-            mbarrier.expect(q_ready.index(q_buf), q_desc.block_type.nbytes)
-            tma.async_copy_global_to_shared(q_desc, [bh * seqlen_q + block_start + c * BLOCK_M, 0],
-                                            q_ready.index(q_buf), q_smem.index(q_buf))
-        for p in range(gl.cdiv(_block_key_tiles(block_start, seqlen_q, seqlen_k, BLOCK_M, BLOCK_N, CAUSAL), 2)):
+        num_pairs = gl.cdiv(_block_key_tiles(block_start, seqlen_q, seqlen_k, BLOCK_M, BLOCK_N, CAUSAL), 2)
+        for p in range(num_pairs):
             phase = ((ring_pair // NUM_PAIRS) & 1) ^ 1
             mbarrier.wait(empty.index(ring_pair % NUM_PAIRS), phase)
             mbarrier.wait(empty.index(NUM_PAIRS + ring_pair % NUM_PAIRS), phase)
             _issue_kv_pair_load(k_desc, vt_desc, k_smem, v_smem, ready, ring_pair, p, kv_bh * seqlen_k_pad,
                                 kv_bh * HEAD_DIM_PAD, BLOCK_N, NUM_STAGES)
             ring_pair += 1
+            if p == 0:
+                _issue_q_loads(q_desc, q_smem, q_ready, q_empty, i, bh, block_start, seqlen_q)
+        if num_pairs == 0:  # rows that see no key (causal, fewer keys than queries): Q all the same
+            _issue_q_loads(q_desc, q_smem, q_ready, q_empty, i, bh, block_start, seqlen_q)
 
 
 @gluon.jit
@@ -290,7 +302,7 @@ def _ws_consume(
     num_query_blocks, qk_scale_log2, stride_ob, stride_oh, stride_om,
     HEAD_DIM: gl.constexpr, Q_BLOCK: gl.constexpr, K_BLOCK: gl.constexpr, CAUSAL: gl.constexpr,
     LOG2_P_SCALE: gl.constexpr, PROMOTE: gl.constexpr, SMOOTH_V: gl.constexpr, NUM_STAGES: gl.constexpr,
-    Q_BUFFERS: gl.constexpr, WG: gl.constexpr,
+    WG: gl.constexpr,
 ):
     """One warpgroup: rows 64·WG to 64·WG + 63 of each of the program's query blocks, against the ring's
     key tiles."""
@@ -331,9 +343,8 @@ def _ws_consume(
         acc = gl.zeros([BLOCK_M, HEAD_DIM_PAD], gl.float32, pv_layout)
         l_i = gl.zeros([BLOCK_M], gl.float32, qk_rows)
         m_i = gl.full([BLOCK_M], float("-inf"), gl.float32, qk_rows)
-        q_buf = 2 * (i % Q_BUFFERS) + WG
-        q_tile = q_smem.index(q_buf)
-        mbarrier.wait(q_ready.index(q_buf), (i // Q_BUFFERS) & 1)
+        q_tile = q_smem.index(WG)
+        mbarrier.wait(q_ready.index(WG), i & 1)
         # Key tiles two at a time, one softmax step each; tiles every row sees whole skip the masks. Step j's
         # turn at the tensor cores runs from pair j-1's P·V (the block's start for j = 0) through pair j's
         # score matmuls.
@@ -361,10 +372,10 @@ def _ws_consume(
                                          offs_n0, c_row, full_hi, seqlen_k, diagonal, p_layout, pv_rows,
                                          BLOCK_N, K_BLOCK, CAUSAL, LOG2_P_SCALE, PROMOTE, WG)
             _release_pair(empty, slot, NUM_STAGES, WG)
-        # The other consumer's last P·V of the block runs under this one's epilogue; the producer may load
-        # the Q tile of block i + Q_BUFFERS.
+        # The other consumer's last P·V of the block runs under this one's epilogue, and the next block's
+        # Q tile loads.
         _pass_turn(WG)
-        mbarrier.arrive(q_empty.index(q_buf), count=1)
+        mbarrier.arrive(q_empty.index(WG), count=1)
         ring_pair += gl.cdiv(num_tiles, 2)
 
         offs_mo = start_m + gl.arange(0, BLOCK_M, layout=pv_rows)
@@ -387,7 +398,7 @@ def _fp8_attention_fwd_ws_kernel(
     stride_ob, stride_oh, stride_om,
     HEAD_DIM: gl.constexpr, Q_BLOCK: gl.constexpr, K_BLOCK: gl.constexpr, CAUSAL: gl.constexpr,
     LOG2_P_SCALE: gl.constexpr, PROMOTE: gl.constexpr, SMOOTH_V: gl.constexpr, NUM_STAGES: gl.constexpr,
-    Q_BUFFERS: gl.constexpr, CONSUMER_REGS: gl.constexpr, num_warps: gl.constexpr,
+    CONSUMER_REGS: gl.constexpr, num_warps: gl.constexpr,
 ):
     """Persistent and warp-specialized: two consumer warpgroups (64 query rows each of a 128-row query
     block) share one TMA producer warp's ring, block after block."""
@@ -395,18 +406,18 @@ def _fp8_attention_fwd_ws_kernel(
     BLOCK_M: gl.constexpr = q_desc.block_type.shape[0]
     HEAD_DIM_PAD: gl.constexpr = q_desc.block_type.shape[1]
     BLOCK_N: gl.constexpr = k_desc.block_type.shape[0]
-    q_smem = gl.allocate_shared_memory(q_desc.dtype, [2 * Q_BUFFERS, BLOCK_M, HEAD_DIM_PAD], q_desc.layout)
+    q_smem = gl.allocate_shared_memory(q_desc.dtype, [2, BLOCK_M, HEAD_DIM_PAD], q_desc.layout)
     k_smem = gl.allocate_shared_memory(k_desc.dtype, [NUM_STAGES, BLOCK_N, HEAD_DIM_PAD], k_desc.layout)
     v_smem = gl.allocate_shared_memory(vt_desc.dtype, [NUM_STAGES, HEAD_DIM_PAD, BLOCK_N], vt_desc.layout)
     ready = gl.allocate_shared_memory(gl.int64, [NUM_STAGES // 2, 1], mbarrier.MBarrierLayout())  # one per pair
     empty = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())  # per pair and consumer
-    q_ready = gl.allocate_shared_memory(gl.int64, [2 * Q_BUFFERS, 1], mbarrier.MBarrierLayout())
-    q_empty = gl.allocate_shared_memory(gl.int64, [2 * Q_BUFFERS, 1], mbarrier.MBarrierLayout())
+    q_ready = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+    q_empty = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
     for i in gl.static_range(NUM_STAGES // 2):
         mbarrier.init(ready.index(i), count=1)
         mbarrier.init(empty.index(i), count=1)
         mbarrier.init(empty.index(NUM_STAGES // 2 + i), count=1)
-    for i in gl.static_range(2 * Q_BUFFERS):
+    for i in gl.static_range(2):
         mbarrier.init(q_ready.index(i), count=1)
         mbarrier.init(q_empty.index(i), count=1)
     # Consumer warpgroup 0 is the default partition, 1 and the producer are workers. The argument tuples are
@@ -416,17 +427,15 @@ def _fp8_attention_fwd_ws_kernel(
                        q_scale_ptr, k_scale_ptr, v_scale_ptr, v_mean_ptr, out_ptr, lse_ptr,
                        seqlen_q, seqlen_k, seqlen_k_pad, num_q_heads, num_kv_heads, num_q_scale_blocks,
                        num_k_scale_blocks, num_query_blocks, qk_scale_log2, stride_ob, stride_oh, stride_om,
-                       HEAD_DIM, Q_BLOCK, K_BLOCK, CAUSAL, LOG2_P_SCALE, PROMOTE, SMOOTH_V, NUM_STAGES, Q_BUFFERS,
-                       0)),
+                       HEAD_DIM, Q_BLOCK, K_BLOCK, CAUSAL, LOG2_P_SCALE, PROMOTE, SMOOTH_V, NUM_STAGES, 0)),
         (_ws_consume, (q_desc, k_desc, vt_desc, q_smem, k_smem, v_smem, ready, empty, q_ready, q_empty,
                        q_scale_ptr, k_scale_ptr, v_scale_ptr, v_mean_ptr, out_ptr, lse_ptr,
                        seqlen_q, seqlen_k, seqlen_k_pad, num_q_heads, num_kv_heads, num_q_scale_blocks,
                        num_k_scale_blocks, num_query_blocks, qk_scale_log2, stride_ob, stride_oh, stride_om,
-                       HEAD_DIM, Q_BLOCK, K_BLOCK, CAUSAL, LOG2_P_SCALE, PROMOTE, SMOOTH_V, NUM_STAGES, Q_BUFFERS,
-                       1)),
+                       HEAD_DIM, Q_BLOCK, K_BLOCK, CAUSAL, LOG2_P_SCALE, PROMOTE, SMOOTH_V, NUM_STAGES, 1)),
         (_ws_producer, (q_desc, k_desc, vt_desc, q_smem, k_smem, v_smem, ready, empty, q_ready, q_empty,
                         seqlen_q, seqlen_k, seqlen_k_pad, num_q_heads, num_kv_heads, num_query_blocks, CAUSAL,
-                        NUM_STAGES, Q_BUFFERS)),
+                        NUM_STAGES)),
     ], [4, 1],
                        [CONSUMER_REGS, 24])
 
@@ -436,9 +445,6 @@ _GL_DTYPES = {torch.float8_e4m3fn: gl.float8e4nv, torch.int8: gl.int8}
 HOPPER_HEAD_DIMS_PAD = (128, 256)
 HOPPER_MIN_SEQLEN = 4096
 _ROWS_PER_CONSUMER = 64
-# Shared memory for the ring and Q tiles: the most a configuration measured so far used (D=256, six stages,
-# one Q buffer; the H100's limit per block is 227 KiB, and the barriers and layout scratch take the rest).
-_MAX_TILE_SHARED_BYTES = 224 * 1024
 
 
 def _descriptor(t: torch.Tensor, block: list[int]) -> TensorDescriptor:
@@ -506,9 +512,7 @@ def hopper_forward_launch(
     ``setmaxnreg`` then moves the producer's share to the consumers (``consumer_regs``). The ring holds
     ``num_stages`` key tiles: even (a consumer takes them in pairs, :func:`hopper_softmax_keys`) and at least
     four (a consumer waits for the next pair while it holds the tensor-core turn the other consumer needs
-    to release the pair before: with one pair in the ring, that would deadlock). Q is double-buffered
-    (the next block's Q loads a block ahead) where shared memory allows, else the producer loads it once
-    both consumers are done with the block before."""
+    to release the pair before: with one pair in the ring, that would deadlock)."""
     batch, num_q_heads, seqlen_q, dp = qkv.q.shape
     num_kv_heads, seqlen_k_pad = qkv.k.shape[1], qkv.k.shape[2]
     if qkv.v_t.dtype != torch.float8_e4m3fn:
@@ -519,11 +523,6 @@ def hopper_forward_launch(
     if not all(t.is_contiguous() for t in (qkv.q, qkv.k, qkv.v_t)):
         raise ValueError("the Hopper kernel reads q, k and v_t through 2-D TMA views: they must be contiguous")
     cfg = forward_config(dp, qkv.k_block, causal, qk_int8=qkv.q.dtype == torch.int8)
-    ring_bytes = num_stages * 2 * cfg.block_n * dp  # K and Vᵀ tiles, one byte an element
-    q_block_bytes = 2 * _ROWS_PER_CONSUMER * dp
-    q_buffers = 2 if ring_bytes + 2 * q_block_bytes <= _MAX_TILE_SHARED_BYTES else 1
-    if ring_bytes + q_buffers * q_block_bytes > _MAX_TILE_SHARED_BYTES:
-        raise ValueError(f"num_stages={num_stages} key tiles of {cfg.block_n}x{dp} do not fit in shared memory")
     q_desc = _descriptor(qkv.q, [_ROWS_PER_CONSUMER, dp])
     k_desc = _descriptor(qkv.k, [cfg.block_n, dp])
     vt_desc = _descriptor(qkv.v_t, [dp, cfg.block_n])
@@ -537,7 +536,7 @@ def hopper_forward_launch(
     constexprs = dict(
         HEAD_DIM=qkv.head_dim, Q_BLOCK=qkv.q_block, K_BLOCK=qkv.k_block, CAUSAL=causal,
         LOG2_P_SCALE=math.log2(p_scale), PROMOTE=cfg.promote_every == 1, SMOOTH_V=qkv.v_mean is not None,
-        NUM_STAGES=num_stages, Q_BUFFERS=q_buffers, CONSUMER_REGS=consumer_regs,
+        NUM_STAGES=num_stages, CONSUMER_REGS=consumer_regs,
     )
     grid = (min(num_query_blocks, _num_programs(qkv.q.device, num_query_blocks)),)
     return Launch(_fp8_attention_fwd_ws_kernel, grid, args, constexprs, dict(num_warps=4, maxnreg=maxnreg))
