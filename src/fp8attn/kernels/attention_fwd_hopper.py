@@ -236,16 +236,21 @@ def _program_blocks(num_query_blocks):
 
 
 @gluon.jit
-def _query_block(i, seqlen_q, BLOCK_M: gl.constexpr, CAUSAL: gl.constexpr):
-    """The program's ``i``-th query block: its first row and its (batch, head) index. Blocks are ordered
-    head after head, so a head's K and V stay in L2 while its blocks run, and under a causal mask each
-    head's longest blocks come first."""
+def _query_block(i, seqlen_q, num_query_blocks, BLOCK_M: gl.constexpr, CAUSAL: gl.constexpr):
+    """The program's ``i``-th query block: its first row and its (batch, head) index. Without a mask the
+    blocks run head after head, so a head's K and V stay in L2 while its blocks run. Under a causal mask a
+    block's work grows with its index, and programs take every ``num_programs``-th block: in head order the
+    programs would keep blocks of one length (with 132 programs and 128 blocks a head, program 0 would run
+    the longest of every head, program 64 the shortest), so the blocks run longest first across heads."""
     block = gl.program_id(0) + i * gl.num_programs(0)
     blocks_per_head = gl.cdiv(seqlen_q, 2 * BLOCK_M)
-    bh = block // blocks_per_head
-    m_block = block % blocks_per_head
     if CAUSAL:
-        m_block = blocks_per_head - 1 - m_block
+        num_heads = num_query_blocks // blocks_per_head
+        m_block = blocks_per_head - 1 - block // num_heads
+        bh = block % num_heads
+    else:
+        m_block = block % blocks_per_head
+        bh = block // blocks_per_head
     return m_block * 2 * BLOCK_M, bh
 
 
@@ -277,7 +282,7 @@ def _ws_producer(
     NUM_PAIRS: gl.constexpr = NUM_STAGES // 2
     ring_pair = 0  # pairs of key tiles loaded so far, over all of the program's blocks
     for i in range(_program_blocks(num_query_blocks)):
-        block_start, bh = _query_block(i, seqlen_q, BLOCK_M, CAUSAL)
+        block_start, bh = _query_block(i, seqlen_q, num_query_blocks, BLOCK_M, CAUSAL)
         b = bh // num_q_heads
         kv_bh = b * num_kv_heads + (bh % num_q_heads) // (num_q_heads // num_kv_heads)
         num_pairs = gl.cdiv(_block_key_tiles(block_start, seqlen_q, seqlen_k, BLOCK_M, BLOCK_N, CAUSAL), 2)
@@ -327,7 +332,7 @@ def _ws_consume(
     if WG == 1:
         _pass_turn(WG)  # consumer 0 goes first
     for i in range(_program_blocks(num_query_blocks)):
-        block_start, bh = _query_block(i, seqlen_q, BLOCK_M, CAUSAL)
+        block_start, bh = _query_block(i, seqlen_q, num_query_blocks, BLOCK_M, CAUSAL)
         start_m = block_start + WG * BLOCK_M
         b = bh // num_q_heads
         h = bh % num_q_heads
