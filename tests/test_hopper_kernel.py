@@ -19,8 +19,10 @@ from fp8attn.kernel_report import collect, collect_in_subprocess, shapes_for
 from fp8attn.kernels.attention_fwd import forward_launch
 from fp8attn.kernels.attention_fwd_hopper import (
     HOPPER_MIN_SEQLEN,
+    HOPPER_MIN_SEQLEN_CAUSAL,
     hopper_forward_launch,
     hopper_kernel_applies,
+    hopper_kernel_shape,
     hopper_softmax_keys,
 )
 from fp8attn.metrics import compare
@@ -117,25 +119,37 @@ def test_hopper_kernel_rejects_a_ring_of_odd_or_fewer_than_four_tiles(num_stages
         hopper_forward_launch(qkv, out, lse, causal=False, softmax_scale=0.0625, p_scale=1.0, num_stages=num_stages)
 
 
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("head_dim", [64, 128, 256])
+def test_hopper_kernel_takes_head_dims_128_and_256_from_its_sequence_length(head_dim, causal):
+    """From 1024 tokens without a mask, from 4096 under a causal mask; never at D=64."""
+    min_seqlen = HOPPER_MIN_SEQLEN_CAUSAL if causal else HOPPER_MIN_SEQLEN
+    for seqlen in (min_seqlen - 1, min_seqlen):
+        qkv = allocate_quantized(1, 2, 2, seqlen, seqlen, head_dim, RECIPES["int8-hadamard-vsmooth"], "meta")
+        assert hopper_kernel_shape(qkv, causal) == (seqlen == min_seqlen and head_dim != 64), (seqlen, causal)
+
+
 @needs_hopper
 @pytest.mark.parametrize("recipe", ["e4m3", "int8-hadamard-vsmooth"])
 @pytest.mark.parametrize("head_dim", [128, 256])
-def test_library_runs_long_shapes_on_the_hopper_kernel_and_replays_it(gen, recipe, head_dim):
-    """At D=128 and 256 and 4096 tokens fp8attn.attention picks the Gluon kernel; the second call replays
-    the recorded launches with TMA descriptors rebuilt around the new buffers, and must give exactly what a
-    fresh kernel launch gives on the new inputs."""
+@pytest.mark.parametrize("causal", [False, True])
+def test_library_runs_long_shapes_on_the_hopper_kernel_and_replays_it(gen, recipe, head_dim, causal):
+    """At D=128 and 256 from the kernel's shortest sequence fp8attn.attention picks the Gluon kernel; the
+    second call replays the recorded launches with TMA descriptors rebuilt around the new buffers, and must
+    give exactly what a fresh kernel launch gives on the new inputs."""
     r = RECIPES[recipe]
-    shape = (1, 2, 1, HOPPER_MIN_SEQLEN, HOPPER_MIN_SEQLEN, head_dim)
+    seqlen = HOPPER_MIN_SEQLEN_CAUSAL if causal else HOPPER_MIN_SEQLEN
+    shape = (1, 2, 1, seqlen, seqlen, head_dim)
     _PLANS.clear()
     for call in range(2):
         q, k, v = make_qkv(gen, shape, dtype=torch.bfloat16, device="cuda", kind="k_offset")
-        out = fp8attn.attention(q, k, v, causal=True, recipe=recipe)
+        out = fp8attn.attention(q, k, v, causal=causal, recipe=recipe)
         assert len(_PLANS) == 1
         qkv = quantize_qkv(q, k, v, r)
-        assert hopper_kernel_applies(qkv)
+        assert hopper_kernel_applies(qkv, causal)
         want = torch.full_like(out, float("nan"))
         lse = torch.empty(q.shape[:3], device="cuda")
-        launch = forward_launch(qkv, want, lse, causal=True, softmax_scale=head_dim**-0.5, p_scale=r.p_multiplier)
+        launch = forward_launch(qkv, want, lse, causal=causal, softmax_scale=head_dim**-0.5, p_scale=r.p_multiplier)
         assert launch.kernel.__name__ == "_fp8_attention_fwd_ws_kernel"
         launch.run()
         assert torch.equal(out, want), f"call {call}"
@@ -145,7 +159,7 @@ def test_library_runs_long_shapes_on_the_hopper_kernel_and_replays_it(gen, recip
 def test_prequantized_path_replays_the_hopper_kernel(gen):
     """attention_prequantized reads the caller's E4M3 tensors in place where their layout allows: the
     TMA descriptors then point into inputs, which a replay must re-point at the new call's inputs."""
-    shape = (1, 2, 2, HOPPER_MIN_SEQLEN, HOPPER_MIN_SEQLEN, 256)
+    shape = (1, 2, 2, HOPPER_MIN_SEQLEN_CAUSAL, HOPPER_MIN_SEQLEN_CAUSAL, 256)
 
     def inputs():
         return [t.to(torch.float8_e4m3fn) for t in make_qkv(gen, shape, dtype=torch.bfloat16, device="cuda")]

@@ -273,7 +273,7 @@ def forward_launch(
     if config is None:
         from fp8attn.kernels import attention_fwd_hopper  # imports this module: resolved at call time
 
-        if attention_fwd_hopper.hopper_kernel_applies(qkv):
+        if attention_fwd_hopper.hopper_kernel_applies(qkv, causal):
             return attention_fwd_hopper.hopper_forward_launch(qkv, out, lse, causal=causal,
                                                               softmax_scale=softmax_scale, p_scale=p_scale)
     batch, num_q_heads, seqlen_q, dp = qkv.q.shape

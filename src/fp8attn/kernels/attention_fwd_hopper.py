@@ -446,9 +446,11 @@ def _fp8_attention_fwd_ws_kernel(
 
 
 _GL_DTYPES = {torch.float8_e4m3fn: gl.float8e4nv, torch.int8: gl.int8}
-# Where it beats the Triton kernel (perf-notes sections 16, 26, 27): padded head dim 128 or 256, long sequences.
+# Where it beats the Triton kernel (perf-notes sections 16, 26, 27, 31): padded head dim 128 or 256, from 1024
+# tokens without a mask and from 4096 under a causal mask.
 HOPPER_HEAD_DIMS_PAD = (128, 256)
-HOPPER_MIN_SEQLEN = 4096
+HOPPER_MIN_SEQLEN = 1024
+HOPPER_MIN_SEQLEN_CAUSAL = 4096
 _ROWS_PER_CONSUMER = 64
 
 
@@ -485,20 +487,22 @@ def hopper_softmax_keys(head_dim_pad: int, k_block: int) -> int:
     return 2 * forward_config(head_dim_pad, k_block).block_n
 
 
-def hopper_kernel_shape(qkv: QuantizedQKV) -> bool:
-    """The shapes this kernel is used for (where it beats the Triton kernel: perf-notes sections 16, 26
-    and 27): an E4M3 P·V recipe, padded head dim 128 or 256, at least 4096 queries and keys."""
-    return (qkv.q.shape[-1] in HOPPER_HEAD_DIMS_PAD and min(qkv.seqlen_q, qkv.seqlen_k) >= HOPPER_MIN_SEQLEN
+def hopper_kernel_shape(qkv: QuantizedQKV, causal: bool) -> bool:
+    """The shapes this kernel is used for (where it beats the Triton kernel: perf-notes sections 16, 26,
+    27 and 31): an E4M3 P·V recipe, padded head dim 128 or 256, at least 1024 queries and keys (4096 under
+    a causal mask, where the Triton kernel's 64-row programs balance short query blocks better)."""
+    min_seqlen = HOPPER_MIN_SEQLEN_CAUSAL if causal else HOPPER_MIN_SEQLEN
+    return (qkv.q.shape[-1] in HOPPER_HEAD_DIMS_PAD and min(qkv.seqlen_q, qkv.seqlen_k) >= min_seqlen
             and qkv.v_t.dtype == torch.float8_e4m3fn)
 
 
-def hopper_kernel_applies(qkv: QuantizedQKV) -> bool:
+def hopper_kernel_applies(qkv: QuantizedQKV, causal: bool) -> bool:
     """True where the library runs this kernel instead of the Triton one: :func:`hopper_kernel_shape`,
     compiled (not interpreted) on an sm_90 GPU, the kernel layout contiguous and 16-byte aligned (TMA)."""
     return (
         not knobs.runtime.interpret
         and qkv.q.device.type == "cuda"
-        and hopper_kernel_shape(qkv)
+        and hopper_kernel_shape(qkv, causal)
         and all(t.is_contiguous() and t.data_ptr() % 16 == 0 for t in (qkv.q, qkv.k, qkv.v_t))
         and _is_sm90(qkv.q.device)
     )
