@@ -8,26 +8,31 @@ accumulator and P's rounding to E4M3 happen once per ``2·BLOCK_N`` keys.
 ``block_n`` is this kernel's exact emulation (``benchmarks/wgmma_study.py``, tests/test_hopper_kernel.py).
 What else differs is the schedule, which ``tl.dot``-level Triton does not express:
 
-* one program owns 128 query rows of one (batch, head) as two consumer warpgroups of 64 rows, plus a
-  producer warp (``gl.warp_specialize``, registers rebalanced with ``setmaxnreg``: 240 per consumer
-  thread, 24 per producer thread);
-* the producer copies both Q tiles and then the key tiles (K rows and Vᵀ columns), two at a time, by TMA
-  into a ring of ``NUM_STAGES`` (even) shared-memory slots; one ``ready`` mbarrier per pair of slots, and
-  one ``empty`` mbarrier per pair and consumer, which that consumer arrives on once its P·V has read the
-  pair (each wait and arrive costs the warpgroup a named barrier: one per pair, not per tile). Both
-  consumers read every tile once, so each K/V byte serves 128 rows (the Triton kernel runs 64-row
-  programs);
+* persistent programs, one per SM: each walks query blocks of 128 rows of one (batch, head) as two
+  consumer warpgroups of 64 rows, plus a producer warp (``gl.warp_specialize``, registers rebalanced with
+  ``setmaxnreg``: 240 per consumer thread, 24 per producer thread). Without a mask the blocks go head
+  after head (a head's K and V stay in L2); under a causal mask longest first across heads, since with a
+  fixed stride through head-ordered blocks a program keeps blocks of one length;
+* the producer copies the key tiles (K rows and Vᵀ columns), two at a time, by TMA into a ring of
+  ``NUM_STAGES`` (even) shared-memory slots that runs on from one query block to the next, and both Q
+  tiles of a block after its first pair (so that pair loads while the consumers finish the block before,
+  whose Q tiles they hold to its end); one ``ready`` mbarrier per pair of slots, and one ``empty``
+  mbarrier per pair and consumer, which that consumer arrives on once its P·V has read the pair (each
+  wait and arrive costs the warpgroup a named barrier: one per pair, not per tile). Both consumers read
+  every tile once, so each K/V byte serves 128 rows (the Triton kernel runs 64-row programs);
 * per pair of tiles a consumer issues both score matmuls, takes one row max over both (each half
   scaled by its own K scale), and chains both P·V products in one wgmma accumulator: half the row
   reductions, rescales and waits per key of a one-tile step; whole pairs run without mask selects;
 * the consumers take turns at the tensor cores (FA3's ping-pong, two named barriers): one issues its
   P·V of a pair and its score matmuls of the next while the other runs its softmax. Both walk the
-  program's key tiles (under a causal mask the lower rows' last tiles are masked whole for the upper
-  ones) so that their turns pair up, and the ring holds at least two pairs.
+  block's key tiles (under a causal mask the lower rows' last tiles are masked whole for the upper
+  ones) so that their turns pair up, each passes the turn after its last P·V of a block (the other's
+  last P·V runs under its epilogue), and the ring holds at least two pairs.
 
 It wins where key loops are long: at D = 256, where the Triton kernel runs one program per SM, and
-since P needs no shuffles (:mod:`fp8attn.kernels.key_order`) at D = 128 too (docs/perf-notes.md,
-sections 16, 26, 27 and 29). :func:`hopper_kernel_applies` says where the library uses it.
+since P needs no shuffles (:mod:`fp8attn.kernels.key_order`) at D = 128 too; since it is persistent also
+from 1024 tokens without a mask (docs/perf-notes.md, sections 16, 26, 27, 29 and 31).
+:func:`hopper_kernel_applies` says where the library uses it.
 """
 
 from __future__ import annotations
