@@ -76,10 +76,10 @@ def _pv_operand(p, p_layout: gl.constexpr):
 @gluon.jit
 def _issue_kv_pair_load(k_desc, vt_desc, k_smem, v_smem, ready, ring_pair, pair, kv_row, vt_row,
                         BLOCK_N: gl.constexpr, NUM_STAGES: gl.constexpr):
-    """Start the TMA copies of a tile's key tiles ``2·pair`` and ``2·pair + 1`` (K rows and Vᵀ columns) into
-    the adjacent ring slots of the program's ``ring_pair``-th pair, both signalling the pair's one ``ready``
-    barrier. A pair past a head's last tile reads the next head's keys or TMA's zero fill: loaded, never
-    used, so the byte count stays constant."""
+    """Start the TMA copies of a query block's key tiles ``2·pair`` and ``2·pair + 1`` (K rows and Vᵀ
+    columns) into the adjacent ring slots of the program's ``ring_pair``-th pair, both signalling the pair's
+    one ``ready`` barrier. A pair past a head's last tile reads the next head's keys or TMA's zero fill:
+    loaded, never used, so the byte count stays constant."""
     slot = 2 * (ring_pair % (NUM_STAGES // 2))
     bar = ready.index(slot // 2)
     mbarrier.expect(bar, 2 * (k_desc.block_type.nbytes + vt_desc.block_type.nbytes))
@@ -176,9 +176,9 @@ def _consume_pair(q_tile, k_smem, v_smem, ready, empty, qk_zero, acc, l_i, m_i, 
                   offs_n0, c_row, full_hi, seqlen_k, diagonal, p_layout: gl.constexpr, pv_rows: gl.constexpr,
                   BLOCK_N: gl.constexpr, K_BLOCK: gl.constexpr, CAUSAL: gl.constexpr, LOG2_P_SCALE: gl.constexpr,
                   PROMOTE: gl.constexpr, NUM_STAGES: gl.constexpr, WG: gl.constexpr, MASKED: gl.constexpr):
-    """The tile's key tiles ``2j`` and ``2j + 1``, the program's ``ring_pair``-th pair in the ring (NUM_STAGES
-    even, so their slots are adjacent and share one ``ready`` and one ``empty`` barrier) as one softmax step
-    of 2·BLOCK_N keys: both score matmuls,
+    """The query block's key tiles ``2j`` and ``2j + 1``, the program's ``ring_pair``-th pair in the ring
+    (NUM_STAGES even, so their slots are adjacent and share one ``ready`` and one ``empty`` barrier) as one
+    softmax step of 2·BLOCK_N keys: both score matmuls,
     one row max, each half's exponentials with its own K scale, both halves' P·V chained in one wgmma
     accumulator (added to ``acc`` in fp32 once with PROMOTE); then the pair's slots are released.
 
@@ -476,7 +476,7 @@ def _is_sm90(device: torch.device) -> bool:
 
 
 def _num_programs(device: torch.device, num_query_blocks: int) -> int:
-    """Persistent programs: one per SM of a GPU (one fits an SM: 160-224 KiB of shared memory, 384 threads
+    """Persistent programs: one per SM of a GPU (one fits an SM: 144-224 KiB of shared memory, 384 threads
     at 168 registers). A launch built on another device (``meta``, to compile offline) is never run."""
     return _sm_count(device) if device.type == "cuda" else num_query_blocks
 
