@@ -110,6 +110,44 @@ def test_hopper_kernel_matches_the_emulation_of_its_softmax_steps(gen, recipe, s
     torch.testing.assert_close(lse[seen].double(), want_lse[seen], rtol=0, atol=LSE_VS_EMULATION)
 
 
+@needs_hopper
+@pytest.mark.parametrize("recipe", ["e4m3", "int8-hadamard-vsmooth"])
+@pytest.mark.parametrize(("shape", "causal"), [
+    ((2, 4, 2, 300, 1000, 128), True),  # blocks of different key counts, GQA
+    ((1, 3, 3, 1000, 300, 128), True),  # blocks whose rows see no key
+    ((2, 2, 2, 777, 777, 128), False),  # an odd number of key tiles a block
+    ((1, 3, 3, 400, 900, 256), True),
+])
+def test_hopper_kernel_programs_walking_many_query_blocks_match_the_emulation(gen, recipe, shape, causal):
+    """Three persistent programs for 12-28 query blocks: the ring, the Q tiles and the consumers' turns run
+    on from block to block (at the library's shapes every program walks many blocks)."""
+    r = RECIPES[recipe]
+    q, k, v = make_qkv(gen, shape, dtype=torch.bfloat16, device="cuda", kind="k_offset")
+    qkv = quantize_qkv(q, k, v, r)
+    b, hq, sq, d = q.shape
+    out = torch.full((b, hq, sq, d), float("nan"), device="cuda", dtype=torch.bfloat16)
+    lse = torch.full((b, hq, sq), float("nan"), device="cuda")
+    kwargs = dict(causal=causal, softmax_scale=d**-0.5, p_scale=r.p_multiplier)
+    launch = hopper_forward_launch(qkv, out, lse, **kwargs, num_programs=3)
+    assert launch.grid == (3,)
+    launch.run()
+    assert not torch.isnan(out).any() and not torch.isnan(lse).any(), "rows the Gluon kernel did not write"
+    want, want_lse = attention_emulated(qkv, causal=causal, scale=d**-0.5, p_scale=r.p_multiplier,
+                                        block_n=hopper_softmax_keys(qkv.q.shape[-1], qkv.k_block), return_lse=True)
+    assert compare(out.double(), want).rel_l2 <= KERNEL_VS_EMULATION
+    seen = want_lse.isfinite()
+    assert torch.equal(lse.isfinite(), seen), "rows without visible keys must have lse = -inf, all others finite"
+    torch.testing.assert_close(lse[seen].double(), want_lse[seen], rtol=0, atol=LSE_VS_EMULATION)
+
+
+def test_hopper_kernel_rejects_fewer_than_one_program():
+    qkv = allocate_quantized(1, 2, 2, 4096, 4096, 128, RECIPES["e4m3"], "meta")
+    out = torch.empty(1, 2, 4096, 128, device="meta", dtype=torch.bfloat16)
+    lse = torch.empty(1, 2, 4096, device="meta")
+    with pytest.raises(ValueError, match="num_programs must be at least 1, got 0"):
+        hopper_forward_launch(qkv, out, lse, causal=False, softmax_scale=0.0884, p_scale=1.0, num_programs=0)
+
+
 @pytest.mark.parametrize("num_stages", [3, 2])  # odd; one pair, where the consumers' turns would deadlock
 def test_hopper_kernel_rejects_a_ring_of_odd_or_fewer_than_four_tiles(num_stages):
     qkv = allocate_quantized(1, 2, 2, 4096, 4096, 256, RECIPES["e4m3"], "meta")

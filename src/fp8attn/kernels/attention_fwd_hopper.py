@@ -515,7 +515,7 @@ def hopper_kernel_applies(qkv: QuantizedQKV, causal: bool) -> bool:
 
 def hopper_forward_launch(
     qkv: QuantizedQKV, out: torch.Tensor, lse: torch.Tensor, *, causal: bool, softmax_scale: float, p_scale: float,
-    num_stages: int = 4, consumer_regs: int = 240, maxnreg: int = 168,
+    num_stages: int = 4, consumer_regs: int = 240, maxnreg: int = 168, num_programs: int | None = None,
 ) -> Launch:
     """The Gluon kernel's launch for ``qkv`` writing ``out (B, Hq, Sq, D)`` and ``lse (B, Hq, Sq)``.
 
@@ -526,7 +526,8 @@ def hopper_forward_launch(
     ``setmaxnreg`` then moves the producer's share to the consumers (``consumer_regs``). The ring holds
     ``num_stages`` key tiles: even (a consumer takes them in pairs, :func:`hopper_softmax_keys`) and at least
     four (a consumer waits for the next pair while it holds the tensor-core turn the other consumer needs
-    to release the pair before: with one pair in the ring, that would deadlock)."""
+    to release the pair before: with one pair in the ring, that would deadlock). ``num_programs`` caps the
+    persistent programs (default: one per SM), so that small shapes can walk many blocks a program."""
     batch, num_q_heads, seqlen_q, dp = qkv.q.shape
     num_kv_heads, seqlen_k_pad = qkv.k.shape[1], qkv.k.shape[2]
     if qkv.v_t.dtype != torch.float8_e4m3fn:
@@ -536,6 +537,8 @@ def hopper_forward_launch(
                          f"consumers take turns), got {num_stages}")
     if not all(t.is_contiguous() for t in (qkv.q, qkv.k, qkv.v_t)):
         raise ValueError("the Hopper kernel reads q, k and v_t through 2-D TMA views: they must be contiguous")
+    if num_programs is not None and num_programs < 1:
+        raise ValueError(f"num_programs must be at least 1, got {num_programs}")
     cfg = forward_config(dp, qkv.k_block, causal, qk_int8=qkv.q.dtype == torch.int8)
     q_desc = _descriptor(qkv.q, [_ROWS_PER_CONSUMER, dp])
     k_desc = _descriptor(qkv.k, [cfg.block_n, dp])
@@ -552,5 +555,5 @@ def hopper_forward_launch(
         LOG2_P_SCALE=math.log2(p_scale), PROMOTE=cfg.promote_every == 1, SMOOTH_V=qkv.v_mean is not None,
         NUM_STAGES=num_stages, CONSUMER_REGS=consumer_regs,
     )
-    grid = (min(num_query_blocks, _num_programs(qkv.q.device, num_query_blocks)),)
+    grid = (min(num_query_blocks, num_programs or _num_programs(qkv.q.device, num_query_blocks)),)
     return Launch(_fp8_attention_fwd_ws_kernel, grid, args, constexprs, dict(num_warps=4, maxnreg=maxnreg))
