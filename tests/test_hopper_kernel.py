@@ -93,21 +93,7 @@ def test_hopper_kernel_turn_barriers_are_its_own_and_wait_after_the_softmax(reci
 ])
 @pytest.mark.parametrize("num_stages", [4, 6])
 def test_hopper_kernel_matches_the_emulation_of_its_softmax_steps(gen, recipe, shape, causal, num_stages):
-    r = RECIPES[recipe]
-    q, k, v = make_qkv(gen, shape, dtype=torch.bfloat16, device="cuda", kind="k_offset")
-    qkv = quantize_qkv(q, k, v, r)
-    b, hq, sq, d = q.shape
-    out = torch.full((b, hq, sq, d), float("nan"), device="cuda", dtype=torch.bfloat16)
-    lse = torch.full((b, hq, sq), float("nan"), device="cuda")
-    kwargs = dict(causal=causal, softmax_scale=d**-0.5, p_scale=r.p_multiplier)
-    hopper_forward_launch(qkv, out, lse, **kwargs, num_stages=num_stages).run()
-    assert not torch.isnan(out).any() and not torch.isnan(lse).any(), "rows the Gluon kernel did not write"
-    want, want_lse = attention_emulated(qkv, causal=causal, scale=d**-0.5, p_scale=r.p_multiplier,
-                                        block_n=hopper_softmax_keys(qkv.q.shape[-1], qkv.k_block), return_lse=True)
-    assert compare(out.double(), want).rel_l2 <= KERNEL_VS_EMULATION
-    seen = want_lse.isfinite()
-    assert torch.equal(lse.isfinite(), seen), "rows without visible keys must have lse = -inf, all others finite"
-    torch.testing.assert_close(lse[seen].double(), want_lse[seen], rtol=0, atol=LSE_VS_EMULATION)
+    _assert_hopper_kernel_matches_its_emulation(gen, recipe, shape, causal, num_stages=num_stages)
 
 
 @needs_hopper
@@ -121,6 +107,13 @@ def test_hopper_kernel_matches_the_emulation_of_its_softmax_steps(gen, recipe, s
 def test_hopper_kernel_programs_walking_many_query_blocks_match_the_emulation(gen, recipe, shape, causal):
     """Three persistent programs for 12-28 query blocks: the ring, the Q tiles and the consumers' turns run
     on from block to block (at the library's shapes every program walks many blocks)."""
+    launch = _assert_hopper_kernel_matches_its_emulation(gen, recipe, shape, causal, num_programs=3)
+    assert launch.grid == (3,)
+
+
+def _assert_hopper_kernel_matches_its_emulation(gen, recipe: str, shape, causal: bool, **launch_options):
+    """Run the Gluon kernel on fresh inputs (outputs poisoned with NaN) and hold out and LSE to the float64
+    emulation of its softmax steps; returns the launch."""
     r = RECIPES[recipe]
     q, k, v = make_qkv(gen, shape, dtype=torch.bfloat16, device="cuda", kind="k_offset")
     qkv = quantize_qkv(q, k, v, r)
@@ -128,8 +121,7 @@ def test_hopper_kernel_programs_walking_many_query_blocks_match_the_emulation(ge
     out = torch.full((b, hq, sq, d), float("nan"), device="cuda", dtype=torch.bfloat16)
     lse = torch.full((b, hq, sq), float("nan"), device="cuda")
     kwargs = dict(causal=causal, softmax_scale=d**-0.5, p_scale=r.p_multiplier)
-    launch = hopper_forward_launch(qkv, out, lse, **kwargs, num_programs=3)
-    assert launch.grid == (3,)
+    launch = hopper_forward_launch(qkv, out, lse, **kwargs, **launch_options)
     launch.run()
     assert not torch.isnan(out).any() and not torch.isnan(lse).any(), "rows the Gluon kernel did not write"
     want, want_lse = attention_emulated(qkv, causal=causal, scale=d**-0.5, p_scale=r.p_multiplier,
@@ -138,6 +130,7 @@ def test_hopper_kernel_programs_walking_many_query_blocks_match_the_emulation(ge
     seen = want_lse.isfinite()
     assert torch.equal(lse.isfinite(), seen), "rows without visible keys must have lse = -inf, all others finite"
     torch.testing.assert_close(lse[seen].double(), want_lse[seen], rtol=0, atol=LSE_VS_EMULATION)
+    return launch
 
 
 def test_hopper_kernel_rejects_fewer_than_one_program():
