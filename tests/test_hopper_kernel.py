@@ -23,6 +23,7 @@ from fp8attn.kernels.attention_fwd_hopper import (
     hopper_forward_launch,
     hopper_kernel_applies,
     hopper_kernel_shape,
+    hopper_pipelines_pv,
     hopper_softmax_keys,
 )
 from fp8attn.metrics import compare
@@ -38,10 +39,11 @@ needs_hopper = pytest.mark.skipif(not ON_HOPPER, reason="needs an sm_90 GPU (com
 
 def assert_hopper_kernel_spills_as_measured(report) -> None:
     """No spill in the key loop. Outside it, a few words of stack: scalars of the persistent walk over query
-    blocks (loop bounds, offsets), stored once and reloaded once per block (offline ptxas under setmaxnreg
-    240: 0-24 bytes by recipe, head dim and mask; docs/perf-notes.md, section 31)."""
+    blocks (loop bounds, offsets), stored once and reloaded once per block, and with the pipelined P·V two
+    registers around a block's last pair (offline ptxas under setmaxnreg 240: 0-32 bytes by recipe, head
+    dim and mask; docs/perf-notes.md, sections 31 and 33)."""
     assert report.loop.get("LDL", 0) == 0 and report.loop.get("STL", 0) == 0, report
-    assert report.stack_bytes <= 24, report
+    assert report.stack_bytes <= 32, report
 
 
 @functools.cache
@@ -90,6 +92,8 @@ def test_hopper_kernel_turn_barriers_are_its_own_and_wait_after_the_softmax(reci
     ((1, 2, 2, 400, 900, 256), True),
     ((2, 2, 1, 640, 640, 256), False),
     ((1, 2, 2, 96, 40, 80), True),  # padded head dim, keys shorter than one tile
+    ((1, 2, 2, 700, 200, 256), True),  # pipelined P·V: query blocks whose rows see no key
+    ((2, 2, 2, 300, 300, 256), False),  # pipelined P·V: an odd last tile as a pair masked above
 ])
 @pytest.mark.parametrize("num_stages", [4, 6])
 def test_hopper_kernel_matches_the_emulation_of_its_softmax_steps(gen, recipe, shape, causal, num_stages):
@@ -103,6 +107,7 @@ def test_hopper_kernel_matches_the_emulation_of_its_softmax_steps(gen, recipe, s
     ((1, 3, 3, 1000, 300, 128), True),  # blocks whose rows see no key
     ((2, 2, 2, 777, 777, 128), False),  # an odd number of key tiles a block
     ((1, 3, 3, 400, 900, 256), True),
+    ((1, 3, 3, 700, 200, 256), True),  # blocks whose rows see no key, pipelined P·V
 ])
 def test_hopper_kernel_programs_walking_many_query_blocks_match_the_emulation(gen, recipe, shape, causal):
     """Three persistent programs for 12-28 query blocks: the ring, the Q tiles and the consumers' turns run
@@ -139,6 +144,19 @@ def test_hopper_kernel_rejects_fewer_than_one_program():
     lse = torch.empty(1, 2, 4096, device="meta")
     with pytest.raises(ValueError, match="num_programs must be at least 1, got 0"):
         hopper_forward_launch(qkv, out, lse, causal=False, softmax_scale=0.0884, p_scale=1.0, num_programs=0)
+
+
+@pytest.mark.parametrize(("recipe", "head_dim", "pipelined"), [
+    ("e4m3", 256, True), ("int8-hadamard-vsmooth", 256, False), ("e4m3", 128, False)])
+def test_hopper_kernel_pipelines_pv_only_for_e4m3_scores_without_promotion(recipe, head_dim, pipelined):
+    """P·V issued with the next pair's score matmuls where the accumulator is not promoted (D=256) and Q·Kᵀ
+    is E4M3, with a ring of six tiles there (a pair is released one wait later), four elsewhere."""
+    qkv = allocate_quantized(1, 2, 2, 4096, 4096, head_dim, RECIPES[recipe], "meta")
+    out = torch.empty(1, 2, 4096, head_dim, device="meta", dtype=torch.bfloat16)
+    lse = torch.empty(1, 2, 4096, device="meta")
+    launch = hopper_forward_launch(qkv, out, lse, causal=False, softmax_scale=head_dim**-0.5, p_scale=1.0)
+    assert hopper_pipelines_pv(qkv) == launch.constexprs["PIPELINE_PV"] == pipelined
+    assert launch.constexprs["NUM_STAGES"] == (6 if pipelined else 4)
 
 
 @pytest.mark.parametrize("num_stages", [3, 2])  # odd; one pair, where the consumers' turns would deadlock

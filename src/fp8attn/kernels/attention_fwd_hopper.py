@@ -27,11 +27,13 @@ What else differs is the schedule, which ``tl.dot``-level Triton does not expres
   P·V of a pair and its score matmuls of the next while the other runs its softmax. Both walk the
   block's key tiles (under a causal mask the lower rows' last tiles are masked whole for the upper
   ones) so that their turns pair up, each passes the turn after its last P·V of a block (the other's
-  last P·V runs under its epilogue), and the ring holds at least two pairs.
+  last P·V runs under its epilogue), and the ring holds at least two pairs. Where the accumulator is
+  not promoted (D = 256) and Q·Kᵀ is E4M3, a turn issues a pair's P·V and the next pair's score matmuls
+  back to back and waits once (:func:`hopper_pipelines_pv`), so no wait splits a turn.
 
 It wins where key loops are long: at D = 256, where the Triton kernel runs one program per SM, and
 since P needs no shuffles (:mod:`fp8attn.kernels.key_order`) at D = 128 too; since it is persistent also
-from 1024 tokens without a mask (docs/perf-notes.md, sections 16, 26, 27, 29 and 31).
+from 1024 tokens without a mask (docs/perf-notes.md, sections 16, 26, 27, 29, 31 and 33).
 :func:`hopper_kernel_applies` says where the library uses it.
 """
 
@@ -140,10 +142,13 @@ def _scores(qk, k_scale_base, tile, offs_m, offs_n0, c_row, full_hi, seqlen_k, d
     """Raw products of one key tile with their per-row factor ``c`` (> 0). With MASKED, a tile past
     ``full_hi`` is masked (ptxas turns the test into a select per score: tiles known to be whole pass False)."""
     start_n = tile * BLOCK_N
-    k_scale = gl.load(k_scale_base + start_n // K_BLOCK)
     if MASKED:
+        # A tile past the last key (the upper half of a pipelined block's odd last tile) has no scale.
+        k_scale = gl.load(k_scale_base + start_n // K_BLOCK, mask=start_n < seqlen_k, other=1.0)
         if start_n + BLOCK_N > full_hi:
             qk = _mask_scores(qk, offs_m, start_n + offs_n0, seqlen_k, diagonal, CAUSAL)
+    else:
+        k_scale = gl.load(k_scale_base + start_n // K_BLOCK)
     return qk, c_row * k_scale
 
 
@@ -172,26 +177,23 @@ def _attend_tile(qk, acc, l_i, m_i, v_tile, k_scale_base, tile, offs_m, offs_n0,
 
 
 @gluon.jit
-def _consume_pair(q_tile, k_smem, v_smem, ready, empty, qk_zero, acc, l_i, m_i, k_scale_base, ring_pair, j, offs_m,
-                  offs_n0, c_row, full_hi, seqlen_k, diagonal, p_layout: gl.constexpr, pv_rows: gl.constexpr,
-                  BLOCK_N: gl.constexpr, K_BLOCK: gl.constexpr, CAUSAL: gl.constexpr, LOG2_P_SCALE: gl.constexpr,
-                  PROMOTE: gl.constexpr, NUM_STAGES: gl.constexpr, WG: gl.constexpr, MASKED: gl.constexpr):
-    """The query block's key tiles ``2j`` and ``2j + 1``, the program's ``ring_pair``-th pair in the ring
-    (NUM_STAGES even, so their slots are adjacent and share one ``ready`` and one ``empty`` barrier) as one
-    softmax step of 2·BLOCK_N keys: both score matmuls,
-    one row max, each half's exponentials with its own K scale, both halves' P·V chained in one wgmma
-    accumulator (added to ``acc`` in fp32 once with PROMOTE); then the pair's slots are released.
-
-    The consumer holds the tensor-core turn (:func:`_take_turn`) from the P·V of the pair before through
-    this pair's score matmuls, and waits for it again before this pair's P·V: the two consumers' matmuls
-    alternate, so one's exponentials run under the other's matmuls."""
-    t = 2 * j
+def _issue_pair_scores(q_tile, k_smem, ready, qk_zero, ring_pair, NUM_STAGES: gl.constexpr):
+    """Wait for the program's ``ring_pair``-th pair of key tiles and issue both score matmuls (async);
+    returns the pair's first slot and the pending products."""
     slot = _wait_for_pair(ready, 2 * ring_pair, NUM_STAGES)
-    k_lo, k_hi, v_lo, v_hi = k_smem.index(slot), k_smem.index(slot + 1), v_smem.index(slot), v_smem.index(slot + 1)
-    qk_lo = warpgroup_mma(q_tile, k_lo.permute((1, 0)), qk_zero, use_acc=False, is_async=True)
-    qk_hi = warpgroup_mma(q_tile, k_hi.permute((1, 0)), qk_zero, use_acc=False, is_async=True)
-    _pass_turn(WG)
-    qk_lo, qk_hi = warpgroup_mma_wait(0, deps=(qk_lo, qk_hi))
+    qk_lo = warpgroup_mma(q_tile, k_smem.index(slot).permute((1, 0)), qk_zero, use_acc=False, is_async=True)
+    qk_hi = warpgroup_mma(q_tile, k_smem.index(slot + 1).permute((1, 0)), qk_zero, use_acc=False, is_async=True)
+    return slot, qk_lo, qk_hi
+
+
+@gluon.jit
+def _pair_softmax(qk_lo, qk_hi, l_i, m_i, k_scale_base, j, offs_m, offs_n0, c_row, full_hi, seqlen_k, diagonal,
+                  p_layout: gl.constexpr, pv_rows: gl.constexpr, BLOCK_N: gl.constexpr, K_BLOCK: gl.constexpr,
+                  CAUSAL: gl.constexpr, LOG2_P_SCALE: gl.constexpr, MASKED: gl.constexpr):
+    """One softmax step over the block's key tiles ``2j`` and ``2j + 1`` (products ``qk_lo``, ``qk_hi``):
+    one row max, each half's exponentials with its own K scale. Returns both halves of P as P·V operands,
+    the accumulator's rescale (a column), and the new row max and sum."""
+    t = 2 * j
     qk_lo, c_lo = _scores(qk_lo.to(gl.float32), k_scale_base, t, offs_m, offs_n0, c_row, full_hi, seqlen_k,
                           diagonal, BLOCK_N, K_BLOCK, CAUSAL, MASKED)
     qk_hi, c_hi = _scores(qk_hi.to(gl.float32), k_scale_base, t + 1, offs_m, offs_n0, c_row, full_hi, seqlen_k,
@@ -199,10 +201,32 @@ def _consume_pair(q_tile, k_smem, v_smem, ready, empty, qk_zero, acc, l_i, m_i, 
     m_tile = gl.maximum(gl.max(qk_lo, axis=1) * c_lo, gl.max(qk_hi, axis=1) * c_hi)
     p_lo, alpha, m_i, l_i = _softmax_step(qk_lo, c_lo, m_tile, m_i, l_i, LOG2_P_SCALE)
     p_hi, _, m_i, l_i = _softmax_step(qk_hi, c_hi, m_tile, m_i, l_i, LOG2_P_SCALE)  # alpha == 1
-    p8_lo = _pv_operand(p_lo, p_layout)
-    p8_hi = _pv_operand(p_hi, p_layout)
     alpha = gl.expand_dims(gl.convert_layout(alpha, pv_rows), 1)
+    return _pv_operand(p_lo, p_layout), _pv_operand(p_hi, p_layout), alpha, l_i, m_i
+
+
+@gluon.jit
+def _consume_pair(q_tile, k_smem, v_smem, ready, empty, qk_zero, acc, l_i, m_i, k_scale_base, ring_pair, j, offs_m,
+                  offs_n0, c_row, full_hi, seqlen_k, diagonal, p_layout: gl.constexpr, pv_rows: gl.constexpr,
+                  BLOCK_N: gl.constexpr, K_BLOCK: gl.constexpr, CAUSAL: gl.constexpr, LOG2_P_SCALE: gl.constexpr,
+                  PROMOTE: gl.constexpr, NUM_STAGES: gl.constexpr, WG: gl.constexpr, MASKED: gl.constexpr):
+    """The query block's key tiles ``2j`` and ``2j + 1``, the program's ``ring_pair``-th pair in the ring
+    (NUM_STAGES even, so their slots are adjacent and share one ``ready`` and one ``empty`` barrier) as one
+    softmax step of 2·BLOCK_N keys (:func:`_pair_softmax`): both score matmuls, the softmax, both halves'
+    P·V chained in one wgmma accumulator (added to ``acc`` in fp32 once with PROMOTE), waited for; then the
+    pair's slots are released.
+
+    The consumer holds the tensor-core turn (:func:`_take_turn`) from the P·V of the pair before through
+    this pair's score matmuls, and waits for it again before this pair's P·V: the two consumers' matmuls
+    alternate, so one's exponentials run under the other's matmuls."""
+    slot, qk_lo, qk_hi = _issue_pair_scores(q_tile, k_smem, ready, qk_zero, ring_pair, NUM_STAGES)
+    _pass_turn(WG)
+    qk_lo, qk_hi = warpgroup_mma_wait(0, deps=(qk_lo, qk_hi))
+    p8_lo, p8_hi, alpha, l_i, m_i = _pair_softmax(qk_lo, qk_hi, l_i, m_i, k_scale_base, j, offs_m, offs_n0, c_row,
+                                                  full_hi, seqlen_k, diagonal, p_layout, pv_rows, BLOCK_N, K_BLOCK,
+                                                  CAUSAL, LOG2_P_SCALE, MASKED)
     l_i = _take_turn_after(l_i, WG)
+    v_lo, v_hi = v_smem.index(slot), v_smem.index(slot + 1)
     if PROMOTE:
         pv = warpgroup_mma(p8_lo, v_lo.permute((1, 0)), acc, use_acc=False, is_async=True)
         pv = warpgroup_mma(p8_hi, v_hi.permute((1, 0)), pv, is_async=True)
@@ -214,6 +238,114 @@ def _consume_pair(q_tile, k_smem, v_smem, ready, empty, qk_zero, acc, l_i, m_i, 
         acc = warpgroup_mma_wait(0, deps=(acc,))
     _release_pair(empty, slot, NUM_STAGES, WG)
     return acc, l_i, m_i
+
+
+@gluon.jit
+def _consume_pair_pipelined(q_tile, k_smem, v_smem, ready, empty, qk_zero, acc, qk_lo, qk_hi, slot, l_i, m_i,
+                            k_scale_base, ring_pair, j, offs_m, offs_n0, c_row, full_hi, seqlen_k, diagonal,
+                            p_layout: gl.constexpr, pv_rows: gl.constexpr, BLOCK_N: gl.constexpr,
+                            K_BLOCK: gl.constexpr, CAUSAL: gl.constexpr, LOG2_P_SCALE: gl.constexpr,
+                            NUM_STAGES: gl.constexpr, WG: gl.constexpr, MASKED: gl.constexpr, LAST: gl.constexpr):
+    """As :func:`_consume_pair` with the next pair's score matmuls in this pair's turn: the softmax of pair
+    ``j`` (the program's ``ring_pair``-th, products ``qk_lo``, ``qk_hi`` already waited for, slots from
+    ``slot``), then at the consumer's turn its P·V and, unless LAST, the next pair's score matmuls back to
+    back, the turn passed, one wait for all; pair j's slots are released. No wait splits a turn, so its
+    matmuls reach the tensor cores without a gap. Returns the accumulator, the next pair's products and
+    first slot, and the row statistics."""
+    p8_lo, p8_hi, alpha, l_i, m_i = _pair_softmax(qk_lo, qk_hi, l_i, m_i, k_scale_base, j, offs_m, offs_n0, c_row,
+                                                  full_hi, seqlen_k, diagonal, p_layout, pv_rows, BLOCK_N, K_BLOCK,
+                                                  CAUSAL, LOG2_P_SCALE, MASKED)
+    acc = acc * alpha
+    l_i = _take_turn_after(l_i, WG)
+    acc = warpgroup_mma(p8_lo, v_smem.index(slot).permute((1, 0)), acc, is_async=True)
+    acc = warpgroup_mma(p8_hi, v_smem.index(slot + 1).permute((1, 0)), acc, is_async=True)
+    if LAST:
+        next_slot = slot
+        _pass_turn(WG)
+        acc = warpgroup_mma_wait(0, deps=(acc,))
+    else:
+        next_slot, qk_lo, qk_hi = _issue_pair_scores(q_tile, k_smem, ready, qk_zero, ring_pair + 1, NUM_STAGES)
+        _pass_turn(WG)
+        acc, qk_lo, qk_hi = warpgroup_mma_wait(0, deps=(acc, qk_lo, qk_hi))
+    _release_pair(empty, slot, NUM_STAGES, WG)
+    return acc, qk_lo, qk_hi, next_slot, l_i, m_i
+
+
+@gluon.jit
+def _attend_block(q_tile, k_smem, v_smem, ready, empty, qk_zero, acc, l_i, m_i, k_scale_base, ring_pair, num_tiles,
+                  offs_m, offs_n0, c_row, full_hi, seqlen_k, diagonal, p_layout: gl.constexpr, pv_rows: gl.constexpr,
+                  BLOCK_N: gl.constexpr, K_BLOCK: gl.constexpr, CAUSAL: gl.constexpr, LOG2_P_SCALE: gl.constexpr,
+                  PROMOTE: gl.constexpr, NUM_STAGES: gl.constexpr, WG: gl.constexpr):
+    """A query block's ``num_tiles`` key tiles from the program's ``ring_pair``-th pair, the consumer holding
+    the turn: whole pairs without masks, masked pairs, an odd last tile alone. Step j's turn runs from
+    pair j-1's P·V (the block's start for j = 0) through pair j's score matmuls; the turn passes after the
+    last P·V, so the other consumer's last P·V runs under this one's epilogue."""
+    num_pairs = num_tiles // 2
+    whole_pairs = gl.minimum(full_hi // (2 * BLOCK_N), num_pairs)
+    for j in range(0, whole_pairs):
+        acc, l_i, m_i = _consume_pair(q_tile, k_smem, v_smem, ready, empty, qk_zero, acc, l_i, m_i, k_scale_base,
+                                      ring_pair + j, j, offs_m, offs_n0, c_row, full_hi, seqlen_k, diagonal, p_layout,
+                                      pv_rows, BLOCK_N, K_BLOCK, CAUSAL, LOG2_P_SCALE, PROMOTE, NUM_STAGES, WG, False)
+    for j in range(whole_pairs, num_pairs):
+        acc, l_i, m_i = _consume_pair(q_tile, k_smem, v_smem, ready, empty, qk_zero, acc, l_i, m_i, k_scale_base,
+                                      ring_pair + j, j, offs_m, offs_n0, c_row, full_hi, seqlen_k, diagonal, p_layout,
+                                      pv_rows, BLOCK_N, K_BLOCK, CAUSAL, LOG2_P_SCALE, PROMOTE, NUM_STAGES, WG, True)
+    if num_tiles % 2 == 1:
+        # An odd last tile alone: the arithmetic of a pair whose upper tile is past every visible key.
+        last = num_tiles - 1  # even: the first tile of its pair
+        slot = _wait_for_pair(ready, 2 * (ring_pair + num_pairs), NUM_STAGES)
+        qk = warpgroup_mma(q_tile, k_smem.index(slot).permute((1, 0)), qk_zero, use_acc=False, is_async=True)
+        _pass_turn(WG)
+        qk = warpgroup_mma_wait(0, deps=(qk,))
+        acc, l_i, m_i = _attend_tile(qk, acc, l_i, m_i, v_smem.index(slot), k_scale_base, last, offs_m, offs_n0,
+                                     c_row, full_hi, seqlen_k, diagonal, p_layout, pv_rows, BLOCK_N, K_BLOCK, CAUSAL,
+                                     LOG2_P_SCALE, PROMOTE, WG)
+        _release_pair(empty, slot, NUM_STAGES, WG)
+    _pass_turn(WG)
+    return acc, l_i, m_i
+
+
+@gluon.jit
+def _attend_block_pipelined(q_tile, k_smem, v_smem, ready, empty, qk_zero, acc, l_i, m_i, k_scale_base, ring_pair,
+                            num_pairs, offs_m, offs_n0, c_row, full_hi, seqlen_k, diagonal, p_layout: gl.constexpr,
+                            pv_rows: gl.constexpr, BLOCK_N: gl.constexpr, K_BLOCK: gl.constexpr,
+                            CAUSAL: gl.constexpr, LOG2_P_SCALE: gl.constexpr, NUM_STAGES: gl.constexpr,
+                            WG: gl.constexpr):
+    """:func:`_attend_block` with each turn issuing a pair's P·V and the next pair's score matmuls together
+    (:func:`_consume_pair_pipelined`); the first turn issues only the first pair's, the last only the last
+    P·V. ``num_pairs`` (at least one) covers every visible key; an odd last tile runs as a pair whose upper
+    tile is masked whole (the producer loads it anyway): the same arithmetic. The last pair runs masked."""
+    whole_pairs = gl.minimum(full_hi // (2 * BLOCK_N), num_pairs - 1)
+    slot, qk_lo, qk_hi = _issue_pair_scores(q_tile, k_smem, ready, qk_zero, ring_pair, NUM_STAGES)
+    _pass_turn(WG)
+    qk_lo, qk_hi = warpgroup_mma_wait(0, deps=(qk_lo, qk_hi))
+    for j in range(0, whole_pairs):
+        acc, qk_lo, qk_hi, slot, l_i, m_i = _consume_pair_pipelined(
+            q_tile, k_smem, v_smem, ready, empty, qk_zero, acc, qk_lo, qk_hi, slot, l_i, m_i, k_scale_base,
+            ring_pair + j, j, offs_m, offs_n0, c_row, full_hi, seqlen_k, diagonal, p_layout, pv_rows, BLOCK_N,
+            K_BLOCK, CAUSAL, LOG2_P_SCALE, NUM_STAGES, WG, False, False)
+    for j in range(whole_pairs, num_pairs - 1):
+        acc, qk_lo, qk_hi, slot, l_i, m_i = _consume_pair_pipelined(
+            q_tile, k_smem, v_smem, ready, empty, qk_zero, acc, qk_lo, qk_hi, slot, l_i, m_i, k_scale_base,
+            ring_pair + j, j, offs_m, offs_n0, c_row, full_hi, seqlen_k, diagonal, p_layout, pv_rows, BLOCK_N,
+            K_BLOCK, CAUSAL, LOG2_P_SCALE, NUM_STAGES, WG, True, False)
+    last = num_pairs - 1
+    acc, _, _, _, l_i, m_i = _consume_pair_pipelined(
+        q_tile, k_smem, v_smem, ready, empty, qk_zero, acc, qk_lo, qk_hi, slot, l_i, m_i, k_scale_base,
+        ring_pair + last, last, offs_m, offs_n0, c_row, full_hi, seqlen_k, diagonal, p_layout, pv_rows, BLOCK_N,
+        K_BLOCK, CAUSAL, LOG2_P_SCALE, NUM_STAGES, WG, True, True)
+    return acc, l_i, m_i
+
+
+@gluon.jit
+def _block_pairs(num_tiles, PIPELINE_PV: gl.constexpr):
+    """Pairs of key tiles a query block takes from the ring: its tiles two at a time (an odd last one with
+    the next, loaded but past every visible key); pipelined at least one, so that a block whose rows see no
+    key runs one pair masked whole."""
+    num_pairs = gl.cdiv(num_tiles, 2)
+    if PIPELINE_PV:
+        num_pairs = gl.maximum(num_pairs, 1)
+    return num_pairs
 
 
 @gluon.jit
@@ -275,7 +407,7 @@ def _issue_q_loads(q_desc, q_smem, q_ready, q_empty, i, bh, block_start, seqlen_
 def _ws_producer(
     q_desc, k_desc, vt_desc, q_smem, k_smem, v_smem, ready, empty, q_ready, q_empty,
     seqlen_q, seqlen_k, seqlen_k_pad, num_q_heads, num_kv_heads, num_query_blocks,
-    CAUSAL: gl.constexpr, NUM_STAGES: gl.constexpr,
+    CAUSAL: gl.constexpr, NUM_STAGES: gl.constexpr, PIPELINE_PV: gl.constexpr,
 ):
     """One warp: per query block of the program, every pair of key tiles into the ring, which runs on across
     blocks (a pair of slots is refilled once both consumers have released the pair they held), and both
@@ -290,7 +422,8 @@ def _ws_producer(
         block_start, bh = _query_block(i, seqlen_q, num_query_blocks, BLOCK_M, CAUSAL)
         b = bh // num_q_heads
         kv_bh = b * num_kv_heads + (bh % num_q_heads) // (num_q_heads // num_kv_heads)
-        num_pairs = gl.cdiv(_block_key_tiles(block_start, seqlen_q, seqlen_k, BLOCK_M, BLOCK_N, CAUSAL), 2)
+        num_pairs = _block_pairs(_block_key_tiles(block_start, seqlen_q, seqlen_k, BLOCK_M, BLOCK_N, CAUSAL),
+                                 PIPELINE_PV)
         for p in range(num_pairs):
             phase = ((ring_pair // NUM_PAIRS) & 1) ^ 1
             mbarrier.wait(empty.index(ring_pair % NUM_PAIRS), phase)
@@ -312,7 +445,7 @@ def _ws_consume(
     num_query_blocks, qk_scale_log2, stride_ob, stride_oh, stride_om,
     HEAD_DIM: gl.constexpr, Q_BLOCK: gl.constexpr, K_BLOCK: gl.constexpr, CAUSAL: gl.constexpr,
     LOG2_P_SCALE: gl.constexpr, PROMOTE: gl.constexpr, SMOOTH_V: gl.constexpr, NUM_STAGES: gl.constexpr,
-    WG: gl.constexpr,
+    PIPELINE_PV: gl.constexpr, WG: gl.constexpr,
 ):
     """One warpgroup: rows 64·WG to 64·WG + 63 of each of the program's query blocks, against the ring's
     key tiles."""
@@ -355,38 +488,21 @@ def _ws_consume(
         m_i = gl.full([BLOCK_M], float("-inf"), gl.float32, qk_rows)
         q_tile = q_smem.index(WG)
         mbarrier.wait(q_ready.index(WG), i & 1)
-        # Key tiles two at a time, one softmax step each; tiles every row sees whole skip the masks. Step j's
-        # turn at the tensor cores runs from pair j-1's P·V (the block's start for j = 0) through pair j's
-        # score matmuls.
-        num_pairs = num_tiles // 2
-        whole_pairs = gl.minimum(full_hi // (2 * BLOCK_N), num_pairs)
+        # Key tiles two at a time, one softmax step each; tiles every row sees whole skip the masks.
+        num_pairs = _block_pairs(num_tiles, PIPELINE_PV)
         _take_turn(WG)
-        for j in range(0, whole_pairs):
-            acc, l_i, m_i = _consume_pair(q_tile, k_smem, v_smem, ready, empty, qk_zero, acc, l_i, m_i,
-                                          k_scale_base, ring_pair + j, j, offs_m, offs_n0, c_row, full_hi, seqlen_k,
-                                          diagonal, p_layout, pv_rows, BLOCK_N, K_BLOCK, CAUSAL, LOG2_P_SCALE,
-                                          PROMOTE, NUM_STAGES, WG, False)
-        for j in range(whole_pairs, num_pairs):
-            acc, l_i, m_i = _consume_pair(q_tile, k_smem, v_smem, ready, empty, qk_zero, acc, l_i, m_i,
-                                          k_scale_base, ring_pair + j, j, offs_m, offs_n0, c_row, full_hi, seqlen_k,
-                                          diagonal, p_layout, pv_rows, BLOCK_N, K_BLOCK, CAUSAL, LOG2_P_SCALE,
-                                          PROMOTE, NUM_STAGES, WG, True)
-        if num_tiles % 2 == 1:
-            # An odd last tile alone: the arithmetic of a pair whose upper tile is past every visible key.
-            last = num_tiles - 1  # even: the first tile of its pair
-            slot = _wait_for_pair(ready, 2 * (ring_pair + num_pairs), NUM_STAGES)
-            qk = warpgroup_mma(q_tile, k_smem.index(slot).permute((1, 0)), qk_zero, use_acc=False, is_async=True)
-            _pass_turn(WG)
-            qk = warpgroup_mma_wait(0, deps=(qk,))
-            acc, l_i, m_i = _attend_tile(qk, acc, l_i, m_i, v_smem.index(slot), k_scale_base, last, offs_m,
-                                         offs_n0, c_row, full_hi, seqlen_k, diagonal, p_layout, pv_rows,
-                                         BLOCK_N, K_BLOCK, CAUSAL, LOG2_P_SCALE, PROMOTE, WG)
-            _release_pair(empty, slot, NUM_STAGES, WG)
-        # The other consumer's last P·V of the block runs under this one's epilogue, and the next block's
-        # Q tile loads.
-        _pass_turn(WG)
-        mbarrier.arrive(q_empty.index(WG), count=1)
-        ring_pair += gl.cdiv(num_tiles, 2)
+        if PIPELINE_PV:
+            acc, l_i, m_i = _attend_block_pipelined(q_tile, k_smem, v_smem, ready, empty, qk_zero, acc, l_i, m_i,
+                                                    k_scale_base, ring_pair, num_pairs, offs_m, offs_n0, c_row,
+                                                    full_hi, seqlen_k, diagonal, p_layout, pv_rows, BLOCK_N, K_BLOCK,
+                                                    CAUSAL, LOG2_P_SCALE, NUM_STAGES, WG)
+        else:
+            acc, l_i, m_i = _attend_block(q_tile, k_smem, v_smem, ready, empty, qk_zero, acc, l_i, m_i, k_scale_base,
+                                          ring_pair, num_tiles, offs_m, offs_n0, c_row, full_hi, seqlen_k, diagonal,
+                                          p_layout, pv_rows, BLOCK_N, K_BLOCK, CAUSAL, LOG2_P_SCALE, PROMOTE,
+                                          NUM_STAGES, WG)
+        mbarrier.arrive(q_empty.index(WG), count=1)  # the next block's Q tile may load
+        ring_pair += num_pairs
 
         offs_mo = start_m + gl.arange(0, BLOCK_M, layout=pv_rows)
         v_scale = gl.load(v_scale_ptr + kv_bh * HEAD_DIM_PAD + offs_d)
@@ -408,7 +524,7 @@ def _fp8_attention_fwd_ws_kernel(
     stride_ob, stride_oh, stride_om,
     HEAD_DIM: gl.constexpr, Q_BLOCK: gl.constexpr, K_BLOCK: gl.constexpr, CAUSAL: gl.constexpr,
     LOG2_P_SCALE: gl.constexpr, PROMOTE: gl.constexpr, SMOOTH_V: gl.constexpr, NUM_STAGES: gl.constexpr,
-    CONSUMER_REGS: gl.constexpr, num_warps: gl.constexpr,
+    PIPELINE_PV: gl.constexpr, CONSUMER_REGS: gl.constexpr, num_warps: gl.constexpr,
 ):
     """Persistent and warp-specialized: two consumer warpgroups (64 query rows each of a 128-row query
     block) share one TMA producer warp's ring, block after block."""
@@ -437,15 +553,17 @@ def _fp8_attention_fwd_ws_kernel(
                        q_scale_ptr, k_scale_ptr, v_scale_ptr, v_mean_ptr, out_ptr, lse_ptr,
                        seqlen_q, seqlen_k, seqlen_k_pad, num_q_heads, num_kv_heads, num_q_scale_blocks,
                        num_k_scale_blocks, num_query_blocks, qk_scale_log2, stride_ob, stride_oh, stride_om,
-                       HEAD_DIM, Q_BLOCK, K_BLOCK, CAUSAL, LOG2_P_SCALE, PROMOTE, SMOOTH_V, NUM_STAGES, 0)),
+                       HEAD_DIM, Q_BLOCK, K_BLOCK, CAUSAL, LOG2_P_SCALE, PROMOTE, SMOOTH_V, NUM_STAGES,
+                       PIPELINE_PV, 0)),
         (_ws_consume, (q_desc, k_desc, vt_desc, q_smem, k_smem, v_smem, ready, empty, q_ready, q_empty,
                        q_scale_ptr, k_scale_ptr, v_scale_ptr, v_mean_ptr, out_ptr, lse_ptr,
                        seqlen_q, seqlen_k, seqlen_k_pad, num_q_heads, num_kv_heads, num_q_scale_blocks,
                        num_k_scale_blocks, num_query_blocks, qk_scale_log2, stride_ob, stride_oh, stride_om,
-                       HEAD_DIM, Q_BLOCK, K_BLOCK, CAUSAL, LOG2_P_SCALE, PROMOTE, SMOOTH_V, NUM_STAGES, 1)),
+                       HEAD_DIM, Q_BLOCK, K_BLOCK, CAUSAL, LOG2_P_SCALE, PROMOTE, SMOOTH_V, NUM_STAGES,
+                       PIPELINE_PV, 1)),
         (_ws_producer, (q_desc, k_desc, vt_desc, q_smem, k_smem, v_smem, ready, empty, q_ready, q_empty,
                         seqlen_q, seqlen_k, seqlen_k_pad, num_q_heads, num_kv_heads, num_query_blocks, CAUSAL,
-                        NUM_STAGES)),
+                        NUM_STAGES, PIPELINE_PV)),
     ], [4, 1],
                        [CONSUMER_REGS, 24])
 
@@ -492,6 +610,14 @@ def hopper_softmax_keys(head_dim_pad: int, k_block: int) -> int:
     return 2 * forward_config(head_dim_pad, k_block).block_n
 
 
+def hopper_pipelines_pv(qkv: QuantizedQKV) -> bool:
+    """Whether a consumer's turn issues a pair's P·V together with the next pair's score matmuls
+    (:func:`_attend_block_pipelined`): where the accumulator is not promoted (padded D=256; a promoted
+    product's registers would not fit beside the next scores) and Q·Kᵀ is E4M3 (with INT8 Q·Kᵀ it
+    measured −5 to +4 %: docs/perf-notes.md, section 33)."""
+    return forward_config(qkv.q.shape[-1], qkv.k_block).promote_every != 1 and qkv.q.dtype == torch.float8_e4m3fn
+
+
 def hopper_kernel_shape(qkv: QuantizedQKV, causal: bool) -> bool:
     """The shapes this kernel is used for (where it beats the Triton kernel: perf-notes sections 16, 26,
     27 and 31): an E4M3 P·V recipe, padded head dim 128 or 256, at least 1024 queries and keys (4096 under
@@ -515,7 +641,7 @@ def hopper_kernel_applies(qkv: QuantizedQKV, causal: bool) -> bool:
 
 def hopper_forward_launch(
     qkv: QuantizedQKV, out: torch.Tensor, lse: torch.Tensor, *, causal: bool, softmax_scale: float, p_scale: float,
-    num_stages: int = 4, consumer_regs: int = 240, maxnreg: int = 168, num_programs: int | None = None,
+    num_stages: int | None = None, consumer_regs: int = 240, maxnreg: int = 168, num_programs: int | None = None,
 ) -> Launch:
     """The Gluon kernel's launch for ``qkv`` writing ``out (B, Hq, Sq, D)`` and ``lse (B, Hq, Sq)``.
 
@@ -526,12 +652,17 @@ def hopper_forward_launch(
     ``setmaxnreg`` then moves the producer's share to the consumers (``consumer_regs``). The ring holds
     ``num_stages`` key tiles: even (a consumer takes them in pairs, :func:`hopper_softmax_keys`) and at least
     four (a consumer waits for the next pair while it holds the tensor-core turn the other consumer needs
-    to release the pair before: with one pair in the ring, that would deadlock). ``num_programs`` caps the
+    to release the pair before: with one pair in the ring, that would deadlock); by default six where
+    :func:`hopper_pipelines_pv` (a pair is released one wait later there), else four. ``num_programs`` caps the
     persistent programs (default: one per SM), so that small shapes can walk many blocks a program."""
     batch, num_q_heads, seqlen_q, dp = qkv.q.shape
     num_kv_heads, seqlen_k_pad = qkv.k.shape[1], qkv.k.shape[2]
     if qkv.v_t.dtype != torch.float8_e4m3fn:
         raise ValueError(f"the Hopper kernel takes E4M3 P·V recipes, got V in {qkv.v_t.dtype}")
+    cfg = forward_config(dp, qkv.k_block, causal, qk_int8=qkv.q.dtype == torch.int8)
+    pipeline_pv = hopper_pipelines_pv(qkv)
+    if num_stages is None:
+        num_stages = 6 if pipeline_pv else 4
     if num_stages < 4 or num_stages % 2:
         raise ValueError(f"num_stages must be even (key tiles are taken in pairs) and >= 4 (two pairs: the "
                          f"consumers take turns), got {num_stages}")
@@ -539,7 +670,6 @@ def hopper_forward_launch(
         raise ValueError("the Hopper kernel reads q, k and v_t through 2-D TMA views: they must be contiguous")
     if num_programs is not None and num_programs < 1:
         raise ValueError(f"num_programs must be at least 1, got {num_programs}")
-    cfg = forward_config(dp, qkv.k_block, causal, qk_int8=qkv.q.dtype == torch.int8)
     q_desc = _descriptor(qkv.q, [_ROWS_PER_CONSUMER, dp])
     k_desc = _descriptor(qkv.k, [cfg.block_n, dp])
     vt_desc = _descriptor(qkv.v_t, [dp, cfg.block_n])
@@ -553,7 +683,7 @@ def hopper_forward_launch(
     constexprs = dict(
         HEAD_DIM=qkv.head_dim, Q_BLOCK=qkv.q_block, K_BLOCK=qkv.k_block, CAUSAL=causal,
         LOG2_P_SCALE=math.log2(p_scale), PROMOTE=cfg.promote_every == 1, SMOOTH_V=qkv.v_mean is not None,
-        NUM_STAGES=num_stages, CONSUMER_REGS=consumer_regs,
+        NUM_STAGES=num_stages, PIPELINE_PV=pipeline_pv, CONSUMER_REGS=consumer_regs,
     )
     grid = (min(num_query_blocks, num_programs or _num_programs(qkv.q.device, num_query_blocks)),)
     return Launch(_fp8_attention_fwd_ws_kernel, grid, args, constexprs, dict(num_warps=4, maxnreg=maxnreg))
