@@ -93,6 +93,16 @@ def test_lse_is_the_log_sum_exp_of_scaled_scores(device, gen):
     torch.testing.assert_close(lse.cpu().double(), lse_emulated, rtol=0, atol=LSE_VS_EMULATION)
 
 
+@pytest.mark.parametrize("recipe", ["e4m3", "int8-hadamard-vsmooth"])
+def test_lse_of_smoothed_keys_is_that_of_the_callers_scores(device, gen, recipe):
+    """Smoothing subtracts K's mean, which shifts every row's scores by scale·q·k̄; the LSE handed back is
+    that of the scores as the caller wrote them (keys with per-channel offsets: a shift of tens)."""
+    q, k, v = make_qkv(gen, (1, 2, 1, 40, 150, 64), device=device, kind="k_offset")
+    _, lse = fp8attn.attention(q, k, v, causal=True, recipe=recipe, return_lse=True)
+    _, lse_exact = exact(q.cpu(), k.cpu(), v.cpu(), causal=True, return_lse=True)
+    assert (lse.cpu().double() - lse_exact).abs().max() < 0.05
+
+
 def test_custom_scale_matches_float64(device, gen):
     q, k, v = make_qkv(gen, (1, 2, 2, 64, 64, 64), device=device)
     out = fp8attn.attention(q, k, v, scale=0.05)
@@ -114,7 +124,7 @@ def test_custom_op_has_a_fake_implementation_for_torch_compile():
         q = torch.empty(2, 4, 10, 64, dtype=torch.bfloat16)
         k = torch.empty(2, 2, 12, 64, dtype=torch.bfloat16)
         out, lse = torch.ops.fp8attn.attention(q, k, k, True, 0.125, "e4m3", "e4m3", 128, 128, True, False, False,
-                                               448.0)
+                                               448.0, True)
     assert out.shape == q.shape and out.dtype == q.dtype and lse.shape == (2, 4, 10) and lse.dtype == torch.float32
 
 

@@ -25,11 +25,12 @@ from fp8attn.kernels.attention_fwd_hopper import (
     hopper_kernel_shape,
     hopper_pipelines_pv,
     hopper_softmax_keys,
+    hopper_sums_rows_on_tensor_cores,
 )
 from fp8attn.metrics import compare
 from fp8attn.quantize import allocate_quantized, quantize_qkv
 from fp8attn.recipe import RECIPES
-from fp8attn.reference import attention_emulated
+from fp8attn.reference import attention_emulated, quantize_emulated
 from tests.conftest import HAS_CUDA, INTERPRETED, make_qkv
 from tests.test_attention_kernel import KERNEL_VS_EMULATION, LSE_VS_EMULATION
 
@@ -40,10 +41,11 @@ needs_hopper = pytest.mark.skipif(not ON_HOPPER, reason="needs an sm_90 GPU (com
 def assert_hopper_kernel_spills_as_measured(report) -> None:
     """No spill in the key loop. Outside it, a few words of stack: scalars of the persistent walk over query
     blocks (loop bounds, offsets), stored once and reloaded once per block, and with the pipelined P·V two
-    registers around a block's last pair (offline ptxas under setmaxnreg 240: 0-32 bytes by recipe, head
-    dim and mask; docs/perf-notes.md, sections 31 and 33)."""
+    registers around a block's last pair (offline ptxas under setmaxnreg 240: 0-40 bytes by recipe, head
+    dim and mask, 40 with INT8 Q·Kᵀ at D=256 and the row sums on the tensor cores; docs/perf-notes.md,
+    sections 31, 33 and 34)."""
     assert report.loop.get("LDL", 0) == 0 and report.loop.get("STL", 0) == 0, report
-    assert report.stack_bytes <= 32, report
+    assert report.stack_bytes <= 40, report
 
 
 @functools.cache
@@ -70,7 +72,8 @@ def test_hopper_kernel_compiled_offline_uses_8bit_wgmma_and_spills_as_measured(r
 def test_hopper_kernel_turn_barriers_are_its_own_and_wait_after_the_softmax(recipe):
     """The consumers' turns (named barriers 14 and 15, both warpgroups' 256 threads) share no id with the
     barriers Triton's warp specialization emits, and the waits before each P·V take their thread count
-    from the row sums (a register: ptxas cannot hoist them into the softmax; perf-notes section 29)."""
+    from the row sums or, where the tensor cores sum the rows, from P's packed words (a register: ptxas
+    cannot hoist them into the softmax; perf-notes sections 29 and 34)."""
     for report in _offline_reports(recipe):
         turns = {key: n for key, n in report.named_barriers.items() if key.split()[1] in ("0xe", "0xf")}
         assert all(key.split()[2] in ("0x100", "R") for key in turns), report.named_barriers
@@ -118,23 +121,30 @@ def test_hopper_kernel_programs_walking_many_query_blocks_match_the_emulation(ge
 
 def _assert_hopper_kernel_matches_its_emulation(gen, recipe: str, shape, causal: bool, **launch_options):
     """Run the Gluon kernel on fresh inputs (outputs poisoned with NaN) and hold out and LSE to the float64
-    emulation of its softmax steps; returns the launch."""
+    emulation of its softmax steps; returns the launch. Where it can sum P's rows on the tensor cores, both
+    ways run: that one's output against the emulation with the row sums of rounded P (its LSE is not
+    exact, and no caller gets it: :func:`hopper_sums_rows_on_tensor_cores`), and the ``exact_lse`` one's
+    output and LSE against the emulation with fp32 row sums."""
     r = RECIPES[recipe]
     q, k, v = make_qkv(gen, shape, dtype=torch.bfloat16, device="cuda", kind="k_offset")
     qkv = quantize_qkv(q, k, v, r)
     b, hq, sq, d = q.shape
-    out = torch.full((b, hq, sq, d), float("nan"), device="cuda", dtype=torch.bfloat16)
-    lse = torch.full((b, hq, sq), float("nan"), device="cuda")
     kwargs = dict(causal=causal, softmax_scale=d**-0.5, p_scale=r.p_multiplier)
-    launch = hopper_forward_launch(qkv, out, lse, **kwargs, **launch_options)
-    launch.run()
-    assert not torch.isnan(out).any() and not torch.isnan(lse).any(), "rows the Gluon kernel did not write"
-    want, want_lse = attention_emulated(qkv, causal=causal, scale=d**-0.5, p_scale=r.p_multiplier,
-                                        block_n=hopper_softmax_keys(qkv.q.shape[-1], qkv.k_block), return_lse=True)
-    assert compare(out.double(), want).rel_l2 <= KERNEL_VS_EMULATION
-    seen = want_lse.isfinite()
-    assert torch.equal(lse.isfinite(), seen), "rows without visible keys must have lse = -inf, all others finite"
-    torch.testing.assert_close(lse[seen].double(), want_lse[seen], rtol=0, atol=LSE_VS_EMULATION)
+    for exact_lse in (False, True) if hopper_sums_rows_on_tensor_cores(qkv) else (False,):
+        out = torch.full((b, hq, sq, d), float("nan"), device="cuda", dtype=torch.bfloat16)
+        lse = torch.full((b, hq, sq), float("nan"), device="cuda")
+        launch = hopper_forward_launch(qkv, out, lse, **kwargs, **launch_options, exact_lse=exact_lse)
+        launch.run()
+        assert not torch.isnan(out).any() and not torch.isnan(lse).any(), "rows the Gluon kernel did not write"
+        rounded_sums = hopper_sums_rows_on_tensor_cores(qkv, exact_lse)
+        want, want_lse = attention_emulated(qkv, causal=causal, scale=d**-0.5, p_scale=r.p_multiplier,
+                                            block_n=hopper_softmax_keys(qkv.q.shape[-1], qkv.k_block),
+                                            row_sum_of_rounded_p=rounded_sums, return_lse=True)
+        assert compare(out.double(), want).rel_l2 <= KERNEL_VS_EMULATION, f"exact_lse={exact_lse}"
+        seen = want_lse.isfinite()
+        assert torch.equal(lse.isfinite(), seen), "rows without visible keys must have lse = -inf, all others finite"
+        if not rounded_sums:
+            torch.testing.assert_close(lse[seen].double(), want_lse[seen], rtol=0, atol=LSE_VS_EMULATION)
     return launch
 
 
@@ -150,13 +160,31 @@ def test_hopper_kernel_rejects_fewer_than_one_program():
     ("e4m3", 256, True), ("int8-hadamard-vsmooth", 256, False), ("e4m3", 128, False)])
 def test_hopper_kernel_pipelines_pv_only_for_e4m3_scores_without_promotion(recipe, head_dim, pipelined):
     """P·V issued with the next pair's score matmuls where the accumulator is not promoted (D=256) and Q·Kᵀ
-    is E4M3, with a ring of six tiles there (a pair is released one wait later), four elsewhere."""
+    is E4M3, with a ring of six tiles there (a pair is released one wait later), four elsewhere; the row
+    sums on the tensor cores wherever the turn is not pipelined."""
     qkv = allocate_quantized(1, 2, 2, 4096, 4096, head_dim, RECIPES[recipe], "meta")
     out = torch.empty(1, 2, 4096, head_dim, device="meta", dtype=torch.bfloat16)
     lse = torch.empty(1, 2, 4096, device="meta")
     launch = hopper_forward_launch(qkv, out, lse, causal=False, softmax_scale=head_dim**-0.5, p_scale=1.0)
     assert hopper_pipelines_pv(qkv) == launch.constexprs["PIPELINE_PV"] == pipelined
     assert launch.constexprs["NUM_STAGES"] == (6 if pipelined else 4)
+    assert hopper_sums_rows_on_tensor_cores(qkv) == launch.constexprs["ROW_SUM_MMA"] == (not pipelined)
+
+
+def test_row_sums_of_rounded_p_make_every_output_row_a_mean_of_v(gen):
+    """The Hopper kernel's row sums (P as rounded to E4M3, the P·V weights themselves) normalise those
+    weights exactly: with V the same at every key each output row is that V, up to float64 rounding. The
+    row sum of fp32 P leaves P's rounding in the output (which is why this test can fail)."""
+    q, k, v = make_qkv(gen, (1, 2, 2, 96, 300, 64), kind="k_offset")
+    v = v[:, :, :1].expand_as(v).contiguous()
+    qkv = quantize_emulated(q, k, v, RECIPES["e4m3"])
+    v_dequantized = qkv.v_t.double()[..., 0] * qkv.v_scale.double()  # (B, H, D): every key's V
+    want = v_dequantized[:, :, None, :].expand(-1, -1, q.shape[2], -1)[..., : q.shape[-1]]
+    kwargs = dict(causal=True, scale=q.shape[-1] ** -0.5, p_scale=RECIPES["e4m3"].p_multiplier, block_n=128)
+    rounded = attention_emulated(qkv, row_sum_of_rounded_p=True, **kwargs)
+    fp32 = attention_emulated(qkv, **kwargs)
+    torch.testing.assert_close(rounded, want, rtol=1e-12, atol=1e-12)
+    assert (fp32 - want).abs().max() > 1e-4
 
 
 @pytest.mark.parametrize("num_stages", [3, 2])  # odd; one pair, where the consumers' turns would deadlock

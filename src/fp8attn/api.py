@@ -26,6 +26,7 @@ from fp8attn.fp8 import E4M3
 from fp8attn.kernels.attention_fwd import forward_launch
 from fp8attn.kernels.launch import Launch, LaunchPlan
 from fp8attn.kernels.prequantized_layout import PREQUANTIZED_LAYOUT, prequantized_layout
+from fp8attn.kernels.unsmoothed_lse import unsmoothed_lse_launch
 from fp8attn.quantize import allocate_quantized, padded_head_dim, quantize_launches
 from fp8attn.recipe import Recipe, resolve_recipe
 
@@ -168,28 +169,33 @@ def _check_descale_values(descales: dict[str, torch.Tensor]) -> None:
 
 
 def _attention_launches(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, scale: float, recipe: Recipe,
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, scale: float, recipe: Recipe, return_lse: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, list[Launch], torch.Tensor]:
     """Allocate ``out`` and the quantized workspace, with ``lse`` carved from the workspace (one allocation
-    fewer a call); return them with the launches that fill them."""
+    fewer a call); return them with the launches that fill them. Only with ``return_lse`` is ``lse`` the
+    caller's: exact (the forward kernel sums P's rows in fp32) and, where K was smoothed, shifted back to
+    the scores the caller asked for (:mod:`fp8attn.kernels.unsmoothed_lse`)."""
     batch, num_q_heads, seqlen_q, head_dim = q.shape
     qkv = allocate_quantized(batch, num_q_heads, k.shape[1], seqlen_q, k.shape[2], head_dim, recipe, q.device,
                              extra={"lse": (q.shape[:3], torch.float32)})
     out = torch.empty(q.shape, device=q.device, dtype=q.dtype)
     lse = qkv.extra["lse"]
     launches = [*quantize_launches(q, k, v, recipe, qkv),
-                forward_launch(qkv, out, lse, causal=causal, softmax_scale=scale, p_scale=recipe.p_multiplier)]
+                forward_launch(qkv, out, lse, causal=causal, softmax_scale=scale, p_scale=recipe.p_multiplier,
+                               exact_lse=return_lse)]
+    if return_lse and recipe.smooth_k:
+        launches.append(unsmoothed_lse_launch(q, qkv, lse, softmax_scale=scale, rotated=recipe.hadamard))
     return out, lse, launches, qkv.workspace
 
 
 def _attention_impl(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, scale: float,
     qk_format: str, pv_format: str, q_block: int, k_block: int, smooth_k: bool, smooth_v: bool, hadamard: bool,
-    p_scale: float,
+    p_scale: float, return_lse: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     recipe = Recipe(name="custom-op", qk_format=qk_format, pv_format=pv_format, q_block=q_block, k_block=k_block,
                     smooth_k=smooth_k, smooth_v=smooth_v, hadamard=hadamard, p_scale=p_scale)
-    out, lse, launches, _ = _attention_launches(q, k, v, causal, scale, recipe)
+    out, lse, launches, _ = _attention_launches(q, k, v, causal, scale, recipe, return_lse)
     for launch in launches:
         launch.run()
     return out, lse
@@ -199,34 +205,35 @@ _attention_op = torch.library.custom_op("fp8attn::attention", _attention_impl, m
 
 
 @_attention_op.register_fake
-def _(q, k, v, causal, scale, qk_format, pv_format, q_block, k_block, smooth_k, smooth_v, hadamard, p_scale):
+def _(q, k, v, causal, scale, qk_format, pv_format, q_block, k_block, smooth_k, smooth_v, hadamard, p_scale,
+      return_lse):
     return q.new_empty(q.shape), q.new_empty(q.shape[:3], dtype=torch.float32)
 
 
 def _prequantized_launches(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     q_descale: torch.Tensor, k_descale: torch.Tensor, v_descale: torch.Tensor,
-    causal: bool, scale: float, out_dtype: torch.dtype,
+    causal: bool, scale: float, out_dtype: torch.dtype, return_lse: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, list[Launch], tuple[torch.Tensor, ...]]:
     """Allocate ``out`` and the kernel layout (``lse`` carved from its workspace); return them with the
     layout and forward launches (the last item: the layout's workspace, which holds the copies of Q and K
-    where they are needed)."""
+    where they are needed). ``lse`` is exact with ``return_lse`` (as in :func:`_attention_launches`)."""
     qkv, layout_launch = prequantized_layout(q, k, v, q_descale, k_descale, v_descale,
                                              extra={"lse": (q.shape[:3], torch.float32)})
     out = torch.empty(q.shape, device=q.device, dtype=out_dtype)
     lse = qkv.extra["lse"]
     forward = forward_launch(qkv, out, lse, causal=causal, softmax_scale=scale,
-                             p_scale=PREQUANTIZED_LAYOUT.p_multiplier)
+                             p_scale=PREQUANTIZED_LAYOUT.p_multiplier, exact_lse=return_lse)
     return out, lse, [layout_launch, forward], (qkv.workspace,)
 
 
 def _attention_prequantized_impl(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     q_descale: torch.Tensor, k_descale: torch.Tensor, v_descale: torch.Tensor,
-    causal: bool, scale: float, out_dtype: torch.dtype,
+    causal: bool, scale: float, out_dtype: torch.dtype, return_lse: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     out, lse, launches, _ = _prequantized_launches(q, k, v, q_descale, k_descale, v_descale, causal, scale,
-                                                   out_dtype)
+                                                   out_dtype, return_lse)
     for launch in launches:
         launch.run()
     return out, lse
@@ -238,7 +245,7 @@ _attention_prequantized_op = torch.library.custom_op(
 
 
 @_attention_prequantized_op.register_fake
-def _(q, k, v, q_descale, k_descale, v_descale, causal, scale, out_dtype):
+def _(q, k, v, q_descale, k_descale, v_descale, causal, scale, out_dtype, return_lse):
     return q.new_empty(q.shape, dtype=out_dtype), q.new_empty(q.shape[:3], dtype=torch.float32)
 
 
@@ -368,8 +375,10 @@ def attention(
         recipe: how q, k, v and P are quantized: a name from :func:`fp8attn.recipes` or a
             :class:`fp8attn.Recipe`; the default is ``"int8-hadamard-vsmooth"`` (INT8 Q·Kᵀ with
             per-token Q scales, Hadamard-rotated and smoothed K, smoothed E4M3 V, E4M3 P).
-        return_lse: also return the log-sum-exp of each row's scaled scores (a view of the call's
-            workspace: while it lives, so do the call's 8-bit copies of q, k and v).
+        return_lse: also return the log-sum-exp of each row's scaled scores ``scale·q·kᵀ`` (a view of
+            the call's workspace: while it lives, so do the call's 8-bit copies of q, k and v). On
+            Hopper a call without it may sum P's rows on the tensor cores, which is faster and leaves
+            the workspace's LSE inexact; with it the rows are summed in fp32.
 
     Returns:
         ``out (B, Hq, Sq, D)`` in q's dtype, and with ``return_lse`` also ``lse (B, Hq, Sq)`` float32
@@ -380,7 +389,7 @@ def attention(
     """
     if not isinstance(return_lse, bool):
         raise TypeError(f"return_lse must be a bool, got {type(return_lse).__name__}")
-    key = _replay_key((q, k, v), causal, scale, recipe)
+    key = _replay_key((q, k, v), causal, scale, recipe, return_lse)
     plan = _PLANS.get(key) if key is not None else None
     if plan is not None:
         buffers = plan.run((q, k, v), views=return_lse)
@@ -390,9 +399,10 @@ def attention(
     _check_padded_sizes(q, k, r.k_block)
     if key is None:
         out, lse = _dispatch(_attention_op, _attention_impl, (q, k, v), causal, checked_scale, r.qk_format,
-                             r.pv_format, r.q_block, r.k_block, r.smooth_k, r.smooth_v, r.hadamard, r.p_multiplier)
+                             r.pv_format, r.q_block, r.k_block, r.smooth_k, r.smooth_v, r.hadamard, r.p_multiplier,
+                             return_lse)
     else:
-        out, lse, launches, workspace = _attention_launches(q, k, v, causal, checked_scale, r)
+        out, lse, launches, workspace = _attention_launches(q, k, v, causal, checked_scale, r, return_lse)
         for launch in launches:
             launch.run()
         _PLANS[key] = LaunchPlan(launches, inputs=(q, k, v), allocated=(out, workspace), views=(lse,))
@@ -435,7 +445,7 @@ def attention_prequantized(
         raise TypeError(f"return_lse must be a bool, got {type(return_lse).__name__}")
     # A number descale reaches the kernels as a tensor made per call: the plan holds for any value.
     descale_keys = [d if isinstance(d, torch.Tensor) else type(d) for d in (q_descale, k_descale, v_descale)]
-    key = _replay_key((q, k, v), *descale_keys, causal, scale, out_dtype)
+    key = _replay_key((q, k, v), *descale_keys, causal, scale, out_dtype, return_lse)
     plan = _PLANS.get(key) if key is not None else None
     raw_descales = (q_descale, k_descale, v_descale)
     if plan is not None and all(isinstance(d, torch.Tensor) and d.device == q.device for d in raw_descales):
@@ -464,9 +474,9 @@ def attention_prequantized(
         out, lse = buffers[0], buffers[-1]
     elif key is None:
         out, lse = _dispatch(_attention_prequantized_op, _attention_prequantized_impl, inputs, causal, checked_scale,
-                             out_dtype)
+                             out_dtype, return_lse)
     else:
-        out, lse, launches, buffers = _prequantized_launches(*inputs, causal, checked_scale, out_dtype)
+        out, lse, launches, buffers = _prequantized_launches(*inputs, causal, checked_scale, out_dtype, return_lse)
         for launch in launches:
             launch.run()
         _PLANS[key] = LaunchPlan(launches, inputs=inputs, allocated=(out, *buffers), views=(lse,))

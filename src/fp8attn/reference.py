@@ -161,7 +161,7 @@ def prequantized_layout_emulated(
 
 def attention_emulated(
     qkv: QuantizedQKV, *, causal: bool, scale: float, p_scale: float, block_n: int | None = None,
-    return_lse: bool = False,
+    row_sum_of_rounded_p: bool = False, return_lse: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """The forward kernel's arithmetic in float64 on quantized inputs → ``(B, Hq, Sq, D)`` float64
     (and the ``(B, Hq, Sq)`` log-sum-exp of the quantized scores with ``return_lse``).
@@ -169,7 +169,9 @@ def attention_emulated(
     Keys are visited in tiles of ``block_n`` (default: the Triton kernel's tile for this shape; the Hopper
     kernel's steps are ``fp8attn.kernels.attention_fwd_hopper.hopper_softmax_keys`` keys); after each
     tile the running maximum ``m`` is updated and ``P = exp2(s - m)`` is rounded to E4M3 after scaling
-    by ``p_scale``, exactly where the kernel rounds it. The row sum ``l`` uses the unrounded P.
+    by ``p_scale``, exactly where the kernel rounds it. The row sum ``l`` uses the unrounded P, or with
+    ``row_sum_of_rounded_p`` P as rounded (the P·V weights themselves: the Hopper kernel where
+    ``fp8attn.kernels.attention_fwd_hopper.hopper_sums_rows_on_tensor_cores``).
     """
     num_q_heads = qkv.q.shape[1]
     seqlen_q, seqlen_k = qkv.seqlen_q, qkv.seqlen_k
@@ -193,11 +195,11 @@ def attention_emulated(
         m_use = torch.where(torch.isinf(m_new), 0.0, m_new)
         alpha = torch.exp2(m - m_use)
         p = torch.exp2(s - m_use[..., None])
-        l = l * alpha + p.sum(dim=-1)
         if qkv.v_t.dtype == torch.float16:
             p_rounded = (p.float() * p_scale).half().double()
         else:
             p_rounded = to_e4m3(p.float() * p_scale).double()
+        l = l * alpha + (p_rounded.sum(dim=-1) / p_scale if row_sum_of_rounded_p else p.sum(dim=-1))
         acc = acc * alpha[..., None] + p_rounded @ v[:, :, start : start + block_n]
         m = m_use
     out = acc * v_scale[:, :, None, :] / (l * p_scale).clamp_min(torch.finfo(torch.float64).tiny)[..., None]
@@ -213,9 +215,16 @@ def emulate(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, recipe: Recipe, causal: bool = False,
     scale: float | None = None, block_n: int | None = None, return_lse: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """The recipe end to end in float64 arithmetic: ``(B, Hq, Sq, D)`` float64 (and the log-sum-exp)."""
+    """The recipe end to end in float64 arithmetic: ``(B, Hq, Sq, D)`` float64 (and the log-sum-exp of the
+    caller's scores ``scale·q·kᵀ``: where K was smoothed, :func:`attention_emulated`'s plus ``scale·q·k̄``,
+    as ``fp8attn.kernels.unsmoothed_lse`` adds it)."""
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     qkv = quantize_emulated(q, k, v, recipe)
-    return attention_emulated(qkv, causal=causal, scale=scale, p_scale=recipe.p_multiplier, block_n=block_n,
-                              return_lse=return_lse)
+    result = attention_emulated(qkv, causal=causal, scale=scale, p_scale=recipe.p_multiplier, block_n=block_n,
+                                return_lse=return_lse)
+    if not (return_lse and recipe.smooth_k):
+        return result
+    out, lse = result
+    k_mean = _repeat_kv(k.double().mean(dim=2, keepdim=True), q.shape[1])
+    return out, lse + scale * (q.double() @ k_mean.transpose(-1, -2))[..., 0]
 

@@ -86,12 +86,13 @@ def _mask_scores(qk, offs_m, offs_n, seqlen_k, diagonal, CAUSAL: tl.constexpr):
 
 
 @triton.jit
-def _softmax_step(qk, c, m_tile, m_i, l_i, LOG2_P_SCALE: tl.constexpr):
-    """One key tile of the online softmax on raw products ``qk`` with per-row factor ``c`` (> 0).
+def _softmax_weights(qk, c, m_tile, m_i, LOG2_P_SCALE: tl.constexpr):
+    """One key tile of the online softmax on raw products ``qk`` with per-row factor ``c`` (> 0), less
+    the row sum.
 
     ``m_tile`` is the tile's row max in log2 units, ``max(qk) * c``, or the max over a wider tile that
     ``qk`` is a part of (then the second part's call finds ``alpha == 1``). Returns P (already times
-    2**LOG2_P_SCALE), the accumulator's rescale ``alpha``, the new row max and the new row sum.
+    2**LOG2_P_SCALE), the accumulator's rescale ``alpha`` and the new row max.
     """
     # Scores in log2 units are qk * c with c > 0 (the scale is checked positive), so the row max
     # is taken on the raw products and each score costs one FMA: qk * c - m.
@@ -101,6 +102,14 @@ def _softmax_step(qk, c, m_tile, m_i, l_i, LOG2_P_SCALE: tl.constexpr):
     alpha = tl.math.exp2(m_i - m_use)
     # P comes out already multiplied by P_SCALE (2**LOG2_P_SCALE): the factor rides in the exponent.
     p = tl.math.exp2(qk * c[:, None] - (m_use - LOG2_P_SCALE)[:, None])
+    return p, alpha, m_use
+
+
+@triton.jit
+def _softmax_step(qk, c, m_tile, m_i, l_i, LOG2_P_SCALE: tl.constexpr):
+    """:func:`_softmax_weights` and the new row sum ``l_i·alpha + Σ P`` (of P in fp32): returns P,
+    ``alpha``, the new row max and the new row sum."""
+    p, alpha, m_use = _softmax_weights(qk, c, m_tile, m_i, LOG2_P_SCALE)
     return p, alpha, m_use, l_i * alpha + tl.sum(p, axis=1)
 
 
@@ -262,20 +271,22 @@ def _fp8_attention_fwd_kernel(
 
 def forward_launch(
     qkv: QuantizedQKV, out: torch.Tensor, lse: torch.Tensor, *, causal: bool, softmax_scale: float, p_scale: float,
-    config: ForwardConfig | None = None,
+    config: ForwardConfig | None = None, exact_lse: bool = True,
 ) -> Launch:
     """The forward kernel's launch for ``qkv`` writing ``out (B, Hq, Sq, D)`` and ``lse (B, Hq, Sq)``.
 
     Without a ``config``, shapes where the warp-specialized Gluon kernel is faster on Hopper get that
     kernel instead (same recipe with one softmax step per two key tiles:
-    :mod:`fp8attn.kernels.attention_fwd_hopper`).
+    :mod:`fp8attn.kernels.attention_fwd_hopper`); ``exact_lse=False`` lets it sum P's rows on the tensor
+    cores, where the LSE it writes is not exact (``hopper_forward_launch``). This kernel's LSE always is.
     """
     if config is None:
         from fp8attn.kernels import attention_fwd_hopper  # imports this module: resolved at call time
 
         if attention_fwd_hopper.hopper_kernel_applies(qkv, causal):
             return attention_fwd_hopper.hopper_forward_launch(qkv, out, lse, causal=causal,
-                                                              softmax_scale=softmax_scale, p_scale=p_scale)
+                                                              softmax_scale=softmax_scale, p_scale=p_scale,
+                                                              exact_lse=exact_lse)
     batch, num_q_heads, seqlen_q, dp = qkv.q.shape
     cfg = config or forward_config(dp, qkv.k_block, causal, pv_fp16=qkv.v_t.dtype == torch.float16,
                                    qk_int8=qkv.q.dtype == torch.int8)

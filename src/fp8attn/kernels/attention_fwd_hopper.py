@@ -47,7 +47,13 @@ import triton
 from triton import knobs
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
-from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma, warpgroup_mma, warpgroup_mma_wait
+from triton.experimental.gluon.language.nvidia.hopper import (
+    fence_async_shared,
+    mbarrier,
+    tma,
+    warpgroup_mma,
+    warpgroup_mma_wait,
+)
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 from fp8attn.kernels import attention_fwd
@@ -59,10 +65,14 @@ from fp8attn.quantize import QuantizedQKV
 # Named barriers 14 and 15 (Triton's warp specialization uses the lowest ids): consumer WG's turn at the
 # tensor cores is barrier _TURN_BARRIER + WG.
 _TURN_BARRIER: gl.constexpr = gl.constexpr(14)
+# Columns of the tile of ones whose product with P sums P's rows on the tensor cores: wgmma's smallest N.
+_ROW_SUM_COLUMNS: gl.constexpr = gl.constexpr(8)
+_E4M3_ONE_BITS: gl.constexpr = gl.constexpr(0x38)
 
 # The Triton kernel's helpers, compiled as Gluon: one definition of the masking, softmax and epilogue.
 _mask_scores = gluon.jit(attention_fwd._mask_scores.fn)
 _softmax_step = gluon.jit(attention_fwd._softmax_step.fn)
+_softmax_weights = gluon.jit(attention_fwd._softmax_weights.fn)
 _key_range = gluon.jit(attention_fwd._key_range.fn)
 _store_output = gluon.jit(attention_fwd._store_output.fn)
 _pv_key_order = gluon.jit(pv_key_order.fn)
@@ -129,6 +139,58 @@ def _take_turn_after(row_sum, WG: gl.constexpr):
         "=f,=f,f,f,r,r", [row_sum, _TURN_BARRIER + WG], gl.float32, is_pure=False, pack=2)
 
 
+@gluon.constexpr_function
+def _turn_after_weights_asm(words, barrier):
+    """PTX of :func:`_take_turn_after_weights` for ``words`` 32-bit registers of each half of P a thread:
+    outputs ``$0 … $(2·words - 1)``, inputs the same registers from ``$(2·words)``. The OR of every word
+    (LOP3, three at a time) times float zero, truncated, is 0 for any bits (0 · NaN converts to 0), but
+    ptxas cannot fold it: the barrier's thread count depends on every word of P."""
+    words, barrier = int(words), int(barrier)
+    first_input = 2 * words
+    lines = ["{", ".reg .b32 any;", ".reg .f32 zero;", ".reg .u32 count;", f"mov.b32 any, ${first_input};"]
+    for i in range(first_input + 1, first_input + 2 * words, 2):
+        second = f"${i + 1}" if i + 1 < first_input + 2 * words else "0"
+        lines.append(f"lop3.b32 any, any, ${i}, {second}, 0xFE;")
+    lines += ["mov.b32 zero, any;", "mul.f32 zero, zero, 0f00000000;", "cvt.rzi.u32.f32 count, zero;",
+              "add.u32 count, count, 256;", f"bar.sync {barrier}, count;"]
+    lines += [f"mov.b32 ${i}, ${first_input + i};" for i in range(2 * words)]
+    lines.append("}")
+    return "\n\t".join(lines)
+
+
+@gluon.constexpr_function
+def _turn_after_weights_constraints(words):
+    """Register constraints of :func:`_turn_after_weights_asm`."""
+    return ",".join(["=r"] * (2 * int(words)) + ["r"] * (2 * int(words)))
+
+
+@gluon.jit
+def _take_turn_after_weights(p8_lo, p8_hi, WG: gl.constexpr):
+    """:func:`_take_turn` once both halves of a step's P (E4M3, as P·V operands) are packed, for the
+    consumers whose row sums run on the tensor cores (:func:`_row_sums`): as :func:`_take_turn_after`,
+    the barrier's thread count depends on every register of P, so ptxas keeps the wait after every
+    exponential of the step. Returns both halves (the same registers)."""
+    PER_THREAD: gl.constexpr = p8_lo.numel // 128  # one call per thread: every E4M3 value the thread holds
+    WORDS: gl.constexpr = PER_THREAD // 4
+    return gl.inline_asm_elementwise(_turn_after_weights_asm(WORDS, _TURN_BARRIER + WG),
+                                     _turn_after_weights_constraints(WORDS), [p8_lo, p8_hi],
+                                     (gl.float8e4nv, gl.float8e4nv), is_pure=False, pack=PER_THREAD)
+
+
+@gluon.jit
+def _row_sums(p8_lo, p8_hi, ones_smem, row_sum_zero, HALVES: gl.constexpr):
+    """Issue (async) the row sums of a step's P on the tensor cores: its HALVES (1 or 2) of P (E4M3, the
+    P·V operands) times a tile of ones, in a fresh ``(64, _ROW_SUM_COLUMNS)`` accumulator whose every column is
+    the sum of P as rounded to E4M3 (the numerator's own weights)."""
+    operand: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=row_sum_zero.type.layout, k_width=4)
+    ones = ones_smem.permute((1, 0))
+    row_sum = warpgroup_mma(gl.convert_layout(p8_lo, operand, assert_trivial=True), ones, row_sum_zero,
+                            use_acc=False, is_async=True)
+    if HALVES == 2:
+        row_sum = warpgroup_mma(gl.convert_layout(p8_hi, operand, assert_trivial=True), ones, row_sum, is_async=True)
+    return row_sum
+
+
 @gluon.jit
 def _pass_turn(WG: gl.constexpr):
     """Consumer WG has issued this step's matmuls: the other consumer may issue its own."""
@@ -153,26 +215,65 @@ def _scores(qk, k_scale_base, tile, offs_m, offs_n0, c_row, full_hi, seqlen_k, d
 
 
 @gluon.jit
-def _attend_tile(qk, acc, l_i, m_i, v_tile, k_scale_base, tile, offs_m, offs_n0, c_row, full_hi, seqlen_k, diagonal,
-                 p_layout: gl.constexpr, pv_rows: gl.constexpr, BLOCK_N: gl.constexpr,
+def _column(row_values, rows: gl.constexpr):
+    """Per-row values ``(64,)`` as a ``(64, 1)`` column of an accumulator whose rows are ``rows``."""
+    return gl.expand_dims(gl.convert_layout(row_values, rows), 1)
+
+
+@gluon.jit
+def _pv_step(p8_lo, p8_hi, v_lo, v_hi, acc, alpha, l_i, ones_smem, row_sum_zero, pv_rows: gl.constexpr,
+             PROMOTE: gl.constexpr, ROW_SUM_MMA: gl.constexpr, WG: gl.constexpr, HALVES: gl.constexpr):
+    """A step's P·V at the consumer's turn: waits for the turn, issues ``P·V`` over the step's HALVES (1 or 2)
+    key tiles (``p8_hi``, ``v_hi`` unused with one) chained in one wgmma accumulator, waits for it and
+    returns ``acc·alpha + P·V`` and the row sum. With PROMOTE the product lands in fresh registers and is
+    added in fp32; without, it accumulates in ``acc·alpha``. With ROW_SUM_MMA the row sums of the step's P
+    come from the tensor cores too (:func:`_row_sums`; ``l_i`` is then ``(64, _ROW_SUM_COLUMNS)``, every
+    column the row sum); without, ``l_i`` already holds them. ``alpha`` is per row, ``(64,)``."""
+    alpha_pv = _column(alpha, pv_rows)
+    if ROW_SUM_MMA:
+        p8_lo, p8_hi = _take_turn_after_weights(p8_lo, p8_hi, WG)
+    else:
+        l_i = _take_turn_after(l_i, WG)
+    if PROMOTE:
+        pv = warpgroup_mma(p8_lo, v_lo.permute((1, 0)), acc, use_acc=False, is_async=True)
+    else:
+        pv = warpgroup_mma(p8_lo, v_lo.permute((1, 0)), acc * alpha_pv, is_async=True)
+    if HALVES == 2:
+        pv = warpgroup_mma(p8_hi, v_hi.permute((1, 0)), pv, is_async=True)
+    if ROW_SUM_MMA:
+        row_sum = _row_sums(p8_lo, p8_hi, ones_smem, row_sum_zero, HALVES)
+        pv, row_sum = warpgroup_mma_wait(0, deps=(pv, row_sum))
+        l_i = l_i * _column(alpha, gl.SliceLayout(1, row_sum_zero.type.layout)) + row_sum
+    else:
+        pv = warpgroup_mma_wait(0, deps=(pv,))
+    if PROMOTE:
+        pv = acc * alpha_pv + pv
+    return pv, l_i
+
+
+@gluon.jit
+def _softmax_tiles(qk, c, m_tile, m_i, l_i, LOG2_P_SCALE: gl.constexpr, ROW_SUM_MMA: gl.constexpr):
+    """:func:`_softmax_step`, or without the row sum where the tensor cores take it (ROW_SUM_MMA)."""
+    if ROW_SUM_MMA:
+        p, alpha, m_i = _softmax_weights(qk, c, m_tile, m_i, LOG2_P_SCALE)
+    else:
+        p, alpha, m_i, l_i = _softmax_step(qk, c, m_tile, m_i, l_i, LOG2_P_SCALE)
+    return p, alpha, m_i, l_i
+
+
+@gluon.jit
+def _attend_tile(qk, acc, l_i, m_i, v_tile, ones_smem, row_sum_zero, k_scale_base, tile, offs_m, offs_n0, c_row,
+                 full_hi, seqlen_k, diagonal, p_layout: gl.constexpr, pv_rows: gl.constexpr, BLOCK_N: gl.constexpr,
                  K_BLOCK: gl.constexpr, CAUSAL: gl.constexpr, LOG2_P_SCALE: gl.constexpr, PROMOTE: gl.constexpr,
-                 WG: gl.constexpr):
-    """Softmax of one key tile's products ``qk`` (the odd last tile), then, at the consumer's turn,
-    ``acc·alpha + P·V``, waited for. With PROMOTE the product lands in fresh registers and is
-    added in fp32; without, it accumulates in the wgmma accumulator."""
+                 ROW_SUM_MMA: gl.constexpr, WG: gl.constexpr):
+    """Softmax of one key tile's products ``qk`` (the odd last tile), then its P·V at the consumer's turn
+    (:func:`_pv_step`)."""
     qk, c = _scores(qk.to(gl.float32), k_scale_base, tile, offs_m, offs_n0, c_row, full_hi, seqlen_k, diagonal,
                     BLOCK_N, K_BLOCK, CAUSAL)
-    p, alpha, m_i, l_i = _softmax_step(qk, c, gl.max(qk, axis=1) * c, m_i, l_i, LOG2_P_SCALE)
+    p, alpha, m_i, l_i = _softmax_tiles(qk, c, gl.max(qk, axis=1) * c, m_i, l_i, LOG2_P_SCALE, ROW_SUM_MMA)
     p8 = _pv_operand(p, p_layout)
-    alpha = gl.expand_dims(gl.convert_layout(alpha, pv_rows), 1)
-    l_i = _take_turn_after(l_i, WG)
-    if PROMOTE:
-        pv = warpgroup_mma(p8, v_tile.permute((1, 0)), acc, use_acc=False, is_async=True)
-        pv = warpgroup_mma_wait(0, deps=(pv,))
-        acc = acc * alpha + pv
-    else:
-        acc = warpgroup_mma(p8, v_tile.permute((1, 0)), acc * alpha, is_async=True)
-        acc = warpgroup_mma_wait(0, deps=(acc,))
+    acc, l_i = _pv_step(p8, p8, v_tile, v_tile, acc, alpha, l_i, ones_smem, row_sum_zero, pv_rows, PROMOTE,
+                        ROW_SUM_MMA, WG, 1)
     return acc, l_i, m_i
 
 
@@ -188,33 +289,33 @@ def _issue_pair_scores(q_tile, k_smem, ready, qk_zero, ring_pair, NUM_STAGES: gl
 
 @gluon.jit
 def _pair_softmax(qk_lo, qk_hi, l_i, m_i, k_scale_base, j, offs_m, offs_n0, c_row, full_hi, seqlen_k, diagonal,
-                  p_layout: gl.constexpr, pv_rows: gl.constexpr, BLOCK_N: gl.constexpr, K_BLOCK: gl.constexpr,
-                  CAUSAL: gl.constexpr, LOG2_P_SCALE: gl.constexpr, MASKED: gl.constexpr):
+                  p_layout: gl.constexpr, BLOCK_N: gl.constexpr, K_BLOCK: gl.constexpr, CAUSAL: gl.constexpr,
+                  LOG2_P_SCALE: gl.constexpr, MASKED: gl.constexpr, ROW_SUM_MMA: gl.constexpr):
     """One softmax step over the block's key tiles ``2j`` and ``2j + 1`` (products ``qk_lo``, ``qk_hi``):
     one row max, each half's exponentials with its own K scale. Returns both halves of P as P·V operands,
-    the accumulator's rescale (a column), and the new row max and sum."""
+    the accumulator's rescale (per row), the new row max and the new row sum (``l_i`` as it came with
+    ROW_SUM_MMA: the tensor cores add this step's, :func:`_pv_step`)."""
     t = 2 * j
     qk_lo, c_lo = _scores(qk_lo.to(gl.float32), k_scale_base, t, offs_m, offs_n0, c_row, full_hi, seqlen_k,
                           diagonal, BLOCK_N, K_BLOCK, CAUSAL, MASKED)
     qk_hi, c_hi = _scores(qk_hi.to(gl.float32), k_scale_base, t + 1, offs_m, offs_n0, c_row, full_hi, seqlen_k,
                           diagonal, BLOCK_N, K_BLOCK, CAUSAL, MASKED)
     m_tile = gl.maximum(gl.max(qk_lo, axis=1) * c_lo, gl.max(qk_hi, axis=1) * c_hi)
-    p_lo, alpha, m_i, l_i = _softmax_step(qk_lo, c_lo, m_tile, m_i, l_i, LOG2_P_SCALE)
-    p_hi, _, m_i, l_i = _softmax_step(qk_hi, c_hi, m_tile, m_i, l_i, LOG2_P_SCALE)  # alpha == 1
-    alpha = gl.expand_dims(gl.convert_layout(alpha, pv_rows), 1)
+    p_lo, alpha, m_i, l_i = _softmax_tiles(qk_lo, c_lo, m_tile, m_i, l_i, LOG2_P_SCALE, ROW_SUM_MMA)
+    p_hi, _, m_i, l_i = _softmax_tiles(qk_hi, c_hi, m_tile, m_i, l_i, LOG2_P_SCALE, ROW_SUM_MMA)  # alpha == 1
     return _pv_operand(p_lo, p_layout), _pv_operand(p_hi, p_layout), alpha, l_i, m_i
 
 
 @gluon.jit
-def _consume_pair(q_tile, k_smem, v_smem, ready, empty, qk_zero, acc, l_i, m_i, k_scale_base, ring_pair, j, offs_m,
-                  offs_n0, c_row, full_hi, seqlen_k, diagonal, p_layout: gl.constexpr, pv_rows: gl.constexpr,
-                  BLOCK_N: gl.constexpr, K_BLOCK: gl.constexpr, CAUSAL: gl.constexpr, LOG2_P_SCALE: gl.constexpr,
-                  PROMOTE: gl.constexpr, NUM_STAGES: gl.constexpr, WG: gl.constexpr, MASKED: gl.constexpr):
+def _consume_pair(q_tile, k_smem, v_smem, ones_smem, ready, empty, qk_zero, row_sum_zero, acc, l_i, m_i, k_scale_base,
+                  ring_pair, j, offs_m, offs_n0, c_row, full_hi, seqlen_k, diagonal, p_layout: gl.constexpr,
+                  pv_rows: gl.constexpr, BLOCK_N: gl.constexpr, K_BLOCK: gl.constexpr, CAUSAL: gl.constexpr,
+                  LOG2_P_SCALE: gl.constexpr, PROMOTE: gl.constexpr, ROW_SUM_MMA: gl.constexpr,
+                  NUM_STAGES: gl.constexpr, WG: gl.constexpr, MASKED: gl.constexpr):
     """The query block's key tiles ``2j`` and ``2j + 1``, the program's ``ring_pair``-th pair in the ring
     (NUM_STAGES even, so their slots are adjacent and share one ``ready`` and one ``empty`` barrier) as one
     softmax step of 2·BLOCK_N keys (:func:`_pair_softmax`): both score matmuls, the softmax, both halves'
-    P·V chained in one wgmma accumulator (added to ``acc`` in fp32 once with PROMOTE), waited for; then the
-    pair's slots are released.
+    P·V (:func:`_pv_step`); then the pair's slots are released.
 
     The consumer holds the tensor-core turn (:func:`_take_turn`) from the P·V of the pair before through
     this pair's score matmuls, and waits for it again before this pair's P·V: the two consumers' matmuls
@@ -223,19 +324,10 @@ def _consume_pair(q_tile, k_smem, v_smem, ready, empty, qk_zero, acc, l_i, m_i, 
     _pass_turn(WG)
     qk_lo, qk_hi = warpgroup_mma_wait(0, deps=(qk_lo, qk_hi))
     p8_lo, p8_hi, alpha, l_i, m_i = _pair_softmax(qk_lo, qk_hi, l_i, m_i, k_scale_base, j, offs_m, offs_n0, c_row,
-                                                  full_hi, seqlen_k, diagonal, p_layout, pv_rows, BLOCK_N, K_BLOCK,
-                                                  CAUSAL, LOG2_P_SCALE, MASKED)
-    l_i = _take_turn_after(l_i, WG)
-    v_lo, v_hi = v_smem.index(slot), v_smem.index(slot + 1)
-    if PROMOTE:
-        pv = warpgroup_mma(p8_lo, v_lo.permute((1, 0)), acc, use_acc=False, is_async=True)
-        pv = warpgroup_mma(p8_hi, v_hi.permute((1, 0)), pv, is_async=True)
-        pv = warpgroup_mma_wait(0, deps=(pv,))
-        acc = acc * alpha + pv
-    else:
-        acc = warpgroup_mma(p8_lo, v_lo.permute((1, 0)), acc * alpha, is_async=True)
-        acc = warpgroup_mma(p8_hi, v_hi.permute((1, 0)), acc, is_async=True)
-        acc = warpgroup_mma_wait(0, deps=(acc,))
+                                                  full_hi, seqlen_k, diagonal, p_layout, BLOCK_N, K_BLOCK, CAUSAL,
+                                                  LOG2_P_SCALE, MASKED, ROW_SUM_MMA)
+    acc, l_i = _pv_step(p8_lo, p8_hi, v_smem.index(slot), v_smem.index(slot + 1), acc, alpha, l_i, ones_smem,
+                        row_sum_zero, pv_rows, PROMOTE, ROW_SUM_MMA, WG, 2)
     _release_pair(empty, slot, NUM_STAGES, WG)
     return acc, l_i, m_i
 
@@ -253,9 +345,9 @@ def _consume_pair_pipelined(q_tile, k_smem, v_smem, ready, empty, qk_zero, acc, 
     matmuls reach the tensor cores without a gap. Returns the accumulator, the next pair's products and
     first slot, and the row statistics."""
     p8_lo, p8_hi, alpha, l_i, m_i = _pair_softmax(qk_lo, qk_hi, l_i, m_i, k_scale_base, j, offs_m, offs_n0, c_row,
-                                                  full_hi, seqlen_k, diagonal, p_layout, pv_rows, BLOCK_N, K_BLOCK,
-                                                  CAUSAL, LOG2_P_SCALE, MASKED)
-    acc = acc * alpha
+                                                  full_hi, seqlen_k, diagonal, p_layout, BLOCK_N, K_BLOCK, CAUSAL,
+                                                  LOG2_P_SCALE, MASKED, False)
+    acc = acc * _column(alpha, pv_rows)
     l_i = _take_turn_after(l_i, WG)
     acc = warpgroup_mma(p8_lo, v_smem.index(slot).permute((1, 0)), acc, is_async=True)
     acc = warpgroup_mma(p8_hi, v_smem.index(slot + 1).permute((1, 0)), acc, is_async=True)
@@ -272,10 +364,11 @@ def _consume_pair_pipelined(q_tile, k_smem, v_smem, ready, empty, qk_zero, acc, 
 
 
 @gluon.jit
-def _attend_block(q_tile, k_smem, v_smem, ready, empty, qk_zero, acc, l_i, m_i, k_scale_base, ring_pair, num_tiles,
-                  offs_m, offs_n0, c_row, full_hi, seqlen_k, diagonal, p_layout: gl.constexpr, pv_rows: gl.constexpr,
-                  BLOCK_N: gl.constexpr, K_BLOCK: gl.constexpr, CAUSAL: gl.constexpr, LOG2_P_SCALE: gl.constexpr,
-                  PROMOTE: gl.constexpr, NUM_STAGES: gl.constexpr, WG: gl.constexpr):
+def _attend_block(q_tile, k_smem, v_smem, ones_smem, ready, empty, qk_zero, row_sum_zero, acc, l_i, m_i, k_scale_base,
+                  ring_pair, num_tiles, offs_m, offs_n0, c_row, full_hi, seqlen_k, diagonal, p_layout: gl.constexpr,
+                  pv_rows: gl.constexpr, BLOCK_N: gl.constexpr, K_BLOCK: gl.constexpr, CAUSAL: gl.constexpr,
+                  LOG2_P_SCALE: gl.constexpr, PROMOTE: gl.constexpr, ROW_SUM_MMA: gl.constexpr,
+                  NUM_STAGES: gl.constexpr, WG: gl.constexpr):
     """A query block's ``num_tiles`` key tiles from the program's ``ring_pair``-th pair, the consumer holding
     the turn: whole pairs without masks, masked pairs, an odd last tile alone. Step j's turn runs from
     pair j-1's P·V (the block's start for j = 0) through pair j's score matmuls; the turn passes after the
@@ -283,13 +376,15 @@ def _attend_block(q_tile, k_smem, v_smem, ready, empty, qk_zero, acc, l_i, m_i, 
     num_pairs = num_tiles // 2
     whole_pairs = gl.minimum(full_hi // (2 * BLOCK_N), num_pairs)
     for j in range(0, whole_pairs):
-        acc, l_i, m_i = _consume_pair(q_tile, k_smem, v_smem, ready, empty, qk_zero, acc, l_i, m_i, k_scale_base,
-                                      ring_pair + j, j, offs_m, offs_n0, c_row, full_hi, seqlen_k, diagonal, p_layout,
-                                      pv_rows, BLOCK_N, K_BLOCK, CAUSAL, LOG2_P_SCALE, PROMOTE, NUM_STAGES, WG, False)
+        acc, l_i, m_i = _consume_pair(q_tile, k_smem, v_smem, ones_smem, ready, empty, qk_zero, row_sum_zero, acc,
+                                      l_i, m_i, k_scale_base, ring_pair + j, j, offs_m, offs_n0, c_row, full_hi,
+                                      seqlen_k, diagonal, p_layout, pv_rows, BLOCK_N, K_BLOCK, CAUSAL, LOG2_P_SCALE,
+                                      PROMOTE, ROW_SUM_MMA, NUM_STAGES, WG, False)
     for j in range(whole_pairs, num_pairs):
-        acc, l_i, m_i = _consume_pair(q_tile, k_smem, v_smem, ready, empty, qk_zero, acc, l_i, m_i, k_scale_base,
-                                      ring_pair + j, j, offs_m, offs_n0, c_row, full_hi, seqlen_k, diagonal, p_layout,
-                                      pv_rows, BLOCK_N, K_BLOCK, CAUSAL, LOG2_P_SCALE, PROMOTE, NUM_STAGES, WG, True)
+        acc, l_i, m_i = _consume_pair(q_tile, k_smem, v_smem, ones_smem, ready, empty, qk_zero, row_sum_zero, acc,
+                                      l_i, m_i, k_scale_base, ring_pair + j, j, offs_m, offs_n0, c_row, full_hi,
+                                      seqlen_k, diagonal, p_layout, pv_rows, BLOCK_N, K_BLOCK, CAUSAL, LOG2_P_SCALE,
+                                      PROMOTE, ROW_SUM_MMA, NUM_STAGES, WG, True)
     if num_tiles % 2 == 1:
         # An odd last tile alone: the arithmetic of a pair whose upper tile is past every visible key.
         last = num_tiles - 1  # even: the first tile of its pair
@@ -297,9 +392,9 @@ def _attend_block(q_tile, k_smem, v_smem, ready, empty, qk_zero, acc, l_i, m_i, 
         qk = warpgroup_mma(q_tile, k_smem.index(slot).permute((1, 0)), qk_zero, use_acc=False, is_async=True)
         _pass_turn(WG)
         qk = warpgroup_mma_wait(0, deps=(qk,))
-        acc, l_i, m_i = _attend_tile(qk, acc, l_i, m_i, v_smem.index(slot), k_scale_base, last, offs_m, offs_n0,
-                                     c_row, full_hi, seqlen_k, diagonal, p_layout, pv_rows, BLOCK_N, K_BLOCK, CAUSAL,
-                                     LOG2_P_SCALE, PROMOTE, WG)
+        acc, l_i, m_i = _attend_tile(qk, acc, l_i, m_i, v_smem.index(slot), ones_smem, row_sum_zero, k_scale_base,
+                                     last, offs_m, offs_n0, c_row, full_hi, seqlen_k, diagonal, p_layout, pv_rows,
+                                     BLOCK_N, K_BLOCK, CAUSAL, LOG2_P_SCALE, PROMOTE, ROW_SUM_MMA, WG)
         _release_pair(empty, slot, NUM_STAGES, WG)
     _pass_turn(WG)
     return acc, l_i, m_i
@@ -439,13 +534,13 @@ def _ws_producer(
 
 @gluon.jit
 def _ws_consume(
-    q_desc, k_desc, vt_desc, q_smem, k_smem, v_smem, ready, empty, q_ready, q_empty,
+    q_desc, k_desc, vt_desc, q_smem, k_smem, v_smem, ones_smem, ready, empty, q_ready, q_empty,
     q_scale_ptr, k_scale_ptr, v_scale_ptr, v_mean_ptr, out_ptr, lse_ptr,
     seqlen_q, seqlen_k, seqlen_k_pad, num_q_heads, num_kv_heads, num_q_scale_blocks, num_k_scale_blocks,
     num_query_blocks, qk_scale_log2, stride_ob, stride_oh, stride_om,
     HEAD_DIM: gl.constexpr, Q_BLOCK: gl.constexpr, K_BLOCK: gl.constexpr, CAUSAL: gl.constexpr,
     LOG2_P_SCALE: gl.constexpr, PROMOTE: gl.constexpr, SMOOTH_V: gl.constexpr, NUM_STAGES: gl.constexpr,
-    PIPELINE_PV: gl.constexpr, WG: gl.constexpr,
+    PIPELINE_PV: gl.constexpr, ROW_SUM_MMA: gl.constexpr, WG: gl.constexpr,
 ):
     """One warpgroup: rows 64·WG to 64·WG + 63 of each of the program's query blocks, against the ring's
     key tiles."""
@@ -465,6 +560,9 @@ def _ws_consume(
     offs_n0 = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, qk_layout))
     offs_d = gl.arange(0, HEAD_DIM_PAD, layout=pv_cols)
     qk_zero = gl.zeros([BLOCK_M, BLOCK_N], gl.int32 if QK_INT8 else gl.float32, qk_layout)
+    row_sum_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                             instr_shape=[16, _ROW_SUM_COLUMNS, 32])
+    row_sum_zero = gl.zeros([BLOCK_M, _ROW_SUM_COLUMNS], gl.float32, row_sum_layout)
 
     ring_pair = 0  # pairs of key tiles consumed so far, over all of the program's blocks
     if WG == 1:
@@ -484,7 +582,7 @@ def _ws_consume(
         c_row = q_scale * qk_scale_log2
         k_scale_base = k_scale_ptr + kv_bh * num_k_scale_blocks
         acc = gl.zeros([BLOCK_M, HEAD_DIM_PAD], gl.float32, pv_layout)
-        l_i = gl.zeros([BLOCK_M], gl.float32, qk_rows)
+        l_i = row_sum_zero if ROW_SUM_MMA else gl.zeros([BLOCK_M], gl.float32, qk_rows)
         m_i = gl.full([BLOCK_M], float("-inf"), gl.float32, qk_rows)
         q_tile = q_smem.index(WG)
         mbarrier.wait(q_ready.index(WG), i & 1)
@@ -497,10 +595,10 @@ def _ws_consume(
                                                     full_hi, seqlen_k, diagonal, p_layout, pv_rows, BLOCK_N, K_BLOCK,
                                                     CAUSAL, LOG2_P_SCALE, NUM_STAGES, WG)
         else:
-            acc, l_i, m_i = _attend_block(q_tile, k_smem, v_smem, ready, empty, qk_zero, acc, l_i, m_i, k_scale_base,
-                                          ring_pair, num_tiles, offs_m, offs_n0, c_row, full_hi, seqlen_k, diagonal,
-                                          p_layout, pv_rows, BLOCK_N, K_BLOCK, CAUSAL, LOG2_P_SCALE, PROMOTE,
-                                          NUM_STAGES, WG)
+            acc, l_i, m_i = _attend_block(q_tile, k_smem, v_smem, ones_smem, ready, empty, qk_zero, row_sum_zero, acc,
+                                          l_i, m_i, k_scale_base, ring_pair, num_tiles, offs_m, offs_n0, c_row,
+                                          full_hi, seqlen_k, diagonal, p_layout, pv_rows, BLOCK_N, K_BLOCK, CAUSAL,
+                                          LOG2_P_SCALE, PROMOTE, ROW_SUM_MMA, NUM_STAGES, WG)
         mbarrier.arrive(q_empty.index(WG), count=1)  # the next block's Q tile may load
         ring_pair += num_pairs
 
@@ -509,6 +607,8 @@ def _ws_consume(
         v_mean = gl.load(v_mean_ptr + kv_bh * HEAD_DIM_PAD + offs_d) if SMOOTH_V else v_scale
         out_ptrs = (out_ptr + b * stride_ob + h * stride_oh + gl.expand_dims(offs_mo, 1) * stride_om
                     + gl.expand_dims(offs_d, 0))
+        if ROW_SUM_MMA:
+            l_i = gl.max(l_i, axis=1)  # every column holds the row sum
         _store_output(acc, gl.convert_layout(l_i, pv_rows), gl.convert_layout(m_i, pv_rows), v_scale, v_mean,
                       out_ptrs, lse_ptr + bh * seqlen_q + offs_mo, offs_mo < seqlen_q, offs_d < HEAD_DIM,
                       LOG2_P_SCALE, SMOOTH_V)
@@ -524,7 +624,7 @@ def _fp8_attention_fwd_ws_kernel(
     stride_ob, stride_oh, stride_om,
     HEAD_DIM: gl.constexpr, Q_BLOCK: gl.constexpr, K_BLOCK: gl.constexpr, CAUSAL: gl.constexpr,
     LOG2_P_SCALE: gl.constexpr, PROMOTE: gl.constexpr, SMOOTH_V: gl.constexpr, NUM_STAGES: gl.constexpr,
-    PIPELINE_PV: gl.constexpr, CONSUMER_REGS: gl.constexpr, num_warps: gl.constexpr,
+    PIPELINE_PV: gl.constexpr, ROW_SUM_MMA: gl.constexpr, CONSUMER_REGS: gl.constexpr, num_warps: gl.constexpr,
 ):
     """Persistent and warp-specialized: two consumer warpgroups (64 query rows each of a 128-row query
     block) share one TMA producer warp's ring, block after block."""
@@ -537,6 +637,15 @@ def _fp8_attention_fwd_ws_kernel(
     v_smem = gl.allocate_shared_memory(vt_desc.dtype, [NUM_STAGES, HEAD_DIM_PAD, BLOCK_N], vt_desc.layout)
     ready = gl.allocate_shared_memory(gl.int64, [NUM_STAGES // 2, 1], mbarrier.MBarrierLayout())  # one per pair
     empty = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())  # per pair and consumer
+    if ROW_SUM_MMA:  # the tensor cores' row sums: P times a tile of ones (_row_sums)
+        ones_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([_ROW_SUM_COLUMNS, BLOCK_N], gl.float8e4nv)
+        ones_fill: gl.constexpr = gl.BlockedLayout([1, 16], [1, 32], [4, 1], [1, 0])
+        # E4M3 ones as bits: Triton 3.6 packs a converted float splat wrongly (1.0 came out as 1, 1, 32, -384).
+        ones = gl.full([_ROW_SUM_COLUMNS, BLOCK_N], _E4M3_ONE_BITS, gl.int8, ones_fill).to(gl.float8e4nv, bitcast=True)
+        ones_smem = gl.allocate_shared_memory(gl.float8e4nv, [_ROW_SUM_COLUMNS, BLOCK_N], ones_layout, ones)
+        fence_async_shared()  # the wgmma's reads (async proxy) see the stores
+    else:
+        ones_smem = v_smem  # not read
     q_ready = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
     q_empty = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
     for i in gl.static_range(NUM_STAGES // 2):
@@ -549,18 +658,18 @@ def _fp8_attention_fwd_ws_kernel(
     # Consumer warpgroup 0 is the default partition, 1 and the producer are workers. The argument tuples are
     # written out in the call: an assigned tuple would turn its constexprs into tensors.
     gl.warp_specialize([
-        (_ws_consume, (q_desc, k_desc, vt_desc, q_smem, k_smem, v_smem, ready, empty, q_ready, q_empty,
+        (_ws_consume, (q_desc, k_desc, vt_desc, q_smem, k_smem, v_smem, ones_smem, ready, empty, q_ready, q_empty,
                        q_scale_ptr, k_scale_ptr, v_scale_ptr, v_mean_ptr, out_ptr, lse_ptr,
                        seqlen_q, seqlen_k, seqlen_k_pad, num_q_heads, num_kv_heads, num_q_scale_blocks,
                        num_k_scale_blocks, num_query_blocks, qk_scale_log2, stride_ob, stride_oh, stride_om,
                        HEAD_DIM, Q_BLOCK, K_BLOCK, CAUSAL, LOG2_P_SCALE, PROMOTE, SMOOTH_V, NUM_STAGES,
-                       PIPELINE_PV, 0)),
-        (_ws_consume, (q_desc, k_desc, vt_desc, q_smem, k_smem, v_smem, ready, empty, q_ready, q_empty,
+                       PIPELINE_PV, ROW_SUM_MMA, 0)),
+        (_ws_consume, (q_desc, k_desc, vt_desc, q_smem, k_smem, v_smem, ones_smem, ready, empty, q_ready, q_empty,
                        q_scale_ptr, k_scale_ptr, v_scale_ptr, v_mean_ptr, out_ptr, lse_ptr,
                        seqlen_q, seqlen_k, seqlen_k_pad, num_q_heads, num_kv_heads, num_q_scale_blocks,
                        num_k_scale_blocks, num_query_blocks, qk_scale_log2, stride_ob, stride_oh, stride_om,
                        HEAD_DIM, Q_BLOCK, K_BLOCK, CAUSAL, LOG2_P_SCALE, PROMOTE, SMOOTH_V, NUM_STAGES,
-                       PIPELINE_PV, 1)),
+                       PIPELINE_PV, ROW_SUM_MMA, 1)),
         (_ws_producer, (q_desc, k_desc, vt_desc, q_smem, k_smem, v_smem, ready, empty, q_ready, q_empty,
                         seqlen_q, seqlen_k, seqlen_k_pad, num_q_heads, num_kv_heads, num_query_blocks, CAUSAL,
                         NUM_STAGES, PIPELINE_PV)),
@@ -618,6 +727,16 @@ def hopper_pipelines_pv(qkv: QuantizedQKV) -> bool:
     return forward_config(qkv.q.shape[-1], qkv.k_block).promote_every != 1 and qkv.q.dtype == torch.float8_e4m3fn
 
 
+def hopper_sums_rows_on_tensor_cores(qkv: QuantizedQKV, exact_lse: bool = False) -> bool:
+    """Whether the softmax's row sums come from the tensor cores (:func:`_row_sums`): P as rounded to E4M3
+    times a tile of ones, instead of fp32 P summed on the FMA pipe (the emulation's
+    ``row_sum_of_rounded_p``): where the turn is not pipelined (:func:`hopper_pipelines_pv`), unless the
+    caller needs an exact LSE. The tensor cores' sums normalise P·V by the weights it used, but their FP8
+    accumulation keeps about 13 bits below the largest product (as P·V's does), so terms that small are
+    dropped and the LSE comes out up to ~1 % low (docs/perf-notes.md, section 34)."""
+    return not hopper_pipelines_pv(qkv) and not exact_lse
+
+
 def hopper_kernel_shape(qkv: QuantizedQKV, causal: bool) -> bool:
     """The shapes this kernel is used for (where it beats the Triton kernel: perf-notes sections 16, 26,
     27 and 31): an E4M3 P·V recipe, padded head dim 128 or 256, at least 1024 queries and keys (4096 under
@@ -642,6 +761,7 @@ def hopper_kernel_applies(qkv: QuantizedQKV, causal: bool) -> bool:
 def hopper_forward_launch(
     qkv: QuantizedQKV, out: torch.Tensor, lse: torch.Tensor, *, causal: bool, softmax_scale: float, p_scale: float,
     num_stages: int | None = None, consumer_regs: int = 240, maxnreg: int = 168, num_programs: int | None = None,
+    exact_lse: bool = False,
 ) -> Launch:
     """The Gluon kernel's launch for ``qkv`` writing ``out (B, Hq, Sq, D)`` and ``lse (B, Hq, Sq)``.
 
@@ -654,7 +774,9 @@ def hopper_forward_launch(
     four (a consumer waits for the next pair while it holds the tensor-core turn the other consumer needs
     to release the pair before: with one pair in the ring, that would deadlock); by default six where
     :func:`hopper_pipelines_pv` (a pair is released one wait later there), else four. ``num_programs`` caps the
-    persistent programs (default: one per SM), so that small shapes can walk many blocks a program."""
+    persistent programs (default: one per SM), so that small shapes can walk many blocks a program.
+    ``exact_lse`` sums P's rows in fp32 everywhere (:func:`hopper_sums_rows_on_tensor_cores`): for callers
+    that read ``lse``."""
     batch, num_q_heads, seqlen_q, dp = qkv.q.shape
     num_kv_heads, seqlen_k_pad = qkv.k.shape[1], qkv.k.shape[2]
     if qkv.v_t.dtype != torch.float8_e4m3fn:
@@ -683,7 +805,8 @@ def hopper_forward_launch(
     constexprs = dict(
         HEAD_DIM=qkv.head_dim, Q_BLOCK=qkv.q_block, K_BLOCK=qkv.k_block, CAUSAL=causal,
         LOG2_P_SCALE=math.log2(p_scale), PROMOTE=cfg.promote_every == 1, SMOOTH_V=qkv.v_mean is not None,
-        NUM_STAGES=num_stages, PIPELINE_PV=pipeline_pv, CONSUMER_REGS=consumer_regs,
+        NUM_STAGES=num_stages, PIPELINE_PV=pipeline_pv, ROW_SUM_MMA=hopper_sums_rows_on_tensor_cores(qkv, exact_lse),
+        CONSUMER_REGS=consumer_regs,
     )
     grid = (min(num_query_blocks, num_programs or _num_programs(qkv.q.device, num_query_blocks)),)
     return Launch(_fp8_attention_fwd_ws_kernel, grid, args, constexprs, dict(num_warps=4, maxnreg=maxnreg))
