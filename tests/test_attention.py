@@ -103,6 +103,19 @@ def test_lse_of_smoothed_keys_is_that_of_the_callers_scores(device, gen, recipe)
     assert (lse.cpu().double() - lse_exact).abs().max() < 0.05
 
 
+@pytest.mark.parametrize("recipe", ["e4m3", "e4m3-unsmoothed"])
+def test_only_calls_that_return_the_lse_pay_for_it(recipe):
+    """The LSE's shift back to the caller's scores is a launch of its own, made only for calls that return
+    the LSE of a recipe that smooths K (on Hopper those calls also sum P's rows in fp32)."""
+    from fp8attn.api import _attention_launches
+
+    q = torch.zeros(1, 2, 8, 64, dtype=torch.bfloat16)
+    r = fp8attn.recipes()[recipe]
+    for return_lse in (False, True):
+        kernels = [launch.kernel.__name__ for launch in _attention_launches(q, q, q, False, 0.125, r, return_lse)[2]]
+        assert ("_unsmoothed_lse_kernel" in kernels) == (return_lse and r.smooth_k), kernels
+
+
 def test_custom_scale_matches_float64(device, gen):
     q, k, v = make_qkv(gen, (1, 2, 2, 64, 64, 64), device=device)
     out = fp8attn.attention(q, k, v, scale=0.05)
