@@ -29,11 +29,14 @@ What else differs is the schedule, which ``tl.dot``-level Triton does not expres
   ones) so that their turns pair up, each passes the turn after its last P·V of a block (the other's
   last P·V runs under its epilogue), and the ring holds at least two pairs. Where the accumulator is
   not promoted (D = 256) and Q·Kᵀ is E4M3, a turn issues a pair's P·V and the next pair's score matmuls
-  back to back and waits once (:func:`hopper_pipelines_pv`), so no wait splits a turn.
+  back to back and waits once (:func:`hopper_pipelines_pv`), so no wait splits a turn;
+* elsewhere the softmax's row sums come from the tensor cores, P as rounded times a tile of ones (one
+  more wgmma of N = 8), instead of 128 FADD a pass, unless the caller reads the LSE
+  (:func:`hopper_sums_rows_on_tensor_cores`; the emulation's ``row_sum_of_rounded_p``).
 
 It wins where key loops are long: at D = 256, where the Triton kernel runs one program per SM, and
 since P needs no shuffles (:mod:`fp8attn.kernels.key_order`) at D = 128 too; since it is persistent also
-from 1024 tokens without a mask (docs/perf-notes.md, sections 16, 26, 27, 29, 31 and 33).
+from 1024 tokens without a mask (docs/perf-notes.md, sections 16, 26, 27, 29, 31, 33 and 34).
 :func:`hopper_kernel_applies` says where the library uses it.
 """
 
