@@ -165,10 +165,13 @@ def test_hopper_kernel_pipelines_pv_only_for_e4m3_scores_without_promotion(recip
     qkv = allocate_quantized(1, 2, 2, 4096, 4096, head_dim, RECIPES[recipe], "meta")
     out = torch.empty(1, 2, 4096, head_dim, device="meta", dtype=torch.bfloat16)
     lse = torch.empty(1, 2, 4096, device="meta")
-    launch = hopper_forward_launch(qkv, out, lse, causal=False, softmax_scale=head_dim**-0.5, p_scale=1.0)
+    launch = hopper_forward_launch(qkv, out, lse, causal=False, softmax_scale=head_dim**-0.5, p_scale=1.0,
+                                   exact_lse=False)
     assert hopper_pipelines_pv(qkv) == launch.constexprs["PIPELINE_PV"] == pipelined
     assert launch.constexprs["NUM_STAGES"] == (6 if pipelined else 4)
     assert hopper_sums_rows_on_tensor_cores(qkv) == launch.constexprs["ROW_SUM_MMA"] == (not pipelined)
+    exact = hopper_forward_launch(qkv, out, lse, causal=False, softmax_scale=head_dim**-0.5, p_scale=1.0)
+    assert not exact.constexprs["ROW_SUM_MMA"]  # the default: an exact LSE
 
 
 def test_row_sums_of_rounded_p_make_every_output_row_a_mean_of_v(gen):

@@ -197,9 +197,10 @@ def library_launches(batch: int, heads: int, kv_heads: int, seqlen: int, head_di
     out = torch.empty_like(q)
     lse = torch.empty(batch, heads, seqlen, device="meta", dtype=torch.float32)
     kwargs = dict(causal=causal, softmax_scale=head_dim**-0.5, p_scale=recipe.p_multiplier)
-    # On sm_90 these shapes run the warp-specialized Gluon kernel (it needs a GPU to decide, so it is named here).
-    forward = hopper_forward_launch(qkv, out, lse, **kwargs) if hopper_kernel_shape(qkv, causal) else \
-        forward_launch(qkv, out, lse, **kwargs)
+    # On sm_90 these shapes run the warp-specialized Gluon kernel (it needs a GPU to decide, so it is named here),
+    # as a call without return_lse runs it.
+    forward = hopper_forward_launch(qkv, out, lse, **kwargs, exact_lse=False) if hopper_kernel_shape(qkv, causal) \
+        else forward_launch(qkv, out, lse, **kwargs, exact_lse=False)
     return [*quantize_launches(q, k, k, recipe, qkv), forward]
 
 

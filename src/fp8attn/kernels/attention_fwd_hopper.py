@@ -764,7 +764,7 @@ def hopper_kernel_applies(qkv: QuantizedQKV, causal: bool) -> bool:
 def hopper_forward_launch(
     qkv: QuantizedQKV, out: torch.Tensor, lse: torch.Tensor, *, causal: bool, softmax_scale: float, p_scale: float,
     num_stages: int | None = None, consumer_regs: int = 240, maxnreg: int = 168, num_programs: int | None = None,
-    exact_lse: bool = False,
+    exact_lse: bool = True,
 ) -> Launch:
     """The Gluon kernel's launch for ``qkv`` writing ``out (B, Hq, Sq, D)`` and ``lse (B, Hq, Sq)``.
 
@@ -778,8 +778,9 @@ def hopper_forward_launch(
     to release the pair before: with one pair in the ring, that would deadlock); by default six where
     :func:`hopper_pipelines_pv` (a pair is released one wait later there), else four. ``num_programs`` caps the
     persistent programs (default: one per SM), so that small shapes can walk many blocks a program.
-    ``exact_lse`` sums P's rows in fp32 everywhere (:func:`hopper_sums_rows_on_tensor_cores`): for callers
-    that read ``lse``."""
+    ``exact_lse=False`` lets it sum P's rows on the tensor cores where it can
+    (:func:`hopper_sums_rows_on_tensor_cores`): faster, with an ``lse`` that is not exact, for callers that
+    do not read it (the library's calls without ``return_lse``)."""
     batch, num_q_heads, seqlen_q, dp = qkv.q.shape
     num_kv_heads, seqlen_k_pad = qkv.k.shape[1], qkv.k.shape[2]
     if qkv.v_t.dtype != torch.float8_e4m3fn:
