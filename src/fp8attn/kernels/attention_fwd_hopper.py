@@ -643,7 +643,8 @@ def _fp8_attention_fwd_ws_kernel(
     if ROW_SUM_MMA:  # the tensor cores' row sums: P times a tile of ones (_row_sums)
         ones_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([_ROW_SUM_COLUMNS, BLOCK_N], gl.float8e4nv)
         ones_fill: gl.constexpr = gl.BlockedLayout([1, 16], [1, 32], [4, 1], [1, 0])
-        # E4M3 ones as bits: Triton 3.6 packs a converted float splat wrongly (1.0 came out as 1, 1, 32, -384).
+        # E4M3 ones as bits: a converted float splat came out as 1, 1, 32, -384 (ptxas drops the PTX's packing of
+        # the cvt's 16-bit result into both halves of a word: benchmarks/fp8_splat_repro.py).
         ones = gl.full([_ROW_SUM_COLUMNS, BLOCK_N], _E4M3_ONE_BITS, gl.int8, ones_fill).to(gl.float8e4nv, bitcast=True)
         ones_smem = gl.allocate_shared_memory(gl.float8e4nv, [_ROW_SUM_COLUMNS, BLOCK_N], ones_layout, ones)
         fence_async_shared()  # the wgmma's reads (async proxy) see the stores
