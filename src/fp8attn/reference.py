@@ -170,8 +170,8 @@ def attention_emulated(
     kernel's steps are ``fp8attn.kernels.attention_fwd_hopper.hopper_softmax_keys`` keys); after each
     tile the running maximum ``m`` is updated and ``P = exp2(s - m)`` is rounded to E4M3 after scaling
     by ``p_scale``, exactly where the kernel rounds it. The row sum ``l`` uses the unrounded P, or with
-    ``row_sum_of_rounded_p`` P as rounded (the P·V weights themselves: the Hopper kernel where
-    ``fp8attn.kernels.attention_fwd_hopper.hopper_sums_rows_on_tensor_cores``).
+    ``row_sum_of_rounded_p`` P as rounded (the P·V weights themselves: the Hopper kernel without
+    ``exact_lse``, ``fp8attn.kernels.attention_fwd_hopper.hopper_forward_launch``).
     """
     num_q_heads = qkv.q.shape[1]
     seqlen_q, seqlen_k = qkv.seqlen_q, qkv.seqlen_k

@@ -30,9 +30,9 @@ What else differs is the schedule, which ``tl.dot``-level Triton does not expres
   last P·V runs under its epilogue), and the ring holds at least two pairs. Where the accumulator is
   not promoted (D = 256) and Q·Kᵀ is E4M3, a turn issues a pair's P·V and the next pair's score matmuls
   back to back and waits once (:func:`hopper_pipelines_pv`), so no wait splits a turn;
-* elsewhere the softmax's row sums come from the tensor cores, P as rounded times a tile of ones (one
-  more wgmma of N = 8), instead of 128 FADD a pass, unless the caller reads the LSE
-  (:func:`hopper_sums_rows_on_tensor_cores`; the emulation's ``row_sum_of_rounded_p``).
+* the softmax's row sums come from the tensor cores, P as rounded times a tile of ones (one more wgmma
+  of N = 8, with the P·V), instead of 128 FADD a pass, unless the caller reads the LSE (``exact_lse``
+  of :func:`hopper_forward_launch`; the emulation's ``row_sum_of_rounded_p``).
 
 It wins where key loops are long: at D = 256, where the Triton kernel runs one program per SM, and
 since P needs no shuffles (:mod:`fp8attn.kernels.key_order`) at D = 128 too; since it is persistent also
@@ -68,8 +68,10 @@ from fp8attn.quantize import QuantizedQKV
 # Named barriers 14 and 15 (Triton's warp specialization uses the lowest ids): consumer WG's turn at the
 # tensor cores is barrier _TURN_BARRIER + WG.
 _TURN_BARRIER: gl.constexpr = gl.constexpr(14)
-# Columns of the tile of ones whose product with P sums P's rows on the tensor cores: wgmma's smallest N.
+# Columns of the tiles of ones whose product with P sums P's rows on the tensor cores: wgmma's smallest N.
 _ROW_SUM_COLUMNS: gl.constexpr = gl.constexpr(8)
+# Keys one FP8 wgmma instruction sums (its K): each instruction's keys get a column of their own (_ones_tile).
+_WGMMA_K: gl.constexpr = gl.constexpr(32)
 _E4M3_ONE_BITS: gl.constexpr = gl.constexpr(0x38)
 
 # The Triton kernel's helpers, compiled as Gluon: one definition of the masking, softmax and epilogue.
@@ -183,15 +185,33 @@ def _take_turn_after_weights(p8_lo, p8_hi, WG: gl.constexpr):
 @gluon.jit
 def _row_sums(p8_lo, p8_hi, ones_smem, row_sum_zero, HALVES: gl.constexpr):
     """Issue (async) the row sums of a step's P on the tensor cores: its HALVES (1 or 2) of P (E4M3, the
-    P·V operands) times a tile of ones, in a fresh ``(64, _ROW_SUM_COLUMNS)`` accumulator whose every column is
-    the sum of P as rounded to E4M3 (the numerator's own weights)."""
+    P·V operands) times the tiles of ones (:func:`_ones_tile`), in a fresh ``(64, _ROW_SUM_COLUMNS)``
+    accumulator whose columns add up to the sum of P as rounded to E4M3 (the numerator's own weights)."""
     operand: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=row_sum_zero.type.layout, k_width=4)
-    ones = ones_smem.permute((1, 0))
-    row_sum = warpgroup_mma(gl.convert_layout(p8_lo, operand, assert_trivial=True), ones, row_sum_zero,
-                            use_acc=False, is_async=True)
+    row_sum = warpgroup_mma(gl.convert_layout(p8_lo, operand, assert_trivial=True),
+                            ones_smem.index(0).permute((1, 0)), row_sum_zero, use_acc=False, is_async=True)
     if HALVES == 2:
-        row_sum = warpgroup_mma(gl.convert_layout(p8_hi, operand, assert_trivial=True), ones, row_sum, is_async=True)
+        row_sum = warpgroup_mma(gl.convert_layout(p8_hi, operand, assert_trivial=True),
+                                ones_smem.index(1).permute((1, 0)), row_sum, is_async=True)
     return row_sum
+
+
+@gluon.jit
+def _ones_tile(HALF: gl.constexpr, BLOCK_N: gl.constexpr, layout: gl.constexpr):
+    """The ``(_ROW_SUM_COLUMNS, BLOCK_N)`` E4M3 tile that sums key tile HALF (0 or 1) of a step in
+    :func:`_row_sums`: key k's one in column ``(HALF·BLOCK_N + k) // _WGMMA_K``, so that each wgmma
+    instruction's keys land in a column of their own, which no other instruction adds to. The FP8 wgmma
+    keeps about 13 bits below the largest of an instruction's products and its accumulator and drops
+    what is smaller: with one column for all keys every instruction after a step's first added its
+    products to the running sum and cut off the small weights (with exact INT8 scores the LSE landed up
+    to 0.0053 from the float64 emulation of the same rounded weights); each column a sum of 32 products
+    from zero, 0.0009 (docs/perf-notes.md, section 35).
+    Built from the E4M3 bits of one: a converted float splat came out as 1, 1, 32, -384 (ptxas drops the
+    PTX's packing of the cvt's 16-bit result into both halves of a word: benchmarks/fp8_splat_repro.py)."""
+    column = gl.arange(0, _ROW_SUM_COLUMNS, layout=gl.SliceLayout(1, layout))
+    key = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, layout))
+    own = gl.expand_dims(column, 1) == gl.expand_dims((HALF * BLOCK_N + key) // _WGMMA_K, 0)
+    return gl.where(own, _E4M3_ONE_BITS, 0).to(gl.int8).to(gl.float8e4nv, bitcast=True)
 
 
 @gluon.jit
@@ -230,8 +250,8 @@ def _pv_step(p8_lo, p8_hi, v_lo, v_hi, acc, alpha, l_i, ones_smem, row_sum_zero,
     key tiles (``p8_hi``, ``v_hi`` unused with one) chained in one wgmma accumulator, waits for it and
     returns ``acc·alpha + P·V`` and the row sum. With PROMOTE the product lands in fresh registers and is
     added in fp32; without, it accumulates in ``acc·alpha``. With ROW_SUM_MMA the row sums of the step's P
-    come from the tensor cores too (:func:`_row_sums`; ``l_i`` is then ``(64, _ROW_SUM_COLUMNS)``, every
-    column the row sum); without, ``l_i`` already holds them. ``alpha`` is per row, ``(64,)``."""
+    come from the tensor cores too (:func:`_row_sums`; ``l_i`` is then ``(64, _ROW_SUM_COLUMNS)``, its
+    columns adding up to the row sum); without, ``l_i`` already holds them. ``alpha`` is per row, ``(64,)``."""
     alpha_pv = _column(alpha, pv_rows)
     if ROW_SUM_MMA:
         p8_lo, p8_hi = _take_turn_after_weights(p8_lo, p8_hi, WG)
@@ -336,11 +356,12 @@ def _consume_pair(q_tile, k_smem, v_smem, ones_smem, ready, empty, qk_zero, row_
 
 
 @gluon.jit
-def _consume_pair_pipelined(q_tile, k_smem, v_smem, ready, empty, qk_zero, acc, qk_lo, qk_hi, slot, l_i, m_i,
-                            k_scale_base, ring_pair, j, offs_m, offs_n0, c_row, full_hi, seqlen_k, diagonal,
-                            p_layout: gl.constexpr, pv_rows: gl.constexpr, BLOCK_N: gl.constexpr,
+def _consume_pair_pipelined(q_tile, k_smem, v_smem, ones_smem, ready, empty, qk_zero, row_sum_zero, acc, qk_lo, qk_hi,
+                            slot, l_i, m_i, k_scale_base, ring_pair, j, offs_m, offs_n0, c_row, full_hi, seqlen_k,
+                            diagonal, p_layout: gl.constexpr, pv_rows: gl.constexpr, BLOCK_N: gl.constexpr,
                             K_BLOCK: gl.constexpr, CAUSAL: gl.constexpr, LOG2_P_SCALE: gl.constexpr,
-                            NUM_STAGES: gl.constexpr, WG: gl.constexpr, MASKED: gl.constexpr, LAST: gl.constexpr):
+                            ROW_SUM_MMA: gl.constexpr, NUM_STAGES: gl.constexpr, WG: gl.constexpr,
+                            MASKED: gl.constexpr, LAST: gl.constexpr):
     """As :func:`_consume_pair` with the next pair's score matmuls in this pair's turn: the softmax of pair
     ``j`` (the program's ``ring_pair``-th, products ``qk_lo``, ``qk_hi`` already waited for, slots from
     ``slot``), then at the consumer's turn its P·V and, unless LAST, the next pair's score matmuls back to
@@ -349,19 +370,25 @@ def _consume_pair_pipelined(q_tile, k_smem, v_smem, ready, empty, qk_zero, acc, 
     first slot, and the row statistics."""
     p8_lo, p8_hi, alpha, l_i, m_i = _pair_softmax(qk_lo, qk_hi, l_i, m_i, k_scale_base, j, offs_m, offs_n0, c_row,
                                                   full_hi, seqlen_k, diagonal, p_layout, BLOCK_N, K_BLOCK, CAUSAL,
-                                                  LOG2_P_SCALE, MASKED, False)
+                                                  LOG2_P_SCALE, MASKED, ROW_SUM_MMA)
     acc = acc * _column(alpha, pv_rows)
-    l_i = _take_turn_after(l_i, WG)
+    if ROW_SUM_MMA:
+        p8_lo, p8_hi = _take_turn_after_weights(p8_lo, p8_hi, WG)
+    else:
+        l_i = _take_turn_after(l_i, WG)
     acc = warpgroup_mma(p8_lo, v_smem.index(slot).permute((1, 0)), acc, is_async=True)
     acc = warpgroup_mma(p8_hi, v_smem.index(slot + 1).permute((1, 0)), acc, is_async=True)
+    row_sum = _row_sums(p8_lo, p8_hi, ones_smem, row_sum_zero, 2) if ROW_SUM_MMA else row_sum_zero
     if LAST:
         next_slot = slot
         _pass_turn(WG)
-        acc = warpgroup_mma_wait(0, deps=(acc,))
+        acc, row_sum = warpgroup_mma_wait(0, deps=(acc, row_sum))
     else:
         next_slot, qk_lo, qk_hi = _issue_pair_scores(q_tile, k_smem, ready, qk_zero, ring_pair + 1, NUM_STAGES)
         _pass_turn(WG)
-        acc, qk_lo, qk_hi = warpgroup_mma_wait(0, deps=(acc, qk_lo, qk_hi))
+        acc, qk_lo, qk_hi, row_sum = warpgroup_mma_wait(0, deps=(acc, qk_lo, qk_hi, row_sum))
+    if ROW_SUM_MMA:
+        l_i = l_i * _column(alpha, gl.SliceLayout(1, row_sum_zero.type.layout)) + row_sum
     _release_pair(empty, slot, NUM_STAGES, WG)
     return acc, qk_lo, qk_hi, next_slot, l_i, m_i
 
@@ -404,11 +431,11 @@ def _attend_block(q_tile, k_smem, v_smem, ones_smem, ready, empty, qk_zero, row_
 
 
 @gluon.jit
-def _attend_block_pipelined(q_tile, k_smem, v_smem, ready, empty, qk_zero, acc, l_i, m_i, k_scale_base, ring_pair,
-                            num_pairs, offs_m, offs_n0, c_row, full_hi, seqlen_k, diagonal, p_layout: gl.constexpr,
-                            pv_rows: gl.constexpr, BLOCK_N: gl.constexpr, K_BLOCK: gl.constexpr,
-                            CAUSAL: gl.constexpr, LOG2_P_SCALE: gl.constexpr, NUM_STAGES: gl.constexpr,
-                            WG: gl.constexpr):
+def _attend_block_pipelined(q_tile, k_smem, v_smem, ones_smem, ready, empty, qk_zero, row_sum_zero, acc, l_i, m_i,
+                            k_scale_base, ring_pair, num_pairs, offs_m, offs_n0, c_row, full_hi, seqlen_k, diagonal,
+                            p_layout: gl.constexpr, pv_rows: gl.constexpr, BLOCK_N: gl.constexpr,
+                            K_BLOCK: gl.constexpr, CAUSAL: gl.constexpr, LOG2_P_SCALE: gl.constexpr,
+                            ROW_SUM_MMA: gl.constexpr, NUM_STAGES: gl.constexpr, WG: gl.constexpr):
     """:func:`_attend_block` with each turn issuing a pair's P·V and the next pair's score matmuls together
     (:func:`_consume_pair_pipelined`); the first turn issues only the first pair's, the last only the last
     P·V. ``num_pairs`` (at least one) covers every visible key; an odd last tile runs as a pair whose upper
@@ -419,19 +446,19 @@ def _attend_block_pipelined(q_tile, k_smem, v_smem, ready, empty, qk_zero, acc, 
     qk_lo, qk_hi = warpgroup_mma_wait(0, deps=(qk_lo, qk_hi))
     for j in range(0, whole_pairs):
         acc, qk_lo, qk_hi, slot, l_i, m_i = _consume_pair_pipelined(
-            q_tile, k_smem, v_smem, ready, empty, qk_zero, acc, qk_lo, qk_hi, slot, l_i, m_i, k_scale_base,
-            ring_pair + j, j, offs_m, offs_n0, c_row, full_hi, seqlen_k, diagonal, p_layout, pv_rows, BLOCK_N,
-            K_BLOCK, CAUSAL, LOG2_P_SCALE, NUM_STAGES, WG, False, False)
+            q_tile, k_smem, v_smem, ones_smem, ready, empty, qk_zero, row_sum_zero, acc, qk_lo, qk_hi, slot, l_i,
+            m_i, k_scale_base, ring_pair + j, j, offs_m, offs_n0, c_row, full_hi, seqlen_k, diagonal, p_layout,
+            pv_rows, BLOCK_N, K_BLOCK, CAUSAL, LOG2_P_SCALE, ROW_SUM_MMA, NUM_STAGES, WG, False, False)
     for j in range(whole_pairs, num_pairs - 1):
         acc, qk_lo, qk_hi, slot, l_i, m_i = _consume_pair_pipelined(
-            q_tile, k_smem, v_smem, ready, empty, qk_zero, acc, qk_lo, qk_hi, slot, l_i, m_i, k_scale_base,
-            ring_pair + j, j, offs_m, offs_n0, c_row, full_hi, seqlen_k, diagonal, p_layout, pv_rows, BLOCK_N,
-            K_BLOCK, CAUSAL, LOG2_P_SCALE, NUM_STAGES, WG, True, False)
+            q_tile, k_smem, v_smem, ones_smem, ready, empty, qk_zero, row_sum_zero, acc, qk_lo, qk_hi, slot, l_i,
+            m_i, k_scale_base, ring_pair + j, j, offs_m, offs_n0, c_row, full_hi, seqlen_k, diagonal, p_layout,
+            pv_rows, BLOCK_N, K_BLOCK, CAUSAL, LOG2_P_SCALE, ROW_SUM_MMA, NUM_STAGES, WG, True, False)
     last = num_pairs - 1
     acc, _, _, _, l_i, m_i = _consume_pair_pipelined(
-        q_tile, k_smem, v_smem, ready, empty, qk_zero, acc, qk_lo, qk_hi, slot, l_i, m_i, k_scale_base,
-        ring_pair + last, last, offs_m, offs_n0, c_row, full_hi, seqlen_k, diagonal, p_layout, pv_rows, BLOCK_N,
-        K_BLOCK, CAUSAL, LOG2_P_SCALE, NUM_STAGES, WG, True, True)
+        q_tile, k_smem, v_smem, ones_smem, ready, empty, qk_zero, row_sum_zero, acc, qk_lo, qk_hi, slot, l_i, m_i,
+        k_scale_base, ring_pair + last, last, offs_m, offs_n0, c_row, full_hi, seqlen_k, diagonal, p_layout, pv_rows,
+        BLOCK_N, K_BLOCK, CAUSAL, LOG2_P_SCALE, ROW_SUM_MMA, NUM_STAGES, WG, True, True)
     return acc, l_i, m_i
 
 
@@ -593,10 +620,11 @@ def _ws_consume(
         num_pairs = _block_pairs(num_tiles, PIPELINE_PV)
         _take_turn(WG)
         if PIPELINE_PV:
-            acc, l_i, m_i = _attend_block_pipelined(q_tile, k_smem, v_smem, ready, empty, qk_zero, acc, l_i, m_i,
-                                                    k_scale_base, ring_pair, num_pairs, offs_m, offs_n0, c_row,
-                                                    full_hi, seqlen_k, diagonal, p_layout, pv_rows, BLOCK_N, K_BLOCK,
-                                                    CAUSAL, LOG2_P_SCALE, NUM_STAGES, WG)
+            acc, l_i, m_i = _attend_block_pipelined(q_tile, k_smem, v_smem, ones_smem, ready, empty, qk_zero,
+                                                    row_sum_zero, acc, l_i, m_i, k_scale_base, ring_pair, num_pairs,
+                                                    offs_m, offs_n0, c_row, full_hi, seqlen_k, diagonal, p_layout,
+                                                    pv_rows, BLOCK_N, K_BLOCK, CAUSAL, LOG2_P_SCALE, ROW_SUM_MMA,
+                                                    NUM_STAGES, WG)
         else:
             acc, l_i, m_i = _attend_block(q_tile, k_smem, v_smem, ones_smem, ready, empty, qk_zero, row_sum_zero, acc,
                                           l_i, m_i, k_scale_base, ring_pair, num_tiles, offs_m, offs_n0, c_row,
@@ -611,7 +639,7 @@ def _ws_consume(
         out_ptrs = (out_ptr + b * stride_ob + h * stride_oh + gl.expand_dims(offs_mo, 1) * stride_om
                     + gl.expand_dims(offs_d, 0))
         if ROW_SUM_MMA:
-            l_i = gl.max(l_i, axis=1)  # every column holds the row sum
+            l_i = gl.sum(l_i, axis=1)  # each column sums its own keys (_ones_tile)
         _store_output(acc, gl.convert_layout(l_i, pv_rows), gl.convert_layout(m_i, pv_rows), v_scale, v_mean,
                       out_ptrs, lse_ptr + bh * seqlen_q + offs_mo, offs_mo < seqlen_q, offs_d < HEAD_DIM,
                       LOG2_P_SCALE, SMOOTH_V)
@@ -640,13 +668,13 @@ def _fp8_attention_fwd_ws_kernel(
     v_smem = gl.allocate_shared_memory(vt_desc.dtype, [NUM_STAGES, HEAD_DIM_PAD, BLOCK_N], vt_desc.layout)
     ready = gl.allocate_shared_memory(gl.int64, [NUM_STAGES // 2, 1], mbarrier.MBarrierLayout())  # one per pair
     empty = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())  # per pair and consumer
-    if ROW_SUM_MMA:  # the tensor cores' row sums: P times a tile of ones (_row_sums)
+    if ROW_SUM_MMA:  # the tensor cores' row sums: P times tiles of ones (_row_sums), one per key tile of a step
+        gl.static_assert(2 * BLOCK_N <= _ROW_SUM_COLUMNS * _WGMMA_K, "a step's keys need a column per instruction")
         ones_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([_ROW_SUM_COLUMNS, BLOCK_N], gl.float8e4nv)
         ones_fill: gl.constexpr = gl.BlockedLayout([1, 16], [1, 32], [4, 1], [1, 0])
-        # E4M3 ones as bits: a converted float splat came out as 1, 1, 32, -384 (ptxas drops the PTX's packing of
-        # the cvt's 16-bit result into both halves of a word: benchmarks/fp8_splat_repro.py).
-        ones = gl.full([_ROW_SUM_COLUMNS, BLOCK_N], _E4M3_ONE_BITS, gl.int8, ones_fill).to(gl.float8e4nv, bitcast=True)
-        ones_smem = gl.allocate_shared_memory(gl.float8e4nv, [_ROW_SUM_COLUMNS, BLOCK_N], ones_layout, ones)
+        ones_smem = gl.allocate_shared_memory(gl.float8e4nv, [2, _ROW_SUM_COLUMNS, BLOCK_N], ones_layout)
+        for half in gl.static_range(2):
+            ones_smem.index(half).store(_ones_tile(half, BLOCK_N, ones_fill))
         fence_async_shared()  # the wgmma's reads (async proxy) see the stores
     else:
         ones_smem = v_smem  # not read
@@ -731,16 +759,6 @@ def hopper_pipelines_pv(qkv: QuantizedQKV) -> bool:
     return forward_config(qkv.q.shape[-1], qkv.k_block).promote_every != 1 and qkv.q.dtype == torch.float8_e4m3fn
 
 
-def hopper_sums_rows_on_tensor_cores(qkv: QuantizedQKV, exact_lse: bool = False) -> bool:
-    """Whether the softmax's row sums come from the tensor cores (:func:`_row_sums`): P as rounded to E4M3
-    times a tile of ones, instead of fp32 P summed on the FMA pipe (the emulation's
-    ``row_sum_of_rounded_p``): where the turn is not pipelined (:func:`hopper_pipelines_pv`), unless the
-    caller needs an exact LSE. The tensor cores' sums normalise P·V by the weights it used, but their FP8
-    accumulation keeps about 13 bits below the largest product (as P·V's does), so terms that small are
-    dropped and the LSE comes out up to ~1 % low (docs/perf-notes.md, section 34)."""
-    return not hopper_pipelines_pv(qkv) and not exact_lse
-
-
 def hopper_kernel_shape(qkv: QuantizedQKV, causal: bool) -> bool:
     """The shapes this kernel is used for (where it beats the Triton kernel: perf-notes sections 16, 26,
     27 and 31): an E4M3 P·V recipe, padded head dim 128 or 256, at least 1024 queries and keys (4096 under
@@ -779,9 +797,12 @@ def hopper_forward_launch(
     to release the pair before: with one pair in the ring, that would deadlock); by default six where
     :func:`hopper_pipelines_pv` (a pair is released one wait later there), else four. ``num_programs`` caps the
     persistent programs (default: one per SM), so that small shapes can walk many blocks a program.
-    ``exact_lse=False`` lets it sum P's rows on the tensor cores where it can
-    (:func:`hopper_sums_rows_on_tensor_cores`): faster, with an ``lse`` that is not exact, for callers that
-    do not read it (the library's calls without ``return_lse``)."""
+    ``exact_lse=False`` sums P's rows on the tensor cores (:func:`_row_sums`; the emulation's
+    ``row_sum_of_rounded_p``): P as rounded to E4M3 times tiles of ones instead of fp32 P on the FMA
+    pipe. Those sums normalise P·V by the weights it used (the output's error against float64 stays
+    within ±1 % of the fp32 sums'), but the ``lse`` of rounded weights is not the scores' log-sum-exp:
+    0.0007 low on average and up to 0.027 off on the H200 (docs/perf-notes.md, sections 34 and 35), so
+    it is for callers that do not read it (the library's calls without ``return_lse``)."""
     batch, num_q_heads, seqlen_q, dp = qkv.q.shape
     num_kv_heads, seqlen_k_pad = qkv.k.shape[1], qkv.k.shape[2]
     if qkv.v_t.dtype != torch.float8_e4m3fn:
@@ -810,7 +831,7 @@ def hopper_forward_launch(
     constexprs = dict(
         HEAD_DIM=qkv.head_dim, Q_BLOCK=qkv.q_block, K_BLOCK=qkv.k_block, CAUSAL=causal,
         LOG2_P_SCALE=math.log2(p_scale), PROMOTE=cfg.promote_every == 1, SMOOTH_V=qkv.v_mean is not None,
-        NUM_STAGES=num_stages, PIPELINE_PV=pipeline_pv, ROW_SUM_MMA=hopper_sums_rows_on_tensor_cores(qkv, exact_lse),
+        NUM_STAGES=num_stages, PIPELINE_PV=pipeline_pv, ROW_SUM_MMA=not exact_lse,
         CONSUMER_REGS=consumer_regs,
     )
     grid = (min(num_query_blocks, num_programs or _num_programs(qkv.q.device, num_query_blocks)),)
