@@ -30,7 +30,7 @@ What else differs is the schedule, which ``tl.dot``-level Triton does not expres
   last P·V runs under its epilogue), and the ring holds at least two pairs. Where the accumulator is
   not promoted (D = 256) and Q·Kᵀ is E4M3, a turn issues a pair's P·V and the next pair's score matmuls
   back to back and waits once (:func:`hopper_pipelines_pv`), so no wait splits a turn;
-* the softmax's row sums come from the tensor cores, P as rounded times a tile of ones (one more wgmma
+* the softmax's row sums come from the tensor cores, P as rounded times tiles of ones (one more wgmma
   of N = 8, with the P·V), instead of 128 FADD a pass, unless the caller reads the LSE (``exact_lse``
   of :func:`hopper_forward_launch`; the emulation's ``row_sum_of_rounded_p``).
 
