@@ -64,3 +64,25 @@ def test_rows_without_visible_keys_are_zero(device, gen, poisoned_allocations):
     out, lse, *_ = _run(device, gen, (1, 1, 1, 200, 70, 64), causal=True)
     assert (out[:, :, :130] == 0).all() and (lse[:, :, :130] == float("-inf")).all()
     assert (out[:, :, 130:].abs().sum(-1) > 0).all() and lse[:, :, 130:].isfinite().all()
+
+
+def test_emulation_takes_its_pv_step_from_pv_accumulate(gen):
+    """``attention_emulated(pv_accumulate=...)`` (the tensor cores' accumulation modelled,
+    benchmarks/wgmma_accumulation_model.py) replaces exactly the P·V step: the exact step passed in gives
+    the same bits, and a step that drops the products leaves only the smoothed V's mean."""
+    q, k, v = make_qkv(gen, (1, 2, 1, 40, 300, 64), kind="v_mean")
+    qkv = quantize_emulated(q, k, v, RECIPES["int8-hadamard-vsmooth"])
+    kwargs = dict(causal=True, scale=64**-0.5, p_scale=RECIPES["int8-hadamard-vsmooth"].p_multiplier)
+    want = attention_emulated(qkv, **kwargs)
+
+    def exact_step(acc, alpha, p, v_tile):
+        return acc * alpha[..., None] + p @ v_tile
+
+    def no_products(acc, alpha, p, v_tile):
+        return acc * alpha[..., None]
+
+    assert torch.equal(attention_emulated(qkv, pv_accumulate=exact_step, **kwargs), want)
+    without = attention_emulated(qkv, pv_accumulate=no_products, **kwargs)
+    v_mean = qkv.v_mean.double()[:, :, None, :64].repeat_interleave(2, dim=1).expand_as(want)
+    torch.testing.assert_close(without, v_mean, rtol=0, atol=0)
+    assert (want - v_mean).abs().max() > 0.1

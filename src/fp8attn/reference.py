@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 
 import torch
 import triton
@@ -162,6 +163,7 @@ def prequantized_layout_emulated(
 def attention_emulated(
     qkv: QuantizedQKV, *, causal: bool, scale: float, p_scale: float, block_n: int | None = None,
     row_sum_of_rounded_p: bool = False, return_lse: bool = False,
+    pv_accumulate: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """The forward kernel's arithmetic in float64 on quantized inputs → ``(B, Hq, Sq, D)`` float64
     (and the ``(B, Hq, Sq)`` log-sum-exp of the quantized scores with ``return_lse``).
@@ -172,6 +174,10 @@ def attention_emulated(
     by ``p_scale``, exactly where the kernel rounds it. The row sum ``l`` uses the unrounded P, or with
     ``row_sum_of_rounded_p`` P as rounded (the P·V weights themselves: the Hopper kernel without
     ``exact_lse``, ``fp8attn.kernels.attention_fwd_hopper.hopper_forward_launch``).
+    ``pv_accumulate(acc, alpha, p_rounded, v_tile)``, if given, replaces the exact step
+    ``acc·alpha + p_rounded @ v_tile`` (``acc (B, Hq, Sq, Dp)``, ``alpha (B, Hq, Sq)``, ``p_rounded (B, Hq,
+    Sq, block_n)``, ``v_tile (B, Hq, block_n, Dp)``): a model of the tensor cores' accumulation
+    (``benchmarks/wgmma_accumulation_model.py``).
     """
     num_q_heads = qkv.q.shape[1]
     seqlen_q, seqlen_k = qkv.seqlen_q, qkv.seqlen_k
@@ -200,7 +206,9 @@ def attention_emulated(
         else:
             p_rounded = to_e4m3(p.float() * p_scale).double()
         l = l * alpha + (p_rounded.sum(dim=-1) / p_scale if row_sum_of_rounded_p else p.sum(dim=-1))
-        acc = acc * alpha[..., None] + p_rounded @ v[:, :, start : start + block_n]
+        v_tile = v[:, :, start : start + block_n]
+        acc = (acc * alpha[..., None] + p_rounded @ v_tile if pv_accumulate is None
+               else pv_accumulate(acc, alpha, p_rounded, v_tile))
         m = m_use
     out = acc * v_scale[:, :, None, :] / (l * p_scale).clamp_min(torch.finfo(torch.float64).tiny)[..., None]
     if qkv.v_mean is not None:

@@ -1,0 +1,97 @@
+"""A model of the FP8 wgmma's P·V accumulation, on the CPU, against what the H200 measured (perf-notes §35).
+
+Hopper's FP8 wgmma does not add in fp32: per instruction (32 keys) it aligns the products and the
+accumulator it adds them to at the largest exponent among them and keeps ``mantissa_bits`` bits below
+it, cutting off (toward zero) what is smaller. This runs the ``e4m3`` recipe's float64 emulation
+(:func:`fp8attn.reference.attention_emulated`) with its P·V step replaced by that model, where the
+Gluon kernel promotes the accumulator (D ≤ 128: a fresh accumulator per step, added in fp32) and where
+it does not (D = 256: the block's one accumulator is the instruction's C operand), and prints the
+model's output against the exact emulation (bf16 output, as the kernel writes it), beside the kernel's
+own distance from the emulation measured on the H200 (``--measured``, a ``row_sum_accuracy.py`` JSON;
+same input kind, drawn at a different shape and so not the same numbers). ``--smooth-v`` models the
+recipe with V smoothed (``docs/measurements/e4m3_vsmooth_not_measured/``):
+
+    python benchmarks/wgmma_accumulation_model.py \\
+        --measured docs/measurements/pipelined_row_sums_h200/run3/ones_by_instruction/default/row_sum_accuracy.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from pathlib import Path
+
+import torch
+
+from fp8attn.inputs import synthetic_qkv
+from fp8attn.kernels.attention_fwd import forward_config
+from fp8attn.kernels.attention_fwd_hopper import hopper_softmax_keys
+from fp8attn.metrics import compare
+from fp8attn.recipe import RECIPES
+from fp8attn.reference import attention_emulated, quantize_emulated
+
+WGMMA_K = 32  # keys one FP8 wgmma instruction adds
+
+
+def cut_sum(addends: torch.Tensor, mantissa_bits: int) -> torch.Tensor:
+    """Sum over dim -2 the way the model says one instruction adds: every addend cut (toward zero) to a
+    multiple of 2^(e - mantissa_bits), e the exponent of the largest addend of its output element."""
+    largest = addends.abs().amax(dim=-2, keepdim=True)
+    unit = torch.exp2(torch.floor(torch.log2(largest.clamp_min(1e-300))) - mantissa_bits)
+    return (torch.trunc(addends / unit) * unit).sum(dim=-2).float().double()
+
+
+def wgmma_pv(mantissa_bits: int, promoted: bool):
+    """``pv_accumulate`` for :func:`attention_emulated`: a step's P·V in instructions of WGMMA_K keys."""
+
+    def accumulate(acc, alpha, p_rounded, v_tile):
+        acc = (acc * alpha[..., None]).float().double()
+        running = torch.zeros_like(acc) if promoted else acc
+        for start in range(0, p_rounded.shape[-1], WGMMA_K):
+            products = p_rounded[..., start:start + WGMMA_K, None] * v_tile[:, :, None, start:start + WGMMA_K, :]
+            running = cut_sum(torch.cat([running[..., None, :], products], dim=-2), mantissa_bits)
+        return (acc + running).float().double() if promoted else running
+
+    return accumulate
+
+
+def measured_gap(path: Path | None, head_dim: int, kind: str) -> str:
+    """The kernel's distance from its emulation on the H200 for e4m3, unmasked, fp32 row sums."""
+    if path is None:
+        return "-"
+    for rec in json.loads(path.read_text())["records"]:
+        if rec["recipe"] == "e4m3" and rec["shape"][-1] == head_dim and not rec["causal"] and rec["kind"] == kind:
+            return f"{rec['fp32']['rel_l2_vs_emulation']:.4f}"
+    return "-"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--head-dims", default="128,256")
+    parser.add_argument("--kinds", default="v_mean,randn")
+    parser.add_argument("--mantissa-bits", default="12,13,14")
+    parser.add_argument("--queries", type=int, default=128, help="query rows (keys: 4096)")
+    parser.add_argument("--measured", type=Path, default=None)
+    parser.add_argument("--smooth-v", action="store_true", help="e4m3 with V smoothed (the prepared fix)")
+    args = parser.parse_args()
+    recipe = dataclasses.replace(RECIPES["e4m3"], smooth_v=args.smooth_v)
+    print(f"{'D':>4} {'inputs':8} {'bits':>4}  model vs emulation (bf16 out)  H200 kernel vs emulation")
+    for head_dim in map(int, args.head_dims.split(",")):
+        for kind in args.kinds.split(","):
+            shape = (1, 1, 1, args.queries, 4096, head_dim)
+            q, k, v = synthetic_qkv(kind, shape, torch.Generator().manual_seed(0), dtype=torch.bfloat16)
+            qkv = quantize_emulated(q, k, v, recipe)
+            kwargs = dict(causal=False, scale=head_dim**-0.5, p_scale=recipe.p_multiplier,
+                          block_n=hopper_softmax_keys(qkv.q.shape[-1], qkv.k_block))
+            want = attention_emulated(qkv, **kwargs)
+            promoted = forward_config(qkv.q.shape[-1], qkv.k_block).promote_every == 1
+            for bits in map(int, args.mantissa_bits.split(",")):
+                model = attention_emulated(qkv, pv_accumulate=wgmma_pv(bits, promoted), **kwargs)
+                gap = compare(model.to(torch.bfloat16).double(), want).rel_l2
+                measured = measured_gap(args.measured, head_dim, kind)
+                print(f"{head_dim:>4} {kind:8} {bits:>4}  {gap:.4f}{'':24}{measured}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
