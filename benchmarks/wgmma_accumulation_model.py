@@ -34,12 +34,12 @@ from fp8attn.reference import attention_emulated, quantize_emulated
 WGMMA_K = 32  # keys one FP8 wgmma instruction adds
 
 
-def cut_sum(addends: torch.Tensor, mantissa_bits: int) -> torch.Tensor:
-    """Sum over dim -2 the way the model says one instruction adds: every addend cut (toward zero) to a
+def cut_sum(addends: torch.Tensor, mantissa_bits: int, dim: int) -> torch.Tensor:
+    """Sum over ``dim`` the way the model says one instruction adds: every addend cut (toward zero) to a
     multiple of 2^(e - mantissa_bits), e the exponent of the largest addend of its output element."""
-    largest = addends.abs().amax(dim=-2, keepdim=True)
+    largest = addends.abs().amax(dim=dim, keepdim=True)
     unit = torch.exp2(torch.floor(torch.log2(largest.clamp_min(1e-300))) - mantissa_bits)
-    return (torch.trunc(addends / unit) * unit).sum(dim=-2).float().double()
+    return (torch.trunc(addends / unit) * unit).sum(dim=dim).float().double()
 
 
 def wgmma_pv(mantissa_bits: int, promoted: bool):
@@ -50,10 +50,24 @@ def wgmma_pv(mantissa_bits: int, promoted: bool):
         running = torch.zeros_like(acc) if promoted else acc
         for start in range(0, p_rounded.shape[-1], WGMMA_K):
             products = p_rounded[..., start:start + WGMMA_K, None] * v_tile[:, :, None, start:start + WGMMA_K, :]
-            running = cut_sum(torch.cat([running[..., None, :], products], dim=-2), mantissa_bits)
+            running = cut_sum(torch.cat([running[..., None, :], products], dim=-2), mantissa_bits, dim=-2)
         return (acc + running).float().double() if promoted else running
 
     return accumulate
+
+
+def wgmma_qk(mantissa_bits: int):
+    """``qk_product`` for :func:`attention_emulated`: E4M3 ``q @ kᵀ`` in instructions of WGMMA_K channels,
+    from a fresh accumulator per tile (the kernels' score wgmmas do not accumulate across tiles)."""
+
+    def product(q, k):
+        scores = torch.zeros(*q.shape[:-1], k.shape[-2], dtype=torch.float64)
+        for start in range(0, q.shape[-1], WGMMA_K):
+            products = q[..., :, None, start:start + WGMMA_K] * k[..., None, :, start:start + WGMMA_K]
+            scores = cut_sum(torch.cat([scores[..., None], products], dim=-1), mantissa_bits, dim=-1)
+        return scores
+
+    return product
 
 
 def measured_gap(path: Path | None, head_dim: int, kind: str) -> str:
@@ -76,7 +90,8 @@ def main() -> None:
     parser.add_argument("--smooth-v", action="store_true", help="e4m3 with V smoothed (the prepared fix)")
     args = parser.parse_args()
     recipe = dataclasses.replace(RECIPES["e4m3"], smooth_v=args.smooth_v)
-    print(f"{'D':>4} {'inputs':8} {'bits':>4}  model vs emulation (bf16 out)  H200 kernel vs emulation")
+    print(f"{'D':>4} {'inputs':8} {'bits':>4}  model vs emulation (bf16 out): P·V / P·V and Q·Kᵀ"
+          "   H200 kernel vs emulation")
     for head_dim in map(int, args.head_dims.split(",")):
         for kind in args.kinds.split(","):
             shape = (1, 1, 1, args.queries, 4096, head_dim)
@@ -87,10 +102,12 @@ def main() -> None:
             want = attention_emulated(qkv, **kwargs)
             promoted = forward_config(qkv.q.shape[-1], qkv.k_block).promote_every == 1
             for bits in map(int, args.mantissa_bits.split(",")):
-                model = attention_emulated(qkv, pv_accumulate=wgmma_pv(bits, promoted), **kwargs)
-                gap = compare(model.to(torch.bfloat16).double(), want).rel_l2
+                pv = attention_emulated(qkv, pv_accumulate=wgmma_pv(bits, promoted), **kwargs)
+                both = attention_emulated(qkv, pv_accumulate=wgmma_pv(bits, promoted), qk_product=wgmma_qk(bits),
+                                          **kwargs)
+                gaps = [compare(out.to(torch.bfloat16).double(), want).rel_l2 for out in (pv, both)]
                 measured = measured_gap(args.measured, head_dim, kind)
-                print(f"{head_dim:>4} {kind:8} {bits:>4}  {gap:.4f}{'':24}{measured}", flush=True)
+                print(f"{head_dim:>4} {kind:8} {bits:>4}  {gaps[0]:.4f} / {gaps[1]:.4f}{'':34}{measured}", flush=True)
 
 
 if __name__ == "__main__":

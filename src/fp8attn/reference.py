@@ -164,6 +164,7 @@ def attention_emulated(
     qkv: QuantizedQKV, *, causal: bool, scale: float, p_scale: float, block_n: int | None = None,
     row_sum_of_rounded_p: bool = False, return_lse: bool = False,
     pv_accumulate: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    qk_product: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """The forward kernel's arithmetic in float64 on quantized inputs → ``(B, Hq, Sq, D)`` float64
     (and the ``(B, Hq, Sq)`` log-sum-exp of the quantized scores with ``return_lse``).
@@ -176,8 +177,9 @@ def attention_emulated(
     ``exact_lse``, ``fp8attn.kernels.attention_fwd_hopper.hopper_forward_launch``).
     ``pv_accumulate(acc, alpha, p_rounded, v_tile)``, if given, replaces the exact step
     ``acc·alpha + p_rounded @ v_tile`` (``acc (B, Hq, Sq, Dp)``, ``alpha (B, Hq, Sq)``, ``p_rounded (B, Hq,
-    Sq, block_n)``, ``v_tile (B, Hq, block_n, Dp)``): a model of the tensor cores' accumulation
-    (``benchmarks/wgmma_accumulation_model.py``).
+    Sq, block_n)``, ``v_tile (B, Hq, block_n, Dp)``), and ``qk_product(q, k)`` the raw scores ``q @ kᵀ``
+    (``(B, Hq, Sq, Dp)``, ``(B, Hq, Sk, Dp)`` → ``(B, Hq, Sq, Sk)``, before any scale): models of the
+    tensor cores' accumulation (``benchmarks/wgmma_accumulation_model.py``).
     """
     num_q_heads = qkv.q.shape[1]
     seqlen_q, seqlen_k = qkv.seqlen_q, qkv.seqlen_k
@@ -190,7 +192,8 @@ def attention_emulated(
     v = _repeat_kv(v_t.double().transpose(-1, -2)[:, :, :seqlen_k], num_q_heads)
     v_scale = _repeat_kv(qkv.v_scale.double(), num_q_heads)
 
-    s_all = (q @ k.transpose(-1, -2)) * (q_scale * scale * math.log2(math.e))[..., None] * k_scale[..., None, :]
+    raw = q @ k.transpose(-1, -2) if qk_product is None else qk_product(q, k)
+    s_all = raw * (q_scale * scale * math.log2(math.e))[..., None] * k_scale[..., None, :]
     s_all = s_all.masked_fill(~visible_keys(seqlen_q, seqlen_k, causal, q.device), float("-inf"))
     m = torch.full(q.shape[:-1], float("-inf"), dtype=torch.float64, device=q.device)
     l = torch.zeros_like(m)
