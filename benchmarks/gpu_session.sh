@@ -42,7 +42,8 @@ for step in "$@"; do
     tests-rest) timeout ${TESTS_TIMEOUT:-560} python3 -m pytest $XDIST -q -p no:cacheprovider -ra tests --ignore=tests/test_attention.py \
                   -k "not cpu" 2>&1 | tee "$OUT/pytest_rest.log" | grep -v "^SKIPPED" | tail -15 ;;
     gate) slug=$(python3 -c "import torch; from fp8attn.bench.results import gpu_slug; print(gpu_slug(torch.cuda.get_device_name()))")
-          timeout 400 python3 -m fp8attn.bench --gate "benchmarks/results/$slug.json" ${GATE_ARGS:-} 2>&1 | tail -20 ;;
+          timeout 400 python3 -m fp8attn.bench --gate "benchmarks/results/$slug.json" ${GATE_ARGS:-} 2>&1 \
+            | tee "$OUT/gate.txt" | tail -20 ;;
     smoke) timeout 300 python3 -m pytest -q -p no:cacheprovider -x tests/test_launch_plan.py tests/test_attention.py \
              -k "cuda or replays" 2>&1 | tail -5 ;;
     pdl) for run in 1 2; do  # programmatic dependent launch off/on, alternating, same shapes (perf-notes §19)
