@@ -76,7 +76,10 @@ for step in "$@"; do
                     | tee "$OUT/pytest_hopper.log" | grep -v "^SKIPPED" | tail -15 ;;
     hopper-ab) timeout 300 python3 benchmarks/hopper_ab.py --before "${BEFORE_SRC:-out/before/src}" --out "$OUT" \
                  ${HOPPER_AB_ARGS:-} 2>&1 | tee "$OUT/hopper_ab.txt" | tail -20 ;;  # the Gluon kernel, this tree vs BEFORE_SRC
-    row-sum-accuracy) timeout 200 python3 benchmarks/row_sum_accuracy.py --out "$OUT" 2>&1 | tee "$OUT/row_sum_accuracy.txt" | tail -45 ;;
+    row-sum-accuracy) timeout 200 python3 benchmarks/row_sum_accuracy.py --out "$OUT" ${ROW_SUM_ARGS:-} 2>&1 \
+                        | tee "$OUT/row_sum_accuracy.txt" | tail -45 ;;
+    wgmma-model) timeout 300 python3 benchmarks/wgmma_accumulation_model.py --kernel --mantissa-bits 12,13,14 \
+                   --kinds v_mean,randn,k_offset,sharp,outliers 2>&1 | tee "$OUT/wgmma_model_vs_kernel.txt" | tail -32 ;;
     wgmma-check) timeout 150 python3 benchmarks/wgmma_study.py --only-check --out "$OUT" 2>&1 | tee "$OUT/wgmma_check.txt" | tail -30 ;;
     wgmma) timeout 400 python3 benchmarks/wgmma_study.py --skip-check --out "$OUT" 2>&1 | tee "$OUT/wgmma_study.txt" | tail -150 ;;
     wgmma-ncu) for target in 128,16384,0,3 256,16384,0,4; do

@@ -9,10 +9,15 @@ it does not (D = 256: the block's one accumulator is the instruction's C operand
 model's output against the exact emulation (bf16 output, as the kernel writes it), beside the kernel's
 own distance from the emulation measured on the H200 (``--measured``, a ``row_sum_accuracy.py`` JSON;
 same input kind, drawn at a different shape and so not the same numbers). ``--smooth-v`` models the
-recipe with V smoothed (``docs/measurements/e4m3_vsmooth_not_measured/``):
+recipe with V smoothed (``docs/measurements/e4m3_vsmooth_not_measured/``). ``--kernel`` (on an sm_90 GPU)
+runs the Gluon kernel on the same quantized inputs instead and prints it against the exact emulation and
+against the model (both as bf16, so 0 means the same bits): where the second is much smaller than the
+first, the model can replace the exact emulation as what the kernel tests hold it to.
 
     python benchmarks/wgmma_accumulation_model.py \\
         --measured docs/measurements/pipelined_row_sums_h200/run3/ones_by_instruction/default/row_sum_accuracy.json
+    python benchmarks/wgmma_accumulation_model.py --kernel --mantissa-bits 13 \\
+        --kinds v_mean,randn,k_offset,sharp,outliers
 """
 
 from __future__ import annotations
@@ -26,8 +31,9 @@ import torch
 
 from fp8attn.inputs import synthetic_qkv
 from fp8attn.kernels.attention_fwd import forward_config
-from fp8attn.kernels.attention_fwd_hopper import hopper_softmax_keys
+from fp8attn.kernels.attention_fwd_hopper import hopper_forward_launch, hopper_softmax_keys
 from fp8attn.metrics import compare
+from fp8attn.quantize import quantize_qkv
 from fp8attn.recipe import RECIPES
 from fp8attn.reference import attention_emulated, quantize_emulated
 
@@ -61,7 +67,7 @@ def wgmma_qk(mantissa_bits: int):
     from a fresh accumulator per tile (the kernels' score wgmmas do not accumulate across tiles)."""
 
     def product(q, k):
-        scores = torch.zeros(*q.shape[:-1], k.shape[-2], dtype=torch.float64)
+        scores = torch.zeros(*q.shape[:-1], k.shape[-2], dtype=torch.float64, device=q.device)
         for start in range(0, q.shape[-1], WGMMA_K):
             products = q[..., :, None, start:start + WGMMA_K] * k[..., None, :, start:start + WGMMA_K]
             scores = cut_sum(torch.cat([scores[..., None], products], dim=-1), mantissa_bits, dim=-1)
@@ -80,6 +86,15 @@ def measured_gap(path: Path | None, head_dim: int, kind: str) -> str:
     return "-"
 
 
+def gluon_kernel(qkv, scale: float, p_scale: float) -> torch.Tensor:
+    """The Gluon kernel's output (bf16, fp32 row sums: the exact emulation's) on the quantized inputs."""
+    b, hq, sq, _ = qkv.q.shape
+    out = torch.full((b, hq, sq, qkv.head_dim), float("nan"), device=qkv.q.device, dtype=torch.bfloat16)
+    lse = torch.full((b, hq, sq), float("nan"), device=qkv.q.device)
+    hopper_forward_launch(qkv, out, lse, causal=False, softmax_scale=scale, p_scale=p_scale, exact_lse=True).run()
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--head-dims", default="128,256")
@@ -88,26 +103,34 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=128, help="query rows (keys: 4096)")
     parser.add_argument("--measured", type=Path, default=None)
     parser.add_argument("--smooth-v", action="store_true", help="e4m3 with V smoothed (the prepared fix)")
+    parser.add_argument("--kernel", action="store_true", help="on a GPU: the kernel on the same inputs")
     args = parser.parse_args()
     recipe = dataclasses.replace(RECIPES["e4m3"], smooth_v=args.smooth_v)
-    print(f"{'D':>4} {'inputs':8} {'bits':>4}  model vs emulation (bf16 out): P·V / P·V and Q·Kᵀ"
-          "   H200 kernel vs emulation")
+    device = "cuda" if args.kernel else "cpu"
+    last = "kernel vs emulation / vs model" if args.kernel else "H200 kernel vs emulation"
+    print(f"{'D':>4} {'inputs':8} {'bits':>4}  model vs emulation (bf16 out): P·V / P·V and Q·Kᵀ   {last}")
     for head_dim in map(int, args.head_dims.split(",")):
         for kind in args.kinds.split(","):
             shape = (1, 1, 1, args.queries, 4096, head_dim)
-            q, k, v = synthetic_qkv(kind, shape, torch.Generator().manual_seed(0), dtype=torch.bfloat16)
-            qkv = quantize_emulated(q, k, v, recipe)
+            q, k, v = synthetic_qkv(kind, shape, torch.Generator().manual_seed(0), dtype=torch.bfloat16,
+                                    device=device)
+            qkv = quantize_qkv(q, k, v, recipe) if args.kernel else quantize_emulated(q, k, v, recipe)
             kwargs = dict(causal=False, scale=head_dim**-0.5, p_scale=recipe.p_multiplier,
                           block_n=hopper_softmax_keys(qkv.q.shape[-1], qkv.k_block))
             want = attention_emulated(qkv, **kwargs)
+            kernel = gluon_kernel(qkv, kwargs["scale"], kwargs["p_scale"]).double() if args.kernel else None
             promoted = forward_config(qkv.q.shape[-1], qkv.k_block).promote_every == 1
             for bits in map(int, args.mantissa_bits.split(",")):
                 pv = attention_emulated(qkv, pv_accumulate=wgmma_pv(bits, promoted), **kwargs)
                 both = attention_emulated(qkv, pv_accumulate=wgmma_pv(bits, promoted), qk_product=wgmma_qk(bits),
                                           **kwargs)
                 gaps = [compare(out.to(torch.bfloat16).double(), want).rel_l2 for out in (pv, both)]
-                measured = measured_gap(args.measured, head_dim, kind)
-                print(f"{head_dim:>4} {kind:8} {bits:>4}  {gaps[0]:.4f} / {gaps[1]:.4f}{'':34}{measured}", flush=True)
+                if kernel is None:
+                    last = measured_gap(args.measured, head_dim, kind)
+                else:
+                    modelled = both.to(torch.bfloat16).double()
+                    last = f"{compare(kernel, want).rel_l2:.4f} / {compare(kernel, modelled).rel_l2:.4f}"
+                print(f"{head_dim:>4} {kind:8} {bits:>4}  {gaps[0]:.4f} / {gaps[1]:.4f}{'':34}{last}", flush=True)
 
 
 if __name__ == "__main__":
