@@ -9,7 +9,8 @@ it does not (D = 256: the block's one accumulator is the instruction's C operand
 model's output against the exact emulation (bf16 output, as the kernel writes it), beside the kernel's
 own distance from the emulation measured on the H200 (``--measured``, a ``row_sum_accuracy.py`` JSON;
 same input kind, drawn at a different shape and so not the same numbers). ``--smooth-v`` models the
-recipe with V smoothed (``docs/measurements/e4m3_vsmooth_not_measured/``). ``--kernel`` (on an sm_90 GPU)
+recipe with V smoothed (``docs/measurements/e4m3_vsmooth_not_measured/``), ``--unpromoted`` the D=128
+accumulator without its per-step promotion (an option perf-notes §32 left open). ``--kernel`` (on an sm_90 GPU)
 runs the Gluon kernel on the same quantized inputs instead and prints it against the exact emulation and
 against the model (both as bf16, so 0 means the same bits): where the second is much smaller than the
 first, the model can replace the exact emulation as what the kernel tests hold it to.
@@ -104,6 +105,8 @@ def main() -> None:
     parser.add_argument("--measured", type=Path, default=None)
     parser.add_argument("--smooth-v", action="store_true", help="e4m3 with V smoothed (the prepared fix)")
     parser.add_argument("--kernel", action="store_true", help="on a GPU: the kernel on the same inputs")
+    parser.add_argument("--unpromoted", action="store_true",
+                        help="model P·V unpromoted at every head dim (what dropping D=128's promotion would cost)")
     args = parser.parse_args()
     recipe = dataclasses.replace(RECIPES["e4m3"], smooth_v=args.smooth_v)
     device = "cuda" if args.kernel else "cpu"
@@ -119,7 +122,7 @@ def main() -> None:
                           block_n=hopper_softmax_keys(qkv.q.shape[-1], qkv.k_block))
             want = attention_emulated(qkv, **kwargs)
             kernel = gluon_kernel(qkv, kwargs["scale"], kwargs["p_scale"]).double() if args.kernel else None
-            promoted = forward_config(qkv.q.shape[-1], qkv.k_block).promote_every == 1
+            promoted = forward_config(qkv.q.shape[-1], qkv.k_block).promote_every == 1 and not args.unpromoted
             for bits in map(int, args.mantissa_bits.split(",")):
                 pv = attention_emulated(qkv, pv_accumulate=wgmma_pv(bits, promoted), **kwargs)
                 both = attention_emulated(qkv, pv_accumulate=wgmma_pv(bits, promoted), qk_product=wgmma_qk(bits),
