@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from fp8attn.bench import Record, attention_flops, gate_failures, load_json
+from fp8attn.bench import Record, attention_flops, gate_exit_code, gate_failures, load_json
 from tests.conftest import ROOT
 
 
@@ -43,6 +43,20 @@ def test_gate_says_when_a_slower_host_bound_figure_kept_its_device_time():
     assert failures[1].startswith("slower: fp8attn do_bench B2 H16 S8k D128") and "host" not in failures[1]
     fresh[0] = _record("fp8attn", 30.0, method="cuda_graph", **mission)  # device time slower too: no such label
     assert all("host" not in line for line in gate_failures(committed, fresh))
+
+
+def test_gate_exits_3_only_when_every_regressed_figure_is_host_side():
+    """Non-zero either way (a failure is a failure); 3 tells a script that only the host-bound figures moved."""
+    mission = dict(B=1, Hq=8, Hkv=8, Sq=512, Sk=512, D=64, dtype="fp16", suite="mission")
+    committed = [_record("fp8attn", 40.0, method="cuda_graph", **mission), _record("fp8attn", 30.0, **mission),
+                 _record("fp8attn", 500.0)]
+    host_only = [_record("fp8attn", 39.0, method="cuda_graph", **mission), _record("fp8attn", 10.0, **mission),
+                 _record("fp8attn", 500.0)]
+    assert gate_exit_code(gate_failures(committed, host_only)) == 3
+    kernel_too = [*host_only[:2], _record("fp8attn", 400.0)]
+    assert gate_exit_code(gate_failures(committed, kernel_too)) == 1
+    assert gate_exit_code(gate_failures(committed, committed)) == 0
+    assert gate_exit_code(gate_failures(committed, host_only[1:])) == 1  # a missing figure is not host-side
 
 
 def test_gate_passes_the_committed_results_against_themselves():

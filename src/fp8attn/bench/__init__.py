@@ -34,10 +34,10 @@ redraws the table and the plot from a saved JSON without a GPU.
 """
 
 from fp8attn.bench.cli import main
-from fp8attn.bench.gate import gate_failures
+from fp8attn.bench.gate import gate_exit_code, gate_failures
 from fp8attn.bench.providers import BUILDERS, Inputs, Runner, unavailable_reason
 from fp8attn.bench.results import load_json
 from fp8attn.bench.shapes import Record, Shape, attention_flops
 
-__all__ = ["BUILDERS", "Inputs", "Record", "Runner", "Shape", "attention_flops", "gate_failures", "load_json", "main",
-           "unavailable_reason"]
+__all__ = ["BUILDERS", "Inputs", "Record", "Runner", "Shape", "attention_flops", "gate_exit_code", "gate_failures",
+           "load_json", "main", "unavailable_reason"]
