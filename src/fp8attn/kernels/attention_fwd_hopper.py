@@ -244,6 +244,24 @@ def _column(row_values, rows: gl.constexpr):
 
 
 @gluon.jit
+def _take_turn_for_pv(p8_lo, p8_hi, l_i, ROW_SUM_MMA: gl.constexpr, WG: gl.constexpr):
+    """Wait for the consumer's turn once a step's softmax is done: after P's packed words where the tensor
+    cores sum the rows (:func:`_take_turn_after_weights`), else after the row sum (:func:`_take_turn_after`).
+    Returns P's halves and the row sum (the same registers)."""
+    if ROW_SUM_MMA:
+        p8_lo, p8_hi = _take_turn_after_weights(p8_lo, p8_hi, WG)
+    else:
+        l_i = _take_turn_after(l_i, WG)
+    return p8_lo, p8_hi, l_i
+
+
+@gluon.jit
+def _add_row_sums(l_i, alpha, row_sum):
+    """``l·alpha`` plus a step's row sums from the tensor cores (:func:`_row_sums`, waited for)."""
+    return l_i * _column(alpha, gl.SliceLayout(1, row_sum.type.layout)) + row_sum
+
+
+@gluon.jit
 def _pv_step(p8_lo, p8_hi, v_lo, v_hi, acc, alpha, l_i, ones_smem, row_sum_zero, pv_rows: gl.constexpr,
              PROMOTE: gl.constexpr, ROW_SUM_MMA: gl.constexpr, WG: gl.constexpr, HALVES: gl.constexpr):
     """A step's P·V at the consumer's turn: waits for the turn, issues ``P·V`` over the step's HALVES (1 or 2)
@@ -253,10 +271,7 @@ def _pv_step(p8_lo, p8_hi, v_lo, v_hi, acc, alpha, l_i, ones_smem, row_sum_zero,
     come from the tensor cores too (:func:`_row_sums`; ``l_i`` is then ``(64, _ROW_SUM_COLUMNS)``, its
     columns adding up to the row sum); without, ``l_i`` already holds them. ``alpha`` is per row, ``(64,)``."""
     alpha_pv = _column(alpha, pv_rows)
-    if ROW_SUM_MMA:
-        p8_lo, p8_hi = _take_turn_after_weights(p8_lo, p8_hi, WG)
-    else:
-        l_i = _take_turn_after(l_i, WG)
+    p8_lo, p8_hi, l_i = _take_turn_for_pv(p8_lo, p8_hi, l_i, ROW_SUM_MMA, WG)
     if PROMOTE:
         pv = warpgroup_mma(p8_lo, v_lo.permute((1, 0)), acc, use_acc=False, is_async=True)
     else:
@@ -266,7 +281,7 @@ def _pv_step(p8_lo, p8_hi, v_lo, v_hi, acc, alpha, l_i, ones_smem, row_sum_zero,
     if ROW_SUM_MMA:
         row_sum = _row_sums(p8_lo, p8_hi, ones_smem, row_sum_zero, HALVES)
         pv, row_sum = warpgroup_mma_wait(0, deps=(pv, row_sum))
-        l_i = l_i * _column(alpha, gl.SliceLayout(1, row_sum_zero.type.layout)) + row_sum
+        l_i = _add_row_sums(l_i, alpha, row_sum)
     else:
         pv = warpgroup_mma_wait(0, deps=(pv,))
     if PROMOTE:
@@ -372,10 +387,7 @@ def _consume_pair_pipelined(q_tile, k_smem, v_smem, ones_smem, ready, empty, qk_
                                                   full_hi, seqlen_k, diagonal, p_layout, BLOCK_N, K_BLOCK, CAUSAL,
                                                   LOG2_P_SCALE, MASKED, ROW_SUM_MMA)
     acc = acc * _column(alpha, pv_rows)
-    if ROW_SUM_MMA:
-        p8_lo, p8_hi = _take_turn_after_weights(p8_lo, p8_hi, WG)
-    else:
-        l_i = _take_turn_after(l_i, WG)
+    p8_lo, p8_hi, l_i = _take_turn_for_pv(p8_lo, p8_hi, l_i, ROW_SUM_MMA, WG)
     acc = warpgroup_mma(p8_lo, v_smem.index(slot).permute((1, 0)), acc, is_async=True)
     acc = warpgroup_mma(p8_hi, v_smem.index(slot + 1).permute((1, 0)), acc, is_async=True)
     row_sum = _row_sums(p8_lo, p8_hi, ones_smem, row_sum_zero, 2) if ROW_SUM_MMA else row_sum_zero
@@ -388,7 +400,7 @@ def _consume_pair_pipelined(q_tile, k_smem, v_smem, ones_smem, ready, empty, qk_
         _pass_turn(WG)
         acc, qk_lo, qk_hi, row_sum = warpgroup_mma_wait(0, deps=(acc, qk_lo, qk_hi, row_sum))
     if ROW_SUM_MMA:
-        l_i = l_i * _column(alpha, gl.SliceLayout(1, row_sum_zero.type.layout)) + row_sum
+        l_i = _add_row_sums(l_i, alpha, row_sum)
     _release_pair(empty, slot, NUM_STAGES, WG)
     return acc, qk_lo, qk_hi, next_slot, l_i, m_i
 
