@@ -8,8 +8,9 @@ Gluon kernel promotes the accumulator (D ≤ 128: a fresh accumulator per step, 
 it does not (D = 256: the block's one accumulator is the instruction's C operand), and prints the
 model's output against the exact emulation (bf16 output, as the kernel writes it), beside the kernel's
 own distance from the emulation measured on the H200 (``--measured``, a ``row_sum_accuracy.py`` JSON;
-same input kind, drawn at a different shape and so not the same numbers). ``--smooth-v`` models the
-recipe with V smoothed (``docs/measurements/e4m3_vsmooth_not_measured/``), ``--unpromoted`` the D=128
+same input kind, drawn at a different shape and so not the same numbers). It models ``e4m3`` as it was
+before it smoothed V (the sixteenth session's measurements); ``--smooth-v`` models ``e4m3`` as it is
+(``docs/measurements/e4m3_vsmooth_h200/``), ``--unpromoted`` the D=128
 accumulator without its per-step promotion (an option perf-notes §32 left open). ``--kernel`` (on an sm_90 GPU)
 runs the Gluon kernel on the same quantized inputs instead and prints it against the exact emulation and
 against the model (both as bf16, so 0 means the same bits): where the second is much smaller than the
@@ -103,7 +104,7 @@ def main() -> None:
     parser.add_argument("--mantissa-bits", default="12,13,14")
     parser.add_argument("--queries", type=int, default=128, help="query rows (keys: 4096)")
     parser.add_argument("--measured", type=Path, default=None)
-    parser.add_argument("--smooth-v", action="store_true", help="e4m3 with V smoothed (the prepared fix)")
+    parser.add_argument("--smooth-v", action="store_true", help="e4m3 with V smoothed (as it is since the fix)")
     parser.add_argument("--kernel", action="store_true", help="on a GPU: the kernel on the same inputs")
     parser.add_argument("--unpromoted", action="store_true",
                         help="model P·V unpromoted at every head dim (what dropping D=128's promotion would cost)")

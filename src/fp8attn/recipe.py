@@ -93,15 +93,15 @@ class Recipe:
         return f"{self.name}: {qk} {rot}Q per {per_q}, {qk} {k} per {self.k_block} tokens; {pv}; fp32 accumulation"
 
 
-E4M3_BLOCK = Recipe(name="e4m3")
-"""E4M3 Q/K with per-128-token scales and smoothed K, E4M3 V per channel: the core recipe."""
+E4M3_BLOCK = Recipe(name="e4m3", smooth_v=True)
+"""E4M3 Q/K with per-128-token scales and smoothed K, E4M3 V smoothed, per channel: the core recipe."""
 
 RECIPES: dict[str, Recipe] = {
     r.name: r
     for r in (
         E4M3_BLOCK,
         Recipe(name="e4m3-unsmoothed", smooth_k=False),
-        Recipe(name="e4m3-hadamard", hadamard=True),
+        Recipe(name="e4m3-hadamard", hadamard=True, smooth_v=True),
         # Per-token Q scales cost nothing extra (the kernel reads one scale per query row anyway) and were
         # 1-2 % more accurate than per-32 or per-128 in emulation; K per 128 keeps 128-key tiles.
         Recipe(name="int8", qk_format="int8", q_block=1),
