@@ -21,7 +21,8 @@ python3 -c "import torch, triton; print('torch', torch.__version__, 'cuda', torc
 for step in "$@"; do
   echo "=== $step"
   case $step in
-    accuracy) timeout 120 python3 -m fp8attn.accuracy --out "$OUT/accuracy_h100.json" 2>&1 | tail -40 ;;
+    accuracy) slug=$(python3 -c "import torch; from fp8attn.bench.results import gpu_slug; print(gpu_slug(torch.cuda.get_device_name()))")
+              timeout 120 python3 -m fp8attn.accuracy --out "$OUT/accuracy_$slug.json" 2>&1 | tail -40 ;;
     tests) timeout ${TESTS_TIMEOUT:-480} python3 -m pytest $XDIST tests -q -p no:cacheprovider -ra 2>&1 | tee "$OUT/pytest.log" \
              | grep -v "^SKIPPED" | tail -30 ;;
     inspect) python3 -m fp8attn.kernel_report 2>&1 | tee "$OUT/kernel_report.txt" ;;

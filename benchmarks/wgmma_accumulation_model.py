@@ -1,20 +1,17 @@
-"""A model of the FP8 wgmma's P·V accumulation, on the CPU, against what the H200 measured (perf-notes §35).
+"""The model of the FP8 wgmma's accumulation (:mod:`fp8attn.wgmma_accumulation`) against the exact emulation
+and against the kernel (perf-notes §§35-36).
 
-Hopper's FP8 wgmma does not add in fp32: per instruction (32 keys) it aligns the products and the
-accumulator it adds them to at the largest exponent among them and keeps ``mantissa_bits`` bits below
-it, cutting off (toward zero) what is smaller. This runs the ``e4m3`` recipe's float64 emulation
-(:func:`fp8attn.reference.attention_emulated`) with its P·V step replaced by that model, where the
-Gluon kernel promotes the accumulator (D ≤ 128: a fresh accumulator per step, added in fp32) and where
-it does not (D = 256: the block's one accumulator is the instruction's C operand), and prints the
-model's output against the exact emulation (bf16 output, as the kernel writes it), beside the kernel's
-own distance from the emulation measured on the H200 (``--measured``, a ``row_sum_accuracy.py`` JSON;
-same input kind, drawn at a different shape and so not the same numbers). It models ``e4m3`` as it was
-before it smoothed V (the sixteenth session's measurements); ``--smooth-v`` models ``e4m3`` as it is
-(``docs/measurements/e4m3_vsmooth_h200/``), ``--unpromoted`` the D=128
-accumulator without its per-step promotion (an option perf-notes §32 left open). ``--kernel`` (on an sm_90 GPU)
-runs the Gluon kernel on the same quantized inputs instead and prints it against the exact emulation and
-against the model (both as bf16, so 0 means the same bits): where the second is much smaller than the
-first, the model can replace the exact emulation as what the kernel tests hold it to.
+Runs the ``e4m3`` recipe's float64 emulation (:func:`fp8attn.reference.attention_emulated`) with its P·V
+step, and then its Q·Kᵀ too, replaced by the model, with P·V promoted per step where the Gluon kernel
+promotes it (padded D ≤ 128) and not where it does not (D = 256), and prints the model's output against
+the exact emulation (bf16 output, as the kernel writes it), beside the kernel's own distance from the
+emulation measured on the H200 (``--measured``, a ``row_sum_accuracy.py`` JSON; same input kind, drawn at
+a different shape and so not the same numbers). It models ``e4m3`` as it was before it smoothed V (the
+sixteenth session's measurements); ``--smooth-v`` models ``e4m3`` as it is
+(``docs/measurements/e4m3_vsmooth_h200/``), ``--unpromoted`` the D=128 accumulator without its per-step
+promotion (an option perf-notes §32 left open). ``--kernel`` (on an sm_90 GPU) runs the Gluon kernel on
+the same quantized inputs instead and prints it against the exact emulation and against the model (both
+as bf16, so 0 means the same bits).
 
     python benchmarks/wgmma_accumulation_model.py \\
         --measured docs/measurements/pipelined_row_sums_h200/run3/ones_by_instruction/default/row_sum_accuracy.json
@@ -38,44 +35,7 @@ from fp8attn.metrics import compare
 from fp8attn.quantize import quantize_qkv
 from fp8attn.recipe import RECIPES
 from fp8attn.reference import attention_emulated, quantize_emulated
-
-WGMMA_K = 32  # keys one FP8 wgmma instruction adds
-
-
-def cut_sum(addends: torch.Tensor, mantissa_bits: int, dim: int) -> torch.Tensor:
-    """Sum over ``dim`` the way the model says one instruction adds: every addend cut (toward zero) to a
-    multiple of 2^(e - mantissa_bits), e the exponent of the largest addend of its output element."""
-    largest = addends.abs().amax(dim=dim, keepdim=True)
-    unit = torch.exp2(torch.floor(torch.log2(largest.clamp_min(1e-300))) - mantissa_bits)
-    return (torch.trunc(addends / unit) * unit).sum(dim=dim).float().double()
-
-
-def wgmma_pv(mantissa_bits: int, promoted: bool):
-    """``pv_accumulate`` for :func:`attention_emulated`: a step's P·V in instructions of WGMMA_K keys."""
-
-    def accumulate(acc, alpha, p_rounded, v_tile):
-        acc = (acc * alpha[..., None]).float().double()
-        running = torch.zeros_like(acc) if promoted else acc
-        for start in range(0, p_rounded.shape[-1], WGMMA_K):
-            products = p_rounded[..., start:start + WGMMA_K, None] * v_tile[:, :, None, start:start + WGMMA_K, :]
-            running = cut_sum(torch.cat([running[..., None, :], products], dim=-2), mantissa_bits, dim=-2)
-        return (acc + running).float().double() if promoted else running
-
-    return accumulate
-
-
-def wgmma_qk(mantissa_bits: int):
-    """``qk_product`` for :func:`attention_emulated`: E4M3 ``q @ kᵀ`` in instructions of WGMMA_K channels,
-    from a fresh accumulator per tile (the kernels' score wgmmas do not accumulate across tiles)."""
-
-    def product(q, k):
-        scores = torch.zeros(*q.shape[:-1], k.shape[-2], dtype=torch.float64, device=q.device)
-        for start in range(0, q.shape[-1], WGMMA_K):
-            products = q[..., :, None, start:start + WGMMA_K] * k[..., None, :, start:start + WGMMA_K]
-            scores = cut_sum(torch.cat([scores[..., None], products], dim=-1), mantissa_bits, dim=-1)
-        return scores
-
-    return product
+from fp8attn.wgmma_accumulation import wgmma_pv, wgmma_qk
 
 
 def measured_gap(path: Path | None, head_dim: int, kind: str) -> str:
@@ -125,8 +85,8 @@ def main() -> None:
             kernel = gluon_kernel(qkv, kwargs["scale"], kwargs["p_scale"]).double() if args.kernel else None
             promoted = forward_config(qkv.q.shape[-1], qkv.k_block).promote_every == 1 and not args.unpromoted
             for bits in map(int, args.mantissa_bits.split(",")):
-                pv = attention_emulated(qkv, pv_accumulate=wgmma_pv(bits, promoted), **kwargs)
-                both = attention_emulated(qkv, pv_accumulate=wgmma_pv(bits, promoted), qk_product=wgmma_qk(bits),
+                pv = attention_emulated(qkv, pv_accumulate=wgmma_pv(promoted, bits), **kwargs)
+                both = attention_emulated(qkv, pv_accumulate=wgmma_pv(promoted, bits), qk_product=wgmma_qk(bits),
                                           **kwargs)
                 gaps = [compare(out.to(torch.bfloat16).double(), want).rel_l2 for out in (pv, both)]
                 if kernel is None:

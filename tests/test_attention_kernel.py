@@ -68,7 +68,7 @@ def test_rows_without_visible_keys_are_zero(device, gen, poisoned_allocations):
 
 def test_emulation_takes_its_pv_step_from_pv_accumulate(gen):
     """``attention_emulated(pv_accumulate=...)`` (the tensor cores' accumulation modelled,
-    benchmarks/wgmma_accumulation_model.py) replaces exactly the P·V step: the exact step passed in gives
+    fp8attn.wgmma_accumulation) replaces exactly the P·V step: the exact step passed in gives
     the same bits, and a step that drops the products leaves only the smoothed V's mean."""
     q, k, v = make_qkv(gen, (1, 2, 1, 40, 300, 64), kind="v_mean")
     qkv = quantize_emulated(q, k, v, RECIPES["int8-hadamard-vsmooth"])

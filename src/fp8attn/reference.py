@@ -179,7 +179,7 @@ def attention_emulated(
     ``acc·alpha + p_rounded @ v_tile`` (``acc (B, Hq, Sq, Dp)``, ``alpha (B, Hq, Sq)``, ``p_rounded (B, Hq,
     Sq, block_n)``, ``v_tile (B, Hq, block_n, Dp)``), and ``qk_product(q, k)`` the raw scores ``q @ kᵀ``
     (``(B, Hq, Sq, Dp)``, ``(B, Hq, Sk, Dp)`` → ``(B, Hq, Sq, Sk)``, before any scale): models of the
-    tensor cores' accumulation (``benchmarks/wgmma_accumulation_model.py``).
+    tensor cores' accumulation (:mod:`fp8attn.wgmma_accumulation`).
     """
     num_q_heads = qkv.q.shape[1]
     seqlen_q, seqlen_k = qkv.seqlen_q, qkv.seqlen_k
