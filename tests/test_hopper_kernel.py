@@ -163,15 +163,16 @@ def test_hopper_kernel_at_d256_matches_the_emulation_on_v_with_a_large_mean(gen,
 
 @needs_hopper
 @pytest.mark.parametrize("head_dim", [128, 256])
-@pytest.mark.parametrize("kind", ["v_mean", "randn"])
-def test_hopper_kernel_accumulates_as_the_wgmma_model_says(gen, kind, head_dim):
-    """``e4m3`` without V smoothing, 128 queries × 4096 keys: the kernel is far closer to the emulation with
-    the FP8 wgmma's accumulation modelled (fp8attn.wgmma_accumulation; P·V promoted per step where the
-    kernel promotes it) than to the exact emulation. H200: 0.0004 against 0.0024 (V with a mean, D=128) and
-    0.075 (D=256), 0.0021 / 0.0025 against 0.0061 / 0.0076 (randn, D=128 / 256; perf-notes §36). Dropping
-    the D=128 promotion, or a change in how the kernel accumulates, shows here."""
+def test_hopper_kernel_accumulates_as_the_wgmma_model_says(gen, head_dim):
+    """``e4m3`` without V smoothing on V with a large mean, 128 queries × 4096 keys: every P·V product has
+    one sign, so how the FP8 wgmma accumulates decides the error. The kernel is far closer to the emulation
+    with that accumulation modelled (fp8attn.wgmma_accumulation; P·V promoted per step where the kernel
+    promotes it) than to the exact emulation: on the H200 over nine input seeds 0.0003-0.0006 against
+    0.0024-0.0026 (D=128) and 0.075 (D=256), at most 0.17× (perf-notes §36). Dropping the D=128 promotion,
+    or a change in how the kernel accumulates, shows here. (On N(0,1) inputs the model takes only half to
+    two thirds of the kernel's distance from the exact emulation away, 0.28-0.55×: not pinned.)"""
     recipe = dataclasses.replace(RECIPES["e4m3"], smooth_v=False)
-    q, k, v = make_qkv(gen, (1, 1, 1, 128, 4096, head_dim), dtype=torch.bfloat16, device="cuda", kind=kind)
+    q, k, v = make_qkv(gen, (1, 1, 1, 128, 4096, head_dim), dtype=torch.bfloat16, device="cuda", kind="v_mean")
     qkv = quantize_qkv(q, k, v, recipe)
     out = torch.full(q.shape, float("nan"), device="cuda", dtype=torch.bfloat16)
     lse = torch.full(q.shape[:-1], float("nan"), device="cuda")
@@ -186,7 +187,7 @@ def test_hopper_kernel_accumulates_as_the_wgmma_model_says(gen, kind, head_dim):
                                   qk_product=wgmma_qk(), **kwargs)
     to_exact = compare(out.double(), exact).rel_l2
     to_model = compare(out.double(), modelled.to(torch.bfloat16).double()).rel_l2
-    assert to_model <= min(0.5 * to_exact, 0.004), f"kernel vs model {to_model:.4f}, vs exact emulation {to_exact:.4f}"
+    assert to_model <= min(0.25 * to_exact, 0.001), f"kernel vs model {to_model:.4f}, vs exact emulation {to_exact:.4f}"
 
 
 def test_hopper_kernel_rejects_fewer_than_one_program():

@@ -5,7 +5,7 @@ the reduction) and the accumulator it adds them to at the largest exponent among
 13 bits below it, cutting off what is smaller. Where the Gluon kernel promotes P·V (padded D ≤ 128: a
 fresh accumulator per softmax step, added in fp32) the cut bits stay small; where it does not (D = 256:
 one accumulator per query block) and every product has one sign, they add up. On the H200 this model
-puts the kernel 0.0004 from it where the exact emulation is 0.075 away (V with a large mean at D=256),
+puts the kernel 0.0004-0.0006 from it where the exact emulation is 0.075 away (V with a large mean at D=256),
 and 0.001-0.003 from it on other inputs where the exact emulation is 0.002-0.008 away (docs/perf-notes.md,
 sections 35 and 36). Ordering and rounding inside an instruction are guesses: it describes the kernel's
 error, not its bits.
