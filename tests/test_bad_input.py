@@ -78,6 +78,19 @@ CASES = [
     ("nan descale tensor", lambda q, k, v: fp8attn.attention_prequantized(
         *(x.to(torch.float8_e4m3fn) for x in (q, k, v)), 1.0, 1.0, torch.full((1, 2), float("nan"), device=DEVICE)),
      ValueError, r"v_descale must be finite and positive, got \[nan, nan\]"),
+    ("v_mean of the wrong shape", lambda q, k, v: fp8attn.attention_prequantized(
+        *(x.to(torch.float8_e4m3fn) for x in (q, k, v)), 1.0, 1.0, 1.0, v_mean=torch.zeros(1, 2, 8, device=DEVICE)),
+     ValueError, r"v_mean must have shape \(batch, kv_heads, head_dim\) = \(1, 2, 64\), got \(1, 2, 8\)"),
+    ("bf16 v_mean", lambda q, k, v: fp8attn.attention_prequantized(
+        *(x.to(torch.float8_e4m3fn) for x in (q, k, v)), 1.0, 1.0, 1.0,
+        v_mean=torch.zeros(1, 2, 64, device=DEVICE, dtype=torch.bfloat16)),
+     TypeError, "v_mean must be float32, got torch.bfloat16"),
+    ("v_mean as a list", lambda q, k, v: fp8attn.attention_prequantized(
+        *(x.to(torch.float8_e4m3fn) for x in (q, k, v)), 1.0, 1.0, 1.0, v_mean=[0.0] * 64),
+     TypeError, "v_mean must be a float32 tensor or None, got list"),
+    ("v_mean on another device", lambda q, k, v: fp8attn.attention_prequantized(
+        *(x.to(torch.float8_e4m3fn) for x in (q, k, v)), 1.0, 1.0, 1.0, v_mean=torch.zeros(1, 2, 64, device="meta")),
+     ValueError, f"v_mean must be on q's device {DEVICE}(:0)?, got meta"),
     ("float32 out_dtype", lambda q, k, v: fp8attn.attention_prequantized(
         *(x.to(torch.float8_e4m3fn) for x in (q, k, v)), 1.0, 1.0, 1.0, out_dtype=torch.float32), TypeError,
      "out_dtype must be torch.float16 or torch.bfloat16, got torch.float32"),

@@ -194,6 +194,28 @@ def test_prequantized_second_call_replays_and_matches_emulation(gen, poisoned_al
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not HAS_CUDA or INTERPRETED, reason="no CUDA GPU (compiled-kernel run)")
+def test_prequantized_with_v_mean_replays_its_own_plan(gen, poisoned_allocations):
+    """A call with ``v_mean`` records a plan of its own (the layout copies the mean); its replays read each
+    call's new mean, and a call without one does not take that plan."""
+    shape = (1, 2, 2, 100, 300, 96)
+    _PLANS.clear()
+    for call in range(3):
+        q, k, v = make_qkv(gen, shape, device="cuda", kind="v_mean")
+        v_mean = v.float().mean(dim=2)
+        (q8, qd), (k8, kd), (v8, vd) = (quantize_per_head(x) for x in (q, k, v - v_mean[:, :, None, :]))
+        out = fp8attn.attention_prequantized(q8, k8, v8, qd, kd, vd, v_mean=v_mean, out_dtype=torch.float16)
+        assert len(_PLANS) == 1
+        layout = prequantized_layout_emulated(*(x.cpu() for x in (q8, k8, v8, qd, kd, vd, v_mean)))
+        want = attention_emulated(layout, causal=False, scale=96**-0.5, p_scale=PREQUANTIZED_LAYOUT.p_multiplier)
+        err = compare(out.cpu(), want).rel_l2
+        assert torch.isfinite(out).all() and err < 1e-3, f"call {call}: rel-L2 {err:.2e} against the emulation"
+    without = fp8attn.attention_prequantized(q8, k8, v8, qd, kd, vd, out_dtype=torch.float16)
+    assert len(_PLANS) == 2
+    torch.testing.assert_close(without.float() + v_mean[:, :, None, :], out.float(), rtol=0, atol=0.02)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_CUDA or INTERPRETED, reason="no CUDA GPU (compiled-kernel run)")
 def test_plan_recorded_with_q_is_k_is_v_does_not_serve_separate_inputs(gen):
     shape = (1, 2, 2, 100, 100, 64)
     _PLANS.clear()

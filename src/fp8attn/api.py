@@ -153,6 +153,21 @@ def _check_descale(name: str, x: object, batch: int, heads: int, device: torch.d
     return x.reshape(()).expand(batch, heads) if x.dim() < 2 else x
 
 
+def _check_v_mean(x: object, batch: int, num_kv_heads: int, head_dim: int, device: torch.device) -> None:
+    """The caller's per-channel V mean: None, or a float32 ``(batch, kv_heads, head_dim)`` tensor on q's device."""
+    if x is None:
+        return
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"v_mean must be a float32 tensor or None, got {type(x).__name__}")
+    if x.dtype != torch.float32:
+        raise TypeError(f"v_mean must be float32, got {x.dtype}")
+    if x.shape != (batch, num_kv_heads, head_dim):
+        raise ValueError(f"v_mean must have shape (batch, kv_heads, head_dim) = ({batch}, {num_kv_heads}, "
+                         f"{head_dim}), got {tuple(x.shape)}")
+    if x.device != device:
+        raise ValueError(f"v_mean must be on q's device {device}, got {x.device}")
+
+
 def _check_descale_values(descales: dict[str, torch.Tensor]) -> None:
     """Finite and positive: one host sync for all descales, skipped while a CUDA graph is being captured."""
     first = next(iter(descales.values()))
@@ -212,13 +227,13 @@ def _(q, k, v, causal, scale, qk_format, pv_format, q_block, k_block, smooth_k, 
 
 def _prequantized_launches(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-    q_descale: torch.Tensor, k_descale: torch.Tensor, v_descale: torch.Tensor,
+    q_descale: torch.Tensor, k_descale: torch.Tensor, v_descale: torch.Tensor, v_mean: torch.Tensor | None,
     causal: bool, scale: float, out_dtype: torch.dtype, return_lse: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, list[Launch], tuple[torch.Tensor, ...]]:
     """Allocate ``out`` and the kernel layout (``lse`` carved from its workspace); return them with the
     layout and forward launches (the last item: the layout's workspace, which holds the copies of Q and K
     where they are needed). ``lse`` is exact with ``return_lse`` (as in :func:`_attention_launches`)."""
-    qkv, layout_launch = prequantized_layout(q, k, v, q_descale, k_descale, v_descale,
+    qkv, layout_launch = prequantized_layout(q, k, v, q_descale, k_descale, v_descale, v_mean,
                                              extra={"lse": (q.shape[:3], torch.float32)})
     out = torch.empty(q.shape, device=q.device, dtype=out_dtype)
     lse = qkv.extra["lse"]
@@ -229,10 +244,10 @@ def _prequantized_launches(
 
 def _attention_prequantized_impl(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-    q_descale: torch.Tensor, k_descale: torch.Tensor, v_descale: torch.Tensor,
+    q_descale: torch.Tensor, k_descale: torch.Tensor, v_descale: torch.Tensor, v_mean: torch.Tensor | None,
     causal: bool, scale: float, out_dtype: torch.dtype, return_lse: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    out, lse, launches, _ = _prequantized_launches(q, k, v, q_descale, k_descale, v_descale, causal, scale,
+    out, lse, launches, _ = _prequantized_launches(q, k, v, q_descale, k_descale, v_descale, v_mean, causal, scale,
                                                    out_dtype, return_lse)
     for launch in launches:
         launch.run()
@@ -245,7 +260,7 @@ _attention_prequantized_op = torch.library.custom_op(
 
 
 @_attention_prequantized_op.register_fake
-def _(q, k, v, q_descale, k_descale, v_descale, causal, scale, out_dtype, return_lse):
+def _(q, k, v, q_descale, k_descale, v_descale, v_mean, causal, scale, out_dtype, return_lse):
     return q.new_empty(q.shape, dtype=out_dtype), q.new_empty(q.shape[:3], dtype=torch.float32)
 
 
@@ -417,6 +432,7 @@ def attention_prequantized(
     k_descale: torch.Tensor | float,
     v_descale: torch.Tensor | float,
     *,
+    v_mean: torch.Tensor | None = None,
     causal: bool = False,
     scale: float | None = None,
     out_dtype: torch.dtype = torch.bfloat16,
@@ -426,7 +442,14 @@ def attention_prequantized(
     """Attention on inputs that are already E4M3, for callers with FP8 activations or KV caches.
 
     The real values are ``q.float() * q_descale`` (likewise k, v): a descale is what the caller
-    divided by when quantizing, as in FlashAttention-3's ``descale_q/k/v``.
+    divided by when quantizing, as in FlashAttention-3's ``descale_q/k/v``. With ``v_mean`` the real V
+    is ``v.float() * v_descale + v_mean[:, :, None, :]``: subtracting V's per-channel mean before
+    quantizing (and passing it here, where it is added to the output) makes V's scale finer and keeps
+    P·V's products from sharing one sign, which at D=256 the FP8 tensor cores' accumulation needs
+    (README, Known issues)::
+
+        v_mean = v.float().mean(dim=2)                      # (B, Hkv, D)
+        v8, v_descale = fp8attn.fp8.quantize_per_head(v - v_mean[:, :, None, :])
 
     Args:
         q: ``(B, Hq, Sq, D)`` ``torch.float8_e4m3fn``.
@@ -435,6 +458,7 @@ def attention_prequantized(
         k_descale, v_descale: float32 of shape ``()``/``(1,)`` or ``(B, Hkv)``, or a number.
         causal, scale, return_lse: as in :func:`attention`.
         out_dtype: ``torch.bfloat16`` or ``torch.float16``.
+        v_mean: ``(B, Hkv, D)`` float32 on q's device, or None (V as given).
         validate_descales: check that descale tensors are finite and positive. This costs one host
             sync per call (skipped during CUDA-graph capture); pass False on a hot path.
 
@@ -445,15 +469,16 @@ def attention_prequantized(
         raise TypeError(f"return_lse must be a bool, got {type(return_lse).__name__}")
     # A number descale reaches the kernels as a tensor made per call: the plan holds for any value.
     descale_keys = [d if isinstance(d, torch.Tensor) else type(d) for d in (q_descale, k_descale, v_descale)]
-    key = _replay_key((q, k, v), *descale_keys, causal, scale, out_dtype, return_lse)
+    key = _replay_key((q, k, v), *descale_keys, v_mean, causal, scale, out_dtype, return_lse)
     plan = _PLANS.get(key) if key is not None else None
     raw_descales = (q_descale, k_descale, v_descale)
+    v_means = () if v_mean is None else (v_mean,)  # a launch input only where given
     if plan is not None and all(isinstance(d, torch.Tensor) and d.device == q.device for d in raw_descales):
-        # The key pinned each descale's shape, strides and dtype as they passed the checks; the
-        # (batch, heads) view those made has the tensor's own address, which is all a replay reads.
+        # The key pinned each descale's (and v_mean's) shape, strides and dtype as they passed the checks;
+        # the (batch, heads) view those made has the tensor's own address, which is all a replay reads.
         if validate_descales:
             _check_descale_values(dict(zip(("q_descale", "k_descale", "v_descale"), raw_descales, strict=True)))
-        buffers = plan.run((q, k, v, *raw_descales), views=return_lse)
+        buffers = plan.run((q, k, v, *raw_descales, *v_means), views=return_lse)
         return (buffers[0], buffers[-1]) if return_lse else buffers[0]
     if plan is None:
         checked_scale = _check_inputs(q, k, v, causal, scale, (E4M3,))
@@ -466,18 +491,21 @@ def attention_prequantized(
         "k_descale": _check_descale("k_descale", k_descale, batch, num_kv_heads, q.device),
         "v_descale": _check_descale("v_descale", v_descale, batch, num_kv_heads, q.device),
     }
+    if plan is None:
+        _check_v_mean(v_mean, batch, num_kv_heads, q.shape[3], q.device)
     if validate_descales:
         _check_descale_values(descales)
     inputs = (q, k, v, *descales.values())
     if plan is not None:  # a number descale (made a tensor above) or one on another device (copied above)
-        buffers = plan.run(inputs, views=return_lse)
+        buffers = plan.run((*inputs, *v_means), views=return_lse)
         out, lse = buffers[0], buffers[-1]
     elif key is None:
-        out, lse = _dispatch(_attention_prequantized_op, _attention_prequantized_impl, inputs, causal, checked_scale,
-                             out_dtype, return_lse)
+        out, lse = _dispatch(_attention_prequantized_op, _attention_prequantized_impl, inputs, v_mean, causal,
+                             checked_scale, out_dtype, return_lse)
     else:
-        out, lse, launches, buffers = _prequantized_launches(*inputs, causal, checked_scale, out_dtype, return_lse)
+        out, lse, launches, buffers = _prequantized_launches(*inputs, v_mean, causal, checked_scale, out_dtype,
+                                                             return_lse)
         for launch in launches:
             launch.run()
-        _PLANS[key] = LaunchPlan(launches, inputs=inputs, allocated=(out, *buffers), views=(lse,))
+        _PLANS[key] = LaunchPlan(launches, inputs=(*inputs, *v_means), allocated=(out, *buffers), views=(lse,))
     return (out, lse) if return_lse else out

@@ -133,10 +133,11 @@ def quantize_per_tensor_emulated(q: torch.Tensor, k: torch.Tensor, v: torch.Tens
 
 def prequantized_layout_emulated(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-    q_descale: torch.Tensor, k_descale: torch.Tensor, v_descale: torch.Tensor,
+    q_descale: torch.Tensor, k_descale: torch.Tensor, v_descale: torch.Tensor, v_mean: torch.Tensor | None = None,
 ) -> QuantizedQKV:
     """What :func:`fp8attn.kernels.prequantized_layout.prequantized_layout` writes, with PyTorch copies:
-    E4M3 inputs zero-padded, V transposed, the ``(B, H)`` descales spread over the scale blocks."""
+    E4M3 inputs zero-padded, V transposed, the ``(B, H)`` descales spread over the scale blocks, and the
+    caller's ``(B, Hkv, D)`` ``v_mean`` (if given) zero-padded."""
     batch, num_q_heads, seqlen_q, head_dim = q.shape
     num_kv_heads, seqlen_k = k.shape[1], k.shape[2]
     block = PREQUANTIZED_LAYOUT.k_block
@@ -151,11 +152,15 @@ def prequantized_layout_emulated(
     v_t = to_pv_key_order(v_t, block)
     v_scale = torch.ones((batch, num_kv_heads, dp), device=q.device, dtype=torch.float32)
     v_scale[..., :head_dim] = v_descale[..., None]
+    v_mean_pad = None
+    if v_mean is not None:
+        v_mean_pad = torch.zeros((batch, num_kv_heads, dp), device=q.device, dtype=torch.float32)
+        v_mean_pad[..., :head_dim] = v_mean
     return QuantizedQKV(
         q=q_pad, k=k_pad, v_t=v_t,
         q_scale=q_descale[..., None].expand(batch, num_q_heads, triton.cdiv(seqlen_q, block)).contiguous(),
         k_scale=k_descale[..., None].expand(batch, num_kv_heads, skp // block).contiguous(),
-        v_scale=v_scale, k_mean=None, v_mean=None,
+        v_scale=v_scale, k_mean=None, v_mean=v_mean_pad,
         seqlen_q=seqlen_q, seqlen_k=seqlen_k, head_dim=head_dim, q_block=block, k_block=block,
     )
 

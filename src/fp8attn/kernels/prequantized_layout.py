@@ -7,7 +7,8 @@ head dimension padded to a power of two, the key length to a multiple of ``k_blo
 block of tokens. ``_prequantized_layout_kernel`` writes all of it: one program per (block of 128
 tokens, batch · KV head) transposes that block of V (keys in P·V operand order,
 :mod:`fp8attn.kernels.key_order`), copies K (and the query heads of its group) when
-they need padding, and writes the block's scales. Q and K are used in place when they already have the
+they need padding, and writes the block's scales (and V's per-channel mean, where the caller subtracted
+one before quantizing, for the kernels to add back). Q and K are used in place when they already have the
 layout (D already the padded width, a power of two from 32; unit stride along D; and for K a length
 that is a multiple of ``k_block``).
 
@@ -45,15 +46,16 @@ def _copy_padded(src_ptr, dst_ptr, stride_t, stride_d, offs_t, seqlen, dst_rows,
 
 @triton.jit
 def _prequantized_layout_kernel(
-    q_ptr, k_ptr, v_ptr, q_descale_ptr, k_descale_ptr, v_descale_ptr,
-    q_out_ptr, k_out_ptr, vt_ptr, q_scale_ptr, k_scale_ptr, v_scale_ptr,
+    q_ptr, k_ptr, v_ptr, q_descale_ptr, k_descale_ptr, v_descale_ptr, v_mean_ptr,
+    q_out_ptr, k_out_ptr, vt_ptr, q_scale_ptr, k_scale_ptr, v_scale_ptr, v_mean_out_ptr,
     seqlen_q, seqlen_k, seqlen_k_pad, num_q_heads, num_kv_heads, head_dim, num_q_blocks,
     stride_qb, stride_qh, stride_qt, stride_qd,
     stride_kb, stride_kh, stride_kt, stride_kd,
     stride_vb, stride_vh, stride_vt, stride_vd,
     stride_qdb, stride_qdh, stride_kdb, stride_kdh, stride_vdb, stride_vdh,
+    stride_vmb, stride_vmh, stride_vmd,
     BLOCK: tl.constexpr, HEAD_DIM_PAD: tl.constexpr, COPY_Q: tl.constexpr, COPY_K: tl.constexpr,
-    GRID_DEPENDENCY: tl.constexpr,
+    V_MEAN: tl.constexpr, GRID_DEPENDENCY: tl.constexpr,
 ):
     signal_next_grid(GRID_DEPENDENCY)
     block = tl.program_id(0)
@@ -78,6 +80,9 @@ def _prequantized_layout_kernel(
         if block == 0:
             v_descale = tl.load(v_descale_ptr + b * stride_vdb + h * stride_vdh)
             tl.store(v_scale_ptr + kv_bh * HEAD_DIM_PAD + offs_d, tl.where(d_ok, v_descale, 1.0))
+            if V_MEAN:
+                v_mean_in = v_mean_ptr + b * stride_vmb + h * stride_vmh + offs_d * stride_vmd
+                tl.store(v_mean_out_ptr + kv_bh * HEAD_DIM_PAD + offs_d, tl.load(v_mean_in, mask=d_ok, other=0.0))
     if block < num_q_blocks:
         group = num_q_heads // num_kv_heads
         for g in range(group):
@@ -92,13 +97,16 @@ def _prequantized_layout_kernel(
 
 def prequantized_layout(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-    q_descale: torch.Tensor, k_descale: torch.Tensor, v_descale: torch.Tensor, extra: BufferLayout | None = None,
+    q_descale: torch.Tensor, k_descale: torch.Tensor, v_descale: torch.Tensor, v_mean: torch.Tensor | None = None,
+    extra: BufferLayout | None = None,
 ) -> tuple[QuantizedQKV, Launch]:
     """The kernel layout of caller-quantized inputs and the launch that fills it.
 
     Args:
         q: ``(B, Hq, Sq, D)`` E4M3; k, v: ``(B, Hkv, Sk, D)`` E4M3; any strides.
         q_descale: ``(B, Hq)`` float32; k_descale, v_descale: ``(B, Hkv)`` float32 (expanded views are fine).
+        v_mean: ``(B, Hkv, D)`` float32, any strides, or None: what the caller subtracted from V before
+            quantizing it, copied (zero-padded) into the layout's ``v_mean`` for the kernels to add back.
         extra: more buffers to carve from the layout's allocation (``QuantizedQKV.extra``).
 
     Returns the :class:`QuantizedQKV` (its ``q``/``k`` are the inputs themselves where they already have
@@ -120,22 +128,25 @@ def prequantized_layout(
         "q_scale": ((batch, num_q_heads, num_q_blocks), f32),
         "k_scale": ((batch, num_kv_heads, skp // _BLOCK), f32),
         "v_scale": ((batch, num_kv_heads, dp), f32),
+        "v_mean": ((batch, num_kv_heads, dp), f32) if v_mean is not None else None,
     }
     workspace, views, extra_views = carve_workspace(buffers, q.device, extra)
     layout = QuantizedQKV(
         **{**views, "q": views["q"] if copy_q else q, "k": views["k"] if copy_k else k},
-        k_mean=None, v_mean=None, seqlen_q=seqlen_q, seqlen_k=seqlen_k, head_dim=head_dim,
+        k_mean=None, seqlen_q=seqlen_q, seqlen_k=seqlen_k, head_dim=head_dim,
         q_block=_BLOCK, k_block=_BLOCK, workspace=workspace, extra=extra_views,
     )
     launch = Launch(
         _prequantized_layout_kernel, (max(skp // _BLOCK, num_q_blocks), batch * num_kv_heads),
         (
-            q, k, v, q_descale, k_descale, v_descale,
+            q, k, v, q_descale, k_descale, v_descale, v_descale if v_mean is None else v_mean,
             layout.q, layout.k, layout.v_t, layout.q_scale, layout.k_scale, layout.v_scale,
+            layout.v_scale if v_mean is None else layout.v_mean,
             seqlen_q, seqlen_k, skp, num_q_heads, num_kv_heads, head_dim, num_q_blocks,
             *q.stride(), *k.stride(), *v.stride(), *q_descale.stride(), *k_descale.stride(), *v_descale.stride(),
+            *((0, 0, 0) if v_mean is None else v_mean.stride()),
         ),
-        dict(BLOCK=_BLOCK, HEAD_DIM_PAD=dp, COPY_Q=copy_q, COPY_K=copy_k,
+        dict(BLOCK=_BLOCK, HEAD_DIM_PAD=dp, COPY_Q=copy_q, COPY_K=copy_k, V_MEAN=v_mean is not None,
              GRID_DEPENDENCY=programmatic_launch(q.device)),
         dict(num_warps=8),
     )
