@@ -1,7 +1,8 @@
-"""The float→E4M3 cast inside kernels matches torch's (round to nearest even, saturate at ±448).
+"""The float→E4M3 cast inside kernels matches torch's (round to nearest even, saturate at ±448), and so
+does the fp32→bf16 cast of the kernels' outputs (round to nearest even).
 
 On the CPU this pins fp8attn's fix of Triton's interpreter; on a GPU it pins the hardware cast
-against the same definition (fp8attn.fp8.to_e4m3) the emulation uses.
+against the same definition (fp8attn.fp8.to_e4m3, torch's bf16 cast) the emulation uses.
 """
 
 from __future__ import annotations
@@ -95,3 +96,35 @@ def test_kernel_cast_matches_torch_on_arbitrary_floats(values):
     device = "cpu" if INTERPRETED else "cuda"
     x = torch.tensor(values, dtype=torch.float32, device=device)
     assert torch.equal(_kernel_cast(x).cpu().view(torch.uint8), to_e4m3(x.cpu()).view(torch.uint8))
+
+
+@triton.jit
+def _bf16_cast_kernel(x_ptr, out_ptr, n, BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    x = tl.load(x_ptr + offs, mask=offs < n)
+    tl.store(out_ptr + offs, x.to(tl.bfloat16), mask=offs < n)
+
+
+def test_kernel_bf16_cast_rounds_to_nearest_even(device, gen):
+    """Random fp32 values, every bf16 midpoint (ties: to even) and its fp32 neighbours: as torch rounds."""
+    x = torch.randn(4096, generator=gen) * 10
+    codes = torch.randn(512, generator=gen).to(torch.bfloat16)
+    above = torch.nextafter(codes, torch.tensor(float("inf"), dtype=torch.bfloat16))
+    mids = (codes.float() + above.float()) / 2
+    inf, zero = torch.tensor(float("inf")), torch.tensor(0.0)
+    x = torch.cat([x, mids, torch.nextafter(mids, inf), torch.nextafter(mids, zero)])
+    out = torch.empty(x.shape, dtype=torch.bfloat16, device=device)
+    _bf16_cast_kernel[(triton.cdiv(x.numel(), 1024),)](x.to(device), out, x.numel(), BLOCK=1024)
+    assert torch.equal(out.cpu(), x.to(torch.bfloat16))
+
+
+@pytest.mark.skipif(not INTERPRETED, reason="documents the Triton interpreter's own cast, which only the CPU uses")
+def test_triton_interpreter_bf16_cast_truncates_without_the_fix():
+    """If this starts failing, Triton's interpreter rounds fp32→bf16 itself and that part of the patch can go."""
+    import numpy as np
+
+    from fp8attn import _interpreter
+
+    x = np.array([1.0 + 3 * 2.0**-9], dtype=np.float32)  # 1 + 0.75 ulp: nearest bf16 1 + 2**-7, truncated 1.0
+    bits = _interpreter._triton_convert_float(x, tl.float32, tl.bfloat16, None)
+    assert torch.from_numpy(bits.astype(np.int16)).view(torch.bfloat16).float().item() == 1.0

@@ -1,11 +1,13 @@
-"""Faithful float→fp8 casts under Triton's CPU interpreter.
+"""Faithful float→fp8 and float→bf16 casts under Triton's CPU interpreter.
 
 Triton 3.6's interpreter converts floats to fp8 with its own bit manipulation, which drops the carry
 when rounding overflows the mantissa (-125.66 becomes -64 instead of -128), rounds ties away from zero
 and does not saturate (triton-lang/triton#8322). The GPU rounds to nearest-even and saturates to the
-largest finite value. :func:`install` swaps the interpreter's conversion for one that goes through
-PyTorch's float8 types (with explicit saturation), so kernels run under ``TRITON_INTERPRET=1`` give
-the numbers the GPU gives. Conversions that involve no fp8 type keep Triton's own code.
+largest finite value. The same code makes ``x.to(tl.bfloat16)`` from fp32 truncate (it passes no rounding
+mode), where the GPU rounds to nearest-even: a bf16 output one ulp low about half the time.
+:func:`install` swaps the interpreter's conversion for one that goes through PyTorch's float8 and
+bfloat16 types (with explicit saturation for fp8), so kernels run under ``TRITON_INTERPRET=1`` give the
+numbers the GPU gives. Other conversions, and bf16 ones that ask to round toward zero, keep Triton's code.
 
 It also makes scalar tensors usable as loop bounds under NumPy >= 2.4: the interpreter holds a
 scalar such as ``tl.program_id(0) * C`` as a one-element array, and NumPy 2.4 no longer converts
@@ -34,8 +36,13 @@ def _as_torch(bits: np.ndarray, dtype: tl.dtype) -> torch.Tensor:
     return raw.view(_TORCH_FP8.get(dtype) or _TORCH_FLOAT[dtype])
 
 
+def _rounds_to_bf16_as_the_gpu_does(src: tl.dtype, dst: tl.dtype, rounding_mode) -> bool:
+    """A float→bf16 downcast that rounds to nearest-even on the GPU (no mode given, or RTNE)."""
+    return dst == tl.bfloat16 and src == tl.float32 and rounding_mode != interpreter._ir.ROUNDING_MODE.RTZ
+
+
 def _convert_float(data: np.ndarray, src: tl.dtype, dst: tl.dtype, rounding_mode):
-    if src not in _TORCH_FP8 and dst not in _TORCH_FP8:
+    if src not in _TORCH_FP8 and dst not in _TORCH_FP8 and not _rounds_to_bf16_as_the_gpu_does(src, dst, rounding_mode):
         return _triton_convert_float(data, src, dst, rounding_mode)
     if (src not in _TORCH_FP8 and src not in _TORCH_FLOAT) or (dst not in _TORCH_FP8 and dst not in _TORCH_FLOAT):
         return _triton_convert_float(data, src, dst, rounding_mode)
