@@ -8,21 +8,42 @@ import pytest
 import torch
 
 from fp8attn.kernels.attention_fwd import attention_forward, forward_config
-from fp8attn.metrics import compare
 from fp8attn.recipe import DEFAULT_RECIPE, RECIPES
-from fp8attn.reference import attention_emulated, exact, quantize_emulated
+from fp8attn.reference import attention_emulated, exact, p_rounding_slack, quantize_emulated, round_p_operand
 from tests.conftest import INTERPRETED, make_qkv
 
-# The emulation accumulates exactly. The interpreter's kernel differs from it only by fp32 arithmetic
-# and the final rounding to fp16. On Hopper, FP8 wgmma also accumulates in reduced precision: on an
-# H100 that alone moved the output by 0.3-0.8 % (docs/measurements/promotion_study_h100_run2.json:
-# forcing fp32 promotion every 32 products brought it to 0.22-0.29 %). Both bounds stay far below the
-# recipe's own error (~5 %), and a kernel bug (a wrong scale, tile or mask) moves the output by more.
-KERNEL_VS_EMULATION = 2e-3 if INTERPRETED else 1e-2
+# The emulation accumulates exactly. The interpreter's kernel differs from it by its fp32 arithmetic
+# (~1e-6 on P), by the P entries that lie that close to a rounding boundary of E4M3 and round to the
+# other neighbour there (what they can move is bounded element by element by
+# fp8attn.reference.p_rounding_slack and taken off first), and by the output's rounding to fp16
+# (rel-L2 ~2e-4). Over 40 seeds of every case of the first test below what was left beyond the slack
+# was 1.7e-4 to 2.1e-4: the output's rounding alone (docs/measurements/p_rounding_slack/). One entry
+# on a dominant key had moved a 64-row output 0.0036 from its emulation (README, Known issues).
+# On Hopper, FP8 wgmma also accumulates in reduced precision: on an H100 that alone moved the output by
+# 0.3-0.8 % (docs/measurements/promotion_study_h100_run2.json: forcing fp32 promotion every 32 products
+# brought it to 0.22-0.29 %). Both bounds stay far below the recipe's own error (~5 %), and a kernel
+# bug (a wrong scale, tile or mask) moves the output by more.
+KERNEL_VS_EMULATION = 5e-4 if INTERPRETED else 1e-2
 LSE_VS_EMULATION = 1e-4 if INTERPRETED else 2e-3
 
 
-def _run(device, gen, shape, causal, promote_every=None, dtype=torch.float16, recipe=DEFAULT_RECIPE):
+@dataclasses.dataclass
+class _KernelRun:
+    out: torch.Tensor        # (B, Hq, Sq, D) the kernel's output, on the CPU
+    lse: torch.Tensor        # (B, Hq, Sq) its log-sum-exp
+    want: torch.Tensor       # (B, Hq, Sq, D) float64, the emulation's output
+    want_lse: torch.Tensor   # (B, Hq, Sq) float64
+    slack: torch.Tensor      # (B, Hq, Sq, D) float64, p_rounding_slack
+    qkv: tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # the unquantized inputs
+
+    def distance_beyond_p_rounding(self) -> float:
+        """rel-L2 from the emulation of what is left of the kernel's error where each element's
+        P-rounding slack is taken off."""
+        beyond = ((self.out.double() - self.want).abs() - self.slack).clamp_min(0)
+        return (beyond.norm() / self.want.norm()).item()
+
+
+def _run(device, gen, shape, causal, promote_every=None, dtype=torch.float16, recipe=DEFAULT_RECIPE) -> _KernelRun:
     q, k, v = make_qkv(gen, shape, dtype=dtype)
     qkv = quantize_emulated(q, k, v, recipe)
     qkv_dev = dataclasses.replace(qkv, **{f: getattr(qkv, f).to(device) for f in
@@ -31,12 +52,11 @@ def _run(device, gen, shape, causal, promote_every=None, dtype=torch.float16, re
     cfg = forward_config(qkv.q.shape[-1], qkv.k_block)
     if promote_every is not None:
         cfg = dataclasses.replace(cfg, promote_every=promote_every)
-    scale = shape[-1] ** -0.5
-    out, lse = attention_forward(qkv_dev, causal=causal, softmax_scale=scale, p_scale=recipe.p_multiplier,
+    kwargs = dict(causal=causal, scale=shape[-1] ** -0.5, p_scale=recipe.p_multiplier, block_n=cfg.block_n)
+    out, lse = attention_forward(qkv_dev, causal=causal, softmax_scale=kwargs["scale"], p_scale=recipe.p_multiplier,
                                  out_dtype=dtype, config=cfg)
-    want, want_lse = attention_emulated(qkv, causal=causal, scale=scale, p_scale=recipe.p_multiplier,
-                                        block_n=cfg.block_n, return_lse=True)
-    return out.cpu(), lse.cpu(), want, want_lse, (q, k, v)
+    want, want_lse = attention_emulated(qkv, return_lse=True, **kwargs)
+    return _KernelRun(out.cpu(), lse.cpu(), want, want_lse, p_rounding_slack(qkv, **kwargs), (q, k, v))
 
 
 @pytest.mark.parametrize("recipe", list(RECIPES))
@@ -44,26 +64,28 @@ def _run(device, gen, shape, causal, promote_every=None, dtype=torch.float16, re
 @pytest.mark.parametrize("shape", [(1, 2, 2, 130, 257, 64), (1, 2, 1, 257, 130, 128), (1, 1, 1, 64, 64, 256)], ids=str)
 def test_kernel_matches_emulation_on_the_same_quantized_inputs(device, gen, poisoned_allocations, shape, causal,
                                                                 recipe):
-    out, lse, want, want_lse, (q, k, v) = _run(device, gen, shape, causal, recipe=RECIPES[recipe])
-    assert out.isfinite().all(), "unwritten (NaN-poisoned) or non-finite output"
-    assert compare(out, want).rel_l2 <= KERNEL_VS_EMULATION
-    _, lse_exact = exact(q, k, v, causal=causal, return_lse=True)
+    run = _run(device, gen, shape, causal, recipe=RECIPES[recipe])
+    assert run.out.isfinite().all(), "unwritten (NaN-poisoned) or non-finite output"
+    distance = run.distance_beyond_p_rounding()
+    assert distance <= KERNEL_VS_EMULATION, f"{distance:.2e} beyond the P-rounding slack"
+    _, lse_exact = exact(*run.qkv, causal=causal, return_lse=True)
     seen = lse_exact.isfinite()
-    assert torch.equal(lse.isfinite(), seen), "rows without visible keys must have lse = -inf, all others finite"
-    torch.testing.assert_close(lse[seen].double(), want_lse[seen], rtol=0, atol=LSE_VS_EMULATION)
+    assert torch.equal(run.lse.isfinite(), seen), "rows without visible keys must have lse = -inf, all others finite"
+    torch.testing.assert_close(run.lse[seen].double(), run.want_lse[seen], rtol=0, atol=LSE_VS_EMULATION)
 
 
 @pytest.mark.parametrize("promote_every", [0, 1, 2, 3])
 def test_every_pv_promotion_interval_computes_the_same_function(device, gen, promote_every):
-    out, _, want, _, _ = _run(device, gen, (1, 2, 2, 100, 700, 64), causal=True, promote_every=promote_every)
-    assert compare(out, want).rel_l2 <= KERNEL_VS_EMULATION
+    run = _run(device, gen, (1, 2, 2, 100, 700, 64), causal=True, promote_every=promote_every)
+    distance = run.distance_beyond_p_rounding()
+    assert distance <= KERNEL_VS_EMULATION, f"{distance:.2e} beyond the P-rounding slack"
 
 
 def test_rows_without_visible_keys_are_zero(device, gen, poisoned_allocations):
     """Causal with Sq > Sk: query i sees keys j <= i + Sk - Sq, so the first Sq - Sk rows see none."""
-    out, lse, *_ = _run(device, gen, (1, 1, 1, 200, 70, 64), causal=True)
-    assert (out[:, :, :130] == 0).all() and (lse[:, :, :130] == float("-inf")).all()
-    assert (out[:, :, 130:].abs().sum(-1) > 0).all() and lse[:, :, 130:].isfinite().all()
+    run = _run(device, gen, (1, 1, 1, 200, 70, 64), causal=True)
+    assert (run.out[:, :, :130] == 0).all() and (run.lse[:, :, :130] == float("-inf")).all()
+    assert (run.out[:, :, 130:].abs().sum(-1) > 0).all() and run.lse[:, :, 130:].isfinite().all()
 
 
 def test_emulation_takes_its_pv_step_from_pv_accumulate(gen):
@@ -86,3 +108,24 @@ def test_emulation_takes_its_pv_step_from_pv_accumulate(gen):
     v_mean = qkv.v_mean.double()[:, :, None, :64].repeat_interleave(2, dim=1).expand_as(want)
     torch.testing.assert_close(without, v_mean, rtol=0, atol=0)
     assert (want - v_mean).abs().max() > 0.1
+
+
+@pytest.mark.parametrize("recipe", ["e4m3", "int8-fp16pv"])
+def test_p_rounding_slack_bounds_what_p_within_its_noise_moves(gen, recipe):
+    """Every P moved by less than ``relative_noise`` before its rounding (a kernel's fp32 P) gives an
+    emulation within :func:`p_rounding_slack` of the float64 one, element by element. The noise here
+    is wide (2⁻⁸) so that many entries do round to the other neighbour and the bound is exercised."""
+    noise = 2.0**-8
+    q, k, v = make_qkv(gen, (1, 2, 1, 70, 300, 64))
+    qkv = quantize_emulated(q, k, v, RECIPES[recipe])
+    kwargs = dict(causal=True, scale=64**-0.5, p_scale=RECIPES[recipe].p_multiplier, block_n=64)
+    want = attention_emulated(qkv, **kwargs)
+
+    def perturbed_rounding(p_scaled):
+        wiggle = 1 + 0.9 * noise * (2 * torch.rand(p_scaled.shape, generator=gen, dtype=torch.float64) - 1)
+        return round_p_operand((p_scaled.double() * wiggle).float(), qkv.v_t.dtype)
+
+    moved = attention_emulated(qkv, p_round=perturbed_rounding, **kwargs)
+    slack = p_rounding_slack(qkv, relative_noise=noise, **kwargs)
+    assert (moved != want).any(), "no entry rounded to its other neighbour: the test exercised nothing"
+    assert ((moved - want).abs() <= slack * (1 + 1e-9)).all()

@@ -5,6 +5,8 @@
   :class:`~fp8attn.quantize.QuantizedQKV` layout as the Triton quantize kernels.
 * :func:`attention_emulated`: the kernel's arithmetic on quantized inputs in float64, following its
   key tiling where the numerics depend on it (P is rounded to E4M3 against the running row maximum).
+* :func:`p_rounding_slack`: how far a kernel's fp32 arithmetic may move the output from the emulation's
+  where P lies at a rounding boundary of its 8-bit (or fp16) operand.
 * :func:`emulate`: both together, the recipe's end-to-end numerics.
 
 Comparing kernel with emulation catches kernel bugs that would hide inside FP8 noise; comparing
@@ -165,11 +167,19 @@ def prequantized_layout_emulated(
     )
 
 
+def round_p_operand(p_scaled: torch.Tensor, operand_dtype: torch.dtype) -> torch.Tensor:
+    """``P·p_scale`` (fp32) rounded to the P·V operand type ``operand_dtype`` (fp16 or E4M3, V's dtype),
+    as float64."""
+    rounded = p_scaled.half() if operand_dtype == torch.float16 else to_e4m3(p_scaled)
+    return rounded.double()
+
+
 def attention_emulated(
     qkv: QuantizedQKV, *, causal: bool, scale: float, p_scale: float, block_n: int | None = None,
     row_sum_of_rounded_p: bool = False, return_lse: bool = False,
     pv_accumulate: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     qk_product: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    p_round: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """The forward kernel's arithmetic in float64 on quantized inputs → ``(B, Hq, Sq, D)`` float64
     (and the ``(B, Hq, Sq)`` log-sum-exp of the quantized scores with ``return_lse``).
@@ -184,7 +194,9 @@ def attention_emulated(
     ``acc·alpha + p_rounded @ v_tile`` (``acc (B, Hq, Sq, Dp)``, ``alpha (B, Hq, Sq)``, ``p_rounded (B, Hq,
     Sq, block_n)``, ``v_tile (B, Hq, block_n, Dp)``), and ``qk_product(q, k)`` the raw scores ``q @ kᵀ``
     (``(B, Hq, Sq, Dp)``, ``(B, Hq, Sk, Dp)`` → ``(B, Hq, Sq, Sk)``, before any scale): models of the
-    tensor cores' accumulation (:mod:`fp8attn.wgmma_accumulation`).
+    tensor cores' accumulation (:mod:`fp8attn.wgmma_accumulation`). ``p_round(p_scaled)``, if given,
+    replaces the rounding of ``P·p_scale`` (fp32, ``(B, Hq, Sq, block_n)``) to the P·V operand
+    (:func:`round_p_operand`) and returns float64; :func:`p_rounding_slack` uses it.
     """
     num_q_heads = qkv.q.shape[1]
     seqlen_q, seqlen_k = qkv.seqlen_q, qkv.seqlen_k
@@ -209,10 +221,8 @@ def attention_emulated(
         m_use = torch.where(torch.isinf(m_new), 0.0, m_new)
         alpha = torch.exp2(m - m_use)
         p = torch.exp2(s - m_use[..., None])
-        if qkv.v_t.dtype == torch.float16:
-            p_rounded = (p.float() * p_scale).half().double()
-        else:
-            p_rounded = to_e4m3(p.float() * p_scale).double()
+        p_scaled = p.float() * p_scale
+        p_rounded = round_p_operand(p_scaled, qkv.v_t.dtype) if p_round is None else p_round(p_scaled)
         l = l * alpha + (p_rounded.sum(dim=-1) / p_scale if row_sum_of_rounded_p else p.sum(dim=-1))
         v_tile = v[:, :, start : start + block_n]
         acc = (acc * alpha[..., None] + p_rounded @ v_tile if pv_accumulate is None
@@ -225,6 +235,43 @@ def attention_emulated(
     if not return_lse:
         return out
     return out, torch.where(l > 0, (m + torch.log2(l)) * math.log(2.0), float("-inf"))
+
+
+P_ROUNDING_NOISE = 2.0**-18
+"""Relative distance from a rounding boundary of the P·V operand within which a kernel's fp32 P may round
+the other way than the float64 emulation's. The kernel's exponent ``qk·c - m`` carries a few fp32
+roundings of about ``|s|·2⁻²⁴`` each (``s`` the score in log2 units) and its exp2 an ulp or two: that
+exponent recomputed in fp32 with PyTorch on N(0, 1) inputs (``|s|`` ≤ 7.5) puts P at most 8.9e-7 ≈
+2⁻²⁰·¹ from float64 (``docs/measurements/p_rounding_slack/``); 2⁻¹⁸ ≈ 3.8e-6 is four times that."""
+
+
+def p_rounding_slack(
+    qkv: QuantizedQKV, *, causal: bool, scale: float, p_scale: float, block_n: int | None = None,
+    relative_noise: float = P_ROUNDING_NOISE,
+) -> torch.Tensor:
+    """``(B, Hq, Sq, D)`` float64 ≥ 0: per output element, how far a kernel may be from
+    :func:`attention_emulated` (same arguments) because some ``P·p_scale`` lie within ``relative_noise``
+    of a rounding boundary of the P·V operand, where the kernel's fp32 P can round to the other
+    neighbour.
+
+    Such an entry moves its row's output by the operand's spacing there (for E4M3 6–12 % of the
+    entry) times ``|v|`` over the row sum ``l``: on a row dominated by a few keys, one entry moves
+    the whole tensor's rel-L2 by more than all of the kernel's other fp32 differences together. The
+    bound sums ``spacing·|v|·v_scale / (l·p_scale)`` over all such entries; it is zero when there are
+    none, which is most of the time. It assumes ``l`` sums the unrounded P (the Triton kernel's).
+    """
+    operand_dtype = qkv.v_t.dtype
+
+    def spacing_if_ambiguous(p_scaled: torch.Tensor) -> torch.Tensor:
+        below = round_p_operand((p_scaled.double() * (1 - relative_noise)).float(), operand_dtype)
+        above = round_p_operand((p_scaled.double() * (1 + relative_noise)).float(), operand_dtype)
+        return above - below
+
+    def add_magnitudes(acc, alpha, spacing, v_tile):
+        return acc * alpha[..., None] + spacing @ v_tile.abs()
+
+    return attention_emulated(dataclasses.replace(qkv, v_mean=None), causal=causal, scale=scale, p_scale=p_scale,
+                              block_n=block_n, p_round=spacing_if_ambiguous, pv_accumulate=add_magnitudes)
 
 
 def emulate(
