@@ -339,18 +339,24 @@ def _replay_key(tensors: tuple[object, ...], *flags: object) -> tuple | None:
     """
     if torch.compiler.is_compiling():
         return None
-    read = (*tensors, *[f for f in flags if isinstance(f, torch.Tensor)])
     grad = torch.is_grad_enabled()
     key = []
+    read = list(tensors)
+    for f in flags:
+        if isinstance(f, torch.Tensor):
+            read.append(f)
+            key.append(_TENSOR_FLAG)  # its signature follows with the inputs'
+        else:
+            key.append((type(f), f))
+    ids = []
     for t in read:
         if type(t) is not torch.Tensor or (grad and t.requires_grad):  # bad input, nn.Parameter, autograd
             return None
         key.append((t.shape, t.stride(), t.dtype, t.device, t.data_ptr() % 16))
-    if not LaunchPlan.usable(read[0].device):
+        ids.append(id(t))
+    if not LaunchPlan.usable(key[len(flags)][3]):  # q's device
         return None
-    ids = [id(t) for t in read]
     key.append(tuple(map(ids.index, ids)))  # each tensor's first occurrence
-    key.extend(_TENSOR_FLAG if isinstance(f, torch.Tensor) else (type(f), f) for f in flags)
     key = tuple(key)
     try:
         hash(key)

@@ -241,7 +241,7 @@ P_ROUNDING_NOISE = 2.0**-18
 """Relative distance from a rounding boundary of the P·V operand within which a kernel's fp32 P may round
 the other way than the float64 emulation's. The kernel's exponent ``qk·c - m`` carries a few fp32
 roundings of about ``|s|·2⁻²⁴`` each (``s`` the score in log2 units) and its exp2 an ulp or two: that
-exponent recomputed in fp32 with PyTorch on N(0, 1) inputs (``|s|`` ≤ 7.5) puts P at most 8.9e-7 ≈
+exponent recomputed in fp32 with PyTorch on N(0, 1) inputs (``|s|`` ≤ 7.9) puts P at most 8.9e-7 ≈
 2⁻²⁰·¹ from float64 (``docs/measurements/p_rounding_slack/``); 2⁻¹⁸ ≈ 3.8e-6 is four times that."""
 
 
