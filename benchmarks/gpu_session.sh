@@ -55,11 +55,11 @@ for step in "$@"; do
                --out "$OUT" --name "pdl${setting}_run$run" 2>&1 | tail -3
            done
          done ;;
-    ab-sweep) for run in 1 2; do  # fp8attn at D 64 and 128 plus the mission shape: BEFORE_SRC against this tree, alternating
+    ab-sweep) for run in 1 2; do  # AB_PROVIDERS (fp8attn) at AB_HEAD_DIMS (64,128) plus the mission shape: BEFORE_SRC against this tree, alternating
              for side in before after; do
                src=$PWD/src; [ $side = before ] && src=$PWD/${BEFORE_SRC:-out/before/src}
-               PYTHONPATH="$src:${PYTHONPATH#$PWD/src:}" timeout 200 python3 -m fp8attn.bench --providers fp8attn \
-                 --suite sweep,mission --d 64,128 --rep-ms 40 --calls 20 --repeats 5 --out "$OUT" --name "ab_${side}_run$run" \
+               PYTHONPATH="$src:${PYTHONPATH#$PWD/src:}" timeout 200 python3 -m fp8attn.bench --providers "${AB_PROVIDERS:-fp8attn}" \
+                 --suite sweep,mission --d "${AB_HEAD_DIMS:-64,128}" --rep-ms 40 --calls 20 --repeats 5 --out "$OUT" --name "ab_${side}_run$run" \
                  2>&1 | tail -2
              done
            done ;;

@@ -111,15 +111,17 @@ def _tool(name: str) -> str:
 
 def _signature(launch) -> tuple[dict[str, str], dict[tuple[int], list], dict[str, int]]:
     """Triton signature, divisibility attributes and constants, as the runtime would specialize this
-    launch (an integer argument equal to 1, such as a unit stride, becomes the constant 1)."""
+    launch (an integer argument equal to 1, such as a unit stride, becomes the constant 1, unless the
+    kernel says ``do_not_specialize`` for it)."""
     options = {name: value for name, value in launch.options.items() if name in launch.kernel.arg_names}
     names = [n for n in launch.kernel.arg_names if n not in launch.constexprs and n not in options]
+    runtime_only = {p.name for p in getattr(launch.kernel, "params", ()) if getattr(p, "do_not_specialize", False)}
     signature, attrs, ones = {}, {}, {**options}
     for i, (name, value) in enumerate(zip(names, launch.args, strict=True)):
         if isinstance(value, TensorDescriptor):
             block = ", ".join(map(str, value.block_shape))
             signature[name] = f"tensordesc<{_TRITON_DTYPES[value.base.dtype]}[{block}],{value.layout!r}>"
-        elif isinstance(value, int) and not isinstance(value, bool) and value == 1:
+        elif isinstance(value, int) and not isinstance(value, bool) and value == 1 and name not in runtime_only:
             signature[name] = "constexpr"
             ones[name] = 1
         elif isinstance(value, torch.Tensor):

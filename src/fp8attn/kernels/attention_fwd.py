@@ -206,7 +206,11 @@ def _query_block(CAUSAL: tl.constexpr):
     return pid
 
 
-@triton.jit
+# Triton compiles an integer argument equal to 1 as a constant: with seqlen_k == 1 the masks fold, whole
+# register tiles of P become constant zeros, and the fp8 packing ptxas makes of those constants puts
+# garbage bytes into P, which only Vᵀ's zero padding hid from the output (a tensor-core row sum added them
+# up on the H200: docs/perf-notes.md, section 37). The sequence lengths stay runtime values.
+@triton.jit(do_not_specialize=["seqlen_q", "seqlen_k"])
 def _fp8_attention_fwd_kernel(
     q_ptr, k_ptr, vt_ptr, q_scale_ptr, k_scale_ptr, v_scale_ptr, v_mean_ptr, out_ptr, lse_ptr,
     seqlen_q, seqlen_k, num_q_heads, num_kv_heads, num_q_scale_blocks, num_k_scale_blocks, qk_scale_log2,
