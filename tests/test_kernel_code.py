@@ -7,6 +7,10 @@ cubins the runtime actually built and launched.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -88,6 +92,34 @@ def test_quantize_kernel_packs_no_stack_pointer_into_fp8_words(recipe):
     and ptxas packed those zeros as F2FP ... MERGE_C with R1: garbage in V's padding on the H100."""
     for report in _offline(recipe, only="quantize", head_dims=(80, 96)):
         assert report.stack_pointer_packs == 0, report
+
+
+_PTX_AT_LENGTHS_ONE_AND_TWO = """
+import sys
+import torch
+from fp8attn.kernel_report import compile_offline
+from fp8attn.kernels.attention_fwd import forward_launch
+from fp8attn.quantize import allocate_quantized
+from fp8attn.recipe import RECIPES
+
+recipe = RECIPES["e4m3"]  # one Q and one K scale block either way
+for seqlen in (1, 2):
+    qkv = allocate_quantized(1, 2, 2, seqlen, seqlen, 64, recipe, "meta")
+    out = torch.empty(1, 2, seqlen, 64, device="meta", dtype=torch.bfloat16)
+    lse = torch.empty(1, 2, seqlen, device="meta")
+    launch = forward_launch(qkv, out, lse, causal=True, softmax_scale=0.125, p_scale=recipe.p_multiplier)
+    sys.stdout.write(compile_offline(launch).asm["ptx"].split("\\n", 1)[1] + "\\0")
+"""
+
+
+def test_a_sequence_length_of_one_compiles_to_the_same_kernel_as_any_other():
+    """Triton compiles an integer argument equal to 1 as a constant unless told not to: with one key the
+    masks folded, P became constant zeros, and ptxas packed garbage bytes into it (perf-notes section 37).
+    The attention kernel's lengths stay runtime values: its code for Sq = Sk = 1 is that for 2."""
+    done = subprocess.run([sys.executable, "-c", _PTX_AT_LENGTHS_ONE_AND_TWO], capture_output=True, text=True,
+                          env={**os.environ, "TRITON_INTERPRET": "0"}, check=True)
+    one, two, _ = done.stdout.split("\0")
+    assert one == two
 
 
 @pytest.mark.gpu
