@@ -7,6 +7,7 @@ cubins the runtime actually built and launched.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -120,6 +121,28 @@ def test_a_sequence_length_of_one_compiles_to_the_same_kernel_as_any_other():
                           env={**os.environ, "TRITON_INTERPRET": "0"}, check=True)
     one, two, _ = done.stdout.split("\0")
     assert one == two
+
+
+_LENGTH_ONE_PACKS = """
+import json
+from fp8attn.kernel_report import collect
+from fp8attn.recipe import RECIPES
+
+shapes = [(1, 2, 2, 1, d, True) for d in (64, 256)]
+print(json.dumps([(r.kernel, r.shape, r.loaded_packs, r.stack_pointer_packs)
+                  for name in RECIPES for r in collect(shapes, recipe=name)]))
+"""
+
+
+def test_kernels_at_sequence_length_one_pack_no_loaded_bytes_into_fp8_words():
+    """Every launch of a one-token call (Sq = Sk = 1), every recipe: no fp8 word takes its other half from
+    a register a load wrote (the attention kernel's P did, with its lengths specialized to 1: perf-notes
+    section 37) or from the stack pointer (section 10)."""
+    done = subprocess.run([sys.executable, "-c", _LENGTH_ONE_PACKS], capture_output=True, text=True,
+                          env={**os.environ, "TRITON_INTERPRET": "0"}, check=True)
+    reports = json.loads(done.stdout)
+    assert {kernel for kernel, *_ in reports} >= {"_fp8_attention_fwd_kernel", "_quantize_qkv_kernel"}
+    assert [r for r in reports if r[2] or r[3]] == []
 
 
 @pytest.mark.gpu

@@ -49,6 +49,7 @@ class KernelReport:
     opcodes: dict[str, int]
     loop: dict[str, int] = field(default_factory=dict)  # opcode mix of one pass of the hot loop (key_loop_mix)
     stack_pointer_packs: int = 0  # F2FP merging R1 (the stack pointer) into a packed word: a ptxas miscompile
+    loaded_packs: int = 0  # F2FP merging a register last written by a load into a packed word (loaded_packs)
     named_barriers: dict[str, int] = field(default_factory=dict)  # waits and arrives per barrier: named_barrier_uses
 
     @property
@@ -60,9 +61,28 @@ class KernelReport:
 # stack pointer R1 into the word (docs/perf-notes.md §10): garbage bytes in the output (the same bytes
 # appeared on the H100 with the GPU image's ptxas).
 _STACK_POINTER_PACK = re.compile(r"\bF2FP\.[\w.]*MERGE_C\b[^;]*,\s*R1\s*;")
+_MERGE_FROM = re.compile(r"\bF2FP\.[\w.]*MERGE_C\b[^;]*,\s*(R\d+)[\w.]*\s*;")
+_WRITE = re.compile(r"^\s*/\*[0-9a-f]+\*/\s+(?:@!?U?P\w+\s+)?([\w.]+)\s+(R\d+)\b")
+
 _NAMED_BARRIER = re.compile(r"\bBAR\.(SYNC|ARV)[\w.]*\s+(0x[0-9a-f]+)(?:,\s*(0x[0-9a-f]+|R\d+))?\s*;")
 _SASS_LINE = re.compile(r"\s+/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)")
 _BACKWARD_BRANCH = re.compile(r"\s+/\*([0-9a-f]{4,})\*/.*\bBRA\s+0x([0-9a-f]+)")
+
+
+def loaded_packs(sass: str) -> int:
+    """F2FP ... MERGE_C instructions whose fourth operand (the other half of the packed word) was last
+    written by a load: bytes of memory in an fp8 word that should hold zeros. ptxas made them of constant
+    zero tiles of P when Triton specialized a sequence length of 1 (docs/perf-notes.md, section 37)."""
+    last_write: dict[str, str] = {}
+    found = 0
+    for line in sass.splitlines():
+        merge = _MERGE_FROM.search(line)
+        if merge and last_write.get(merge.group(1), "").startswith("LD"):
+            found += 1
+        write = _WRITE.match(line)
+        if write:
+            last_write[write.group(2)] = write.group(1)
+    return found
 
 
 _WGMMA = ("QGMMA", "HGMMA", "IGMMA")
@@ -173,6 +193,7 @@ def read_cubin(cubin: bytes, kernel: str, shape: str, arch: int, num_warps: int,
         stack_bytes=int(resources.get("STACK", 0)), shared_bytes=shared_bytes,
         num_warps=num_warps, num_stages=num_stages, opcodes={op: counts.get(op, 0) for op in _OPCODES},
         loop=key_loop_mix(sass.stdout), stack_pointer_packs=len(_STACK_POINTER_PACK.findall(sass.stdout)),
+        loaded_packs=loaded_packs(sass.stdout),
         named_barriers=named_barrier_uses(sass.stdout),
     )
 
