@@ -258,8 +258,8 @@ def p_rounding_slack(
     entry) times ``|v|`` over the row sum ``l``: on a row dominated by a few keys, one entry moves
     the whole tensor's rel-L2 by more than all of the kernel's other fp32 differences together. The
     bound sums ``spacing·|v|·v_scale / (l·p_scale)`` over all such entries; it is zero on rows that have
-    none (on N(0, 1) inputs of 2×130 rows and 257 keys, all but 3–28 rows). It assumes ``l`` sums the
-    unrounded P (the Triton kernel's).
+    none (six seeds of N(0, 1) inputs, 2 heads × 130 rows × 257 keys: all but 3–11 of the 260 rows). It
+    assumes ``l`` sums the unrounded P (the Triton kernel's).
     """
     operand_dtype = qkv.v_t.dtype
 
