@@ -23,7 +23,7 @@ import triton
 from triton import knobs
 
 from fp8attn.fp8 import E4M3
-from fp8attn.kernels.attention_fwd import forward_launch
+from fp8attn.kernels.attention_fwd import forward_launches, key_split_buffers
 from fp8attn.kernels.launch import Launch, LaunchPlan
 from fp8attn.kernels.prequantized_layout import PREQUANTIZED_LAYOUT, prequantized_layout
 from fp8attn.kernels.unsmoothed_lse import unsmoothed_lse_launch
@@ -191,13 +191,15 @@ def _attention_launches(
     caller's: exact (the forward kernel sums P's rows in fp32) and, where K was smoothed, shifted back to
     the scores the caller asked for (:mod:`fp8attn.kernels.unsmoothed_lse`)."""
     batch, num_q_heads, seqlen_q, head_dim = q.shape
+    splits = key_split_buffers(batch, num_q_heads, seqlen_q, k.shape[2], padded_head_dim(head_dim), recipe.k_block,
+                               causal, q.device, qk_int8=recipe.qk_format == "int8", pv_fp16=recipe.pv_format == "fp16")
     qkv = allocate_quantized(batch, num_q_heads, k.shape[1], seqlen_q, k.shape[2], head_dim, recipe, q.device,
-                             extra={"lse": (q.shape[:3], torch.float32)})
+                             extra={"lse": (q.shape[:3], torch.float32), **splits})
     out = torch.empty(q.shape, device=q.device, dtype=q.dtype)
     lse = qkv.extra["lse"]
     launches = [*quantize_launches(q, k, v, recipe, qkv),
-                forward_launch(qkv, out, lse, causal=causal, softmax_scale=scale, p_scale=recipe.p_multiplier,
-                               exact_lse=return_lse)]
+                *forward_launches(qkv, out, lse, causal=causal, softmax_scale=scale, p_scale=recipe.p_multiplier,
+                                  exact_lse=return_lse)]
     if return_lse and recipe.smooth_k:
         launches.append(unsmoothed_lse_launch(q, qkv, lse, softmax_scale=scale, rotated=recipe.hadamard))
     return out, lse, launches, qkv.workspace
@@ -233,13 +235,16 @@ def _prequantized_launches(
     """Allocate ``out`` and the kernel layout (``lse`` carved from its workspace); return them with the
     layout and forward launches (the last item: the layout's workspace, which holds the copies of Q and K
     where they are needed). ``lse`` is exact with ``return_lse`` (as in :func:`_attention_launches`)."""
+    batch, num_q_heads, seqlen_q, head_dim = q.shape
+    splits = key_split_buffers(batch, num_q_heads, seqlen_q, k.shape[2], padded_head_dim(head_dim),
+                               PREQUANTIZED_LAYOUT.k_block, causal, q.device, qk_int8=False, pv_fp16=False)
     qkv, layout_launch = prequantized_layout(q, k, v, q_descale, k_descale, v_descale, v_mean,
-                                             extra={"lse": (q.shape[:3], torch.float32)})
+                                             extra={"lse": (q.shape[:3], torch.float32), **splits})
     out = torch.empty(q.shape, device=q.device, dtype=out_dtype)
     lse = qkv.extra["lse"]
-    forward = forward_launch(qkv, out, lse, causal=causal, softmax_scale=scale,
-                             p_scale=PREQUANTIZED_LAYOUT.p_multiplier, exact_lse=return_lse)
-    return out, lse, [layout_launch, forward], (qkv.workspace,)
+    forward = forward_launches(qkv, out, lse, causal=causal, softmax_scale=scale,
+                               p_scale=PREQUANTIZED_LAYOUT.p_multiplier, exact_lse=return_lse)
+    return out, lse, [layout_launch, *forward], (qkv.workspace,)
 
 
 def _attention_prequantized_impl(

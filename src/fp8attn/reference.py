@@ -23,7 +23,7 @@ import torch
 import triton
 
 from fp8attn.fp8 import scale_from_amax, to_e4m3, to_int8
-from fp8attn.kernels.attention_fwd import forward_config
+from fp8attn.kernels.attention_fwd import forward_config, planned_key_splits, split_keys
 from fp8attn.kernels.key_order import from_pv_key_order, to_pv_key_order
 from fp8attn.kernels.prequantized_layout import PREQUANTIZED_LAYOUT
 from fp8attn.quantize import QuantizedQKV, hadamard_matrix, hadamard_scale, padded_head_dim
@@ -179,7 +179,7 @@ def attention_emulated(
     row_sum_of_rounded_p: bool = False, return_lse: bool = False,
     pv_accumulate: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     qk_product: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-    p_round: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    p_round: Callable[[torch.Tensor], torch.Tensor] | None = None, key_split: int | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """The forward kernel's arithmetic in float64 on quantized inputs → ``(B, Hq, Sq, D)`` float64
     (and the ``(B, Hq, Sq)`` log-sum-exp of the quantized scores with ``return_lse``).
@@ -197,6 +197,9 @@ def attention_emulated(
     tensor cores' accumulation (:mod:`fp8attn.wgmma_accumulation`). ``p_round(p_scaled)``, if given,
     replaces the rounding of ``P·p_scale`` (fp32, ``(B, Hq, Sq, block_n)``) to the P·V operand
     (:func:`round_p_operand`) and returns float64; :func:`p_rounding_slack` uses it.
+    ``key_split`` (a multiple of ``block_n``) runs the online softmax over each range of that many keys
+    on its own, from a fresh running maximum, and merges the ranges' normalised outputs by their
+    log-sum-exp (the split-key launches, ``fp8attn.kernels.attention_fwd.split_forward_launches``).
     """
     num_q_heads = qkv.q.shape[1]
     seqlen_q, seqlen_k = qkv.seqlen_q, qkv.seqlen_k
@@ -212,29 +215,42 @@ def attention_emulated(
     raw = q @ k.transpose(-1, -2) if qk_product is None else qk_product(q, k)
     s_all = raw * (q_scale * scale * math.log2(math.e))[..., None] * k_scale[..., None, :]
     s_all = s_all.masked_fill(~visible_keys(seqlen_q, seqlen_k, causal, q.device), float("-inf"))
-    m = torch.full(q.shape[:-1], float("-inf"), dtype=torch.float64, device=q.device)
-    l = torch.zeros_like(m)
-    acc = torch.zeros_like(q)
-    for start in range(0, seqlen_k, block_n):
-        s = s_all[..., start : start + block_n]
-        m_new = torch.maximum(m, s.amax(dim=-1))
-        m_use = torch.where(torch.isinf(m_new), 0.0, m_new)
-        alpha = torch.exp2(m - m_use)
-        p = torch.exp2(s - m_use[..., None])
-        p_scaled = p.float() * p_scale
-        p_rounded = round_p_operand(p_scaled, qkv.v_t.dtype) if p_round is None else p_round(p_scaled)
-        l = l * alpha + (p_rounded.sum(dim=-1) / p_scale if row_sum_of_rounded_p else p.sum(dim=-1))
-        v_tile = v[:, :, start : start + block_n]
-        acc = (acc * alpha[..., None] + p_rounded @ v_tile if pv_accumulate is None
-               else pv_accumulate(acc, alpha, p_rounded, v_tile))
-        m = m_use
-    out = acc * v_scale[:, :, None, :] / (l * p_scale).clamp_min(torch.finfo(torch.float64).tiny)[..., None]
+    key_split = key_split or -(-seqlen_k // block_n) * block_n  # one range: all the keys
+    if key_split % block_n:
+        raise ValueError(f"key_split={key_split} must be a multiple of block_n={block_n}")
+    # Per key range: its output normalised by its own row sum and its log-sum-exp in log2 units.
+    range_outs, range_lses = [], []
+    for range_start in range(0, seqlen_k, key_split):
+        m = torch.full(q.shape[:-1], float("-inf"), dtype=torch.float64, device=q.device)
+        l = torch.zeros_like(m)
+        acc = torch.zeros_like(q)
+        for start in range(range_start, min(range_start + key_split, seqlen_k), block_n):
+            s = s_all[..., start : start + block_n]
+            m_new = torch.maximum(m, s.amax(dim=-1))
+            m_use = torch.where(torch.isinf(m_new), 0.0, m_new)
+            alpha = torch.exp2(m - m_use)
+            p = torch.exp2(s - m_use[..., None])
+            p_scaled = p.float() * p_scale
+            p_rounded = round_p_operand(p_scaled, qkv.v_t.dtype) if p_round is None else p_round(p_scaled)
+            l = l * alpha + (p_rounded.sum(dim=-1) / p_scale if row_sum_of_rounded_p else p.sum(dim=-1))
+            v_tile = v[:, :, start : start + block_n]
+            acc = (acc * alpha[..., None] + p_rounded @ v_tile if pv_accumulate is None
+                   else pv_accumulate(acc, alpha, p_rounded, v_tile))
+            m = m_use
+        range_outs.append(acc / (l * p_scale).clamp_min(torch.finfo(torch.float64).tiny)[..., None])
+        range_lses.append(torch.where(l > 0, m + torch.log2(l), float("-inf")))
+    lses = torch.stack(range_lses)
+    top = lses.amax(dim=0)
+    weights = torch.exp2(lses - torch.where(torch.isinf(top), 0.0, top))  # 1 for a single range that saw keys
+    l = weights.sum(dim=0)
+    merged = (weights[..., None] * torch.stack(range_outs)).sum(dim=0)
+    out = merged / l.clamp_min(torch.finfo(torch.float64).tiny)[..., None] * v_scale[:, :, None, :]
     if qkv.v_mean is not None:
         out = torch.where((l > 0)[..., None], out + _repeat_kv(qkv.v_mean.double(), num_q_heads)[:, :, None, :], 0.0)
     out = out[..., : qkv.head_dim]
     if not return_lse:
         return out
-    return out, torch.where(l > 0, (m + torch.log2(l)) * math.log(2.0), float("-inf"))
+    return out, torch.where(l > 0, (top + torch.log2(l)) * math.log(2.0), float("-inf"))
 
 
 P_ROUNDING_NOISE = 2.0**-18
@@ -247,7 +263,7 @@ exponent recomputed in fp32 with PyTorch on N(0, 1) inputs (``|s|`` ≤ 7.9) put
 
 def p_rounding_slack(
     qkv: QuantizedQKV, *, causal: bool, scale: float, p_scale: float, block_n: int | None = None,
-    relative_noise: float = P_ROUNDING_NOISE,
+    relative_noise: float = P_ROUNDING_NOISE, key_split: int | None = None,
 ) -> torch.Tensor:
     """``(B, Hq, Sq, D)`` float64 ≥ 0: per output element, how far a kernel may be from
     :func:`attention_emulated` (same arguments) because some ``P·p_scale`` lie within ``relative_noise``
@@ -272,7 +288,8 @@ def p_rounding_slack(
         return acc * alpha[..., None] + spacing @ v_tile.abs()
 
     return attention_emulated(dataclasses.replace(qkv, v_mean=None), causal=causal, scale=scale, p_scale=p_scale,
-                              block_n=block_n, p_round=spacing_if_ambiguous, pv_accumulate=add_magnitudes)
+                              block_n=block_n, p_round=spacing_if_ambiguous, pv_accumulate=add_magnitudes,
+                              key_split=key_split)
 
 
 def emulate(
@@ -281,11 +298,19 @@ def emulate(
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """The recipe end to end in float64 arithmetic: ``(B, Hq, Sq, D)`` float64 (and the log-sum-exp of the
     caller's scores ``scale·q·kᵀ``: where K was smoothed, :func:`attention_emulated`'s plus ``scale·q·k̄``,
-    as ``fp8attn.kernels.unsmoothed_lse`` adds it)."""
+    as ``fp8attn.kernels.unsmoothed_lse`` adds it). Without ``block_n``, the Triton kernel's tiles, and the
+    keys split into ranges where :func:`fp8attn.api.attention` splits them on a GPU of 132 SMs (H100, H200)."""
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     qkv = quantize_emulated(q, k, v, recipe)
+    key_split = None
+    if block_n is None:  # the Triton kernel's tiles: split the keys where the library does on an H100
+        block_n = forward_config(qkv.q.shape[-1], qkv.k_block).block_n
+        splits = planned_key_splits(q.shape[0], q.shape[1], q.shape[2], k.shape[2], qkv.q.shape[-1], qkv.k_block,
+                                    causal, torch.device("cpu"), qk_int8=recipe.qk_format == "int8",
+                                    pv_fp16=recipe.pv_format == "fp16")
+        key_split = split_keys(k.shape[2], block_n, splits) if splits > 1 else None
     result = attention_emulated(qkv, causal=causal, scale=scale, p_scale=recipe.p_multiplier, block_n=block_n,
-                                return_lse=return_lse)
+                                return_lse=return_lse, key_split=key_split)
     if not (return_lse and recipe.smooth_k):
         return result
     out, lse = result

@@ -28,6 +28,7 @@ are ``tl.dot``'s ``max_num_imprecise_acc`` inside one tile (None: Triton's defau
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -35,10 +36,10 @@ import torch
 import triton
 import triton.language as tl
 
-from fp8attn.kernels.grid_dependency import programmatic_launch, wait_for_previous_grid
+from fp8attn.kernels.grid_dependency import programmatic_launch, signal_next_grid, wait_for_previous_grid
 from fp8attn.kernels.key_order import pv_key_order
 from fp8attn.kernels.launch import Launch
-from fp8attn.quantize import QuantizedQKV
+from fp8attn.quantize import BufferLayout, QuantizedQKV
 
 LOG2_E = math.log2(math.e)
 LN_2: tl.constexpr = tl.constexpr(math.log(2.0))
@@ -196,6 +197,16 @@ def _store_output(acc, l_i, m_i, v_scale, v_mean, out_ptrs, lse_ptrs, m_ok, d_ok
 
 
 @triton.jit
+def _store_partial(acc, l_i, m_i, out_ptrs, lse_ptrs, m_ok):
+    """One key range's normalised output ``acc / l`` (fp32, before V's scale) and its LSE in log2 units
+    (``P_SCALE`` included, as in ``l``); rows that saw no key of the range get zeros and -inf."""
+    seen = l_i > 0
+    l_safe = tl.where(seen, l_i, 1.0)
+    tl.store(out_ptrs, acc * tl.where(seen, 1.0 / l_safe, 0.0)[:, None], mask=m_ok[:, None])
+    tl.store(lse_ptrs, tl.where(seen, m_i + tl.math.log2(l_safe), float("-inf")), mask=m_ok)
+
+
+@triton.jit
 def _query_block(CAUSAL: tl.constexpr):
     """This program's query block (grid axis 0). Under a causal mask a block's work grows with its
     index, so the last blocks start first: the programs still running when the grid drains are the
@@ -210,10 +221,10 @@ def _query_block(CAUSAL: tl.constexpr):
 # register tiles of P become constant zeros, and the fp8 packing ptxas makes of those constants puts
 # garbage bytes into P, which only Vᵀ's zero padding hid from the output (a tensor-core row sum added them
 # up on the H200: docs/perf-notes.md, section 37). The sequence lengths stay runtime values.
-@triton.jit(do_not_specialize=["seqlen_q", "seqlen_k"])
+@triton.jit(do_not_specialize=["seqlen_q", "seqlen_k", "split_keys"])
 def _fp8_attention_fwd_kernel(
     q_ptr, k_ptr, vt_ptr, q_scale_ptr, k_scale_ptr, v_scale_ptr, v_mean_ptr, out_ptr, lse_ptr,
-    seqlen_q, seqlen_k, num_q_heads, num_kv_heads, num_q_scale_blocks, num_k_scale_blocks, qk_scale_log2,
+    seqlen_q, seqlen_k, split_keys, num_q_heads, num_kv_heads, num_q_scale_blocks, num_k_scale_blocks, qk_scale_log2,
     stride_qb, stride_qh, stride_qm,
     stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vd,
@@ -222,7 +233,13 @@ def _fp8_attention_fwd_kernel(
     Q_BLOCK: tl.constexpr, K_BLOCK: tl.constexpr, CAUSAL: tl.constexpr, LOG2_P_SCALE: tl.constexpr,
     PROMOTE_EVERY: tl.constexpr, QK_IMPRECISE_ACC: tl.constexpr, PV_IMPRECISE_ACC: tl.constexpr,
     QK_INT8: tl.constexpr, PV_FP16: tl.constexpr, SMOOTH_V: tl.constexpr, GRID_DEPENDENCY: tl.constexpr,
+    SPLIT_KV: tl.constexpr,
 ):
+    """With SPLIT_KV, grid axis 2 splits the keys in ranges of ``split_keys`` (whole tiles); each program
+    writes its range's normalised partial output and log2-domain LSE to ``out_ptr (splits, B·Hq, Sq, Dp)``
+    and ``lse_ptr (splits, B·Hq, Sq)`` for :mod:`fp8attn.kernels.key_split_merge`."""
+    if SPLIT_KV:
+        signal_next_grid(GRID_DEPENDENCY)  # the merge launch's programs wait for this grid anyway
     start_m = _query_block(CAUSAL) * BLOCK_M
     bh = tl.program_id(1)
     b = bh // num_q_heads
@@ -242,6 +259,14 @@ def _fp8_attention_fwd_kernel(
     row_scale = q_scale * qk_scale_log2
 
     full_hi, hi, diagonal = _key_range(start_m, seqlen_q, seqlen_k, BLOCK_M, BLOCK_N, CAUSAL)
+    unmasked_lo = 0
+    masked_lo = full_hi
+    if SPLIT_KV:  # this program's share of the keys: [lo, lo + split_keys), on tile boundaries
+        lo = tl.program_id(2) * split_keys
+        unmasked_lo = lo
+        masked_lo = tl.maximum(full_hi, lo)
+        full_hi = tl.minimum(full_hi, lo + split_keys)
+        hi = tl.minimum(hi, lo + split_keys)
 
     k_base = k_ptr + b * stride_kb + h_kv * stride_kh
     vt_base = vt_ptr + b * stride_vb + h_kv * stride_vh
@@ -253,24 +278,121 @@ def _fp8_attention_fwd_kernel(
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     acc, acc_part, l_i, m_i = _attend_kv_tiles(
         acc, acc_part, l_i, m_i, q, row_scale, offs_m, k_base, vt_base, k_scale_base, stride_kn, stride_vd,
-        0, full_hi, seqlen_k, diagonal,
+        unmasked_lo, full_hi, seqlen_k, diagonal,
         BLOCK_N, HEAD_DIM_PAD, K_BLOCK, CAUSAL, False, LOG2_P_SCALE, PROMOTE_EVERY, QK_IMPRECISE_ACC, PV_IMPRECISE_ACC,
         QK_INT8, PV_FP16,
     )
     acc, acc_part, l_i, m_i = _attend_kv_tiles(
         acc, acc_part, l_i, m_i, q, row_scale, offs_m, k_base, vt_base, k_scale_base, stride_kn, stride_vd,
-        full_hi, hi, seqlen_k, diagonal,
+        masked_lo, hi, seqlen_k, diagonal,
         BLOCK_N, HEAD_DIM_PAD, K_BLOCK, CAUSAL, True, LOG2_P_SCALE, PROMOTE_EVERY, QK_IMPRECISE_ACC, PV_IMPRECISE_ACC,
         QK_INT8, PV_FP16,
     )
     if PROMOTE_EVERY > 1:
         acc += acc_part
+    if SPLIT_KV:
+        part = tl.program_id(2) * tl.num_programs(1) + bh
+        _store_partial(acc, l_i, m_i, out_ptr + (part * seqlen_q + offs_m[:, None]) * HEAD_DIM_PAD + offs_d[None, :],
+                       lse_ptr + part * seqlen_q + offs_m, m_ok)
+    else:
+        v_scale = tl.load(v_scale_ptr + kv_bh * HEAD_DIM_PAD + offs_d)
+        v_mean = tl.load(v_mean_ptr + kv_bh * HEAD_DIM_PAD + offs_d) if SMOOTH_V else v_scale
+        out_ptrs = out_ptr + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_om + offs_d[None, :]
+        _store_output(acc, l_i, m_i, v_scale, v_mean, out_ptrs, lse_ptr + bh * seqlen_q + offs_m, m_ok,
+                      offs_d < HEAD_DIM, LOG2_P_SCALE, SMOOTH_V)
 
-    v_scale = tl.load(v_scale_ptr + kv_bh * HEAD_DIM_PAD + offs_d)
-    v_mean = tl.load(v_mean_ptr + kv_bh * HEAD_DIM_PAD + offs_d) if SMOOTH_V else v_scale
-    out_ptrs = out_ptr + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_om + offs_d[None, :]
-    _store_output(acc, l_i, m_i, v_scale, v_mean, out_ptrs, lse_ptr + bh * seqlen_q + offs_m, m_ok,
-                  offs_d < HEAD_DIM, LOG2_P_SCALE, SMOOTH_V)
+
+MIN_TILES_PER_KEY_SPLIT = 4
+"""Fewest key tiles a program's share of the keys may hold when :func:`key_splits` splits them."""
+MAX_KEY_SPLITS = 16
+"""Most key ranges per query block (the merge launch reads one partial result per range)."""
+
+
+def key_splits(programs: int, key_tiles: int, sm_count: int) -> int:
+    """How many ranges to split each query block's keys into: enough that ``programs`` query blocks
+    fill ``sm_count`` SMs once, each range at least :data:`MIN_TILES_PER_KEY_SPLIT` tiles (1: no split).
+
+    Splitting pays where the query blocks alone leave SMs idle (decoding: one query row a head; few heads
+    of a long sequence); its price is one more launch and a round trip of fp32 partial results."""
+    if programs >= sm_count:
+        return 1
+    splits = min(triton.cdiv(sm_count, programs), key_tiles // MIN_TILES_PER_KEY_SPLIT, MAX_KEY_SPLITS)
+    return triton.cdiv(key_tiles, triton.cdiv(key_tiles, splits)) if splits > 1 else 1
+
+
+def sm_count(device: torch.device) -> int:
+    """Streaming multiprocessors of ``device``; a CPU (Triton's interpreter) counts as an H100's 132, so that
+    tests there take the GPU's decisions."""
+    return _cuda_sm_count(device.index or 0) if device.type == "cuda" else 132
+
+
+@functools.cache
+def _cuda_sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def planned_key_splits(batch: int, num_q_heads: int, seqlen_q: int, seqlen_k: int, head_dim_pad: int, k_block: int,
+                       causal: bool, device: torch.device, *, qk_int8: bool, pv_fp16: bool) -> int:
+    """:func:`key_splits` for a call of this shape on ``device`` with the Triton kernel's tiles."""
+    cfg = forward_config(head_dim_pad, k_block, causal, pv_fp16=pv_fp16, qk_int8=qk_int8)
+    programs = triton.cdiv(seqlen_q, cfg.block_m) * batch * num_q_heads
+    return key_splits(programs, triton.cdiv(seqlen_k, cfg.block_n), sm_count(device))
+
+
+def key_split_buffers(batch: int, num_q_heads: int, seqlen_q: int, seqlen_k: int, head_dim_pad: int, k_block: int,
+                      causal: bool, device: torch.device, *, qk_int8: bool, pv_fp16: bool) -> BufferLayout:
+    """The partial-result buffers a call of this shape needs (none where :func:`planned_key_splits` is 1),
+    to carve from the call's workspace: ``key_split_out (splits, B·Hq, Sq, Dp)`` and ``key_split_lse
+    (splits, B·Hq, Sq)``, fp32. :func:`forward_launches` splits the keys when ``qkv.extra`` holds them."""
+    splits = planned_key_splits(batch, num_q_heads, seqlen_q, seqlen_k, head_dim_pad, k_block, causal, device,
+                                qk_int8=qk_int8, pv_fp16=pv_fp16)
+    if splits == 1:
+        return {}
+    rows = (splits, batch * num_q_heads, seqlen_q)
+    return {"key_split_out": ((*rows, head_dim_pad), torch.float32), "key_split_lse": (rows, torch.float32)}
+
+
+def forward_launches(
+    qkv: QuantizedQKV, out: torch.Tensor, lse: torch.Tensor, *, causal: bool, softmax_scale: float, p_scale: float,
+    exact_lse: bool = True,
+) -> list[Launch]:
+    """The launches that write ``out (B, Hq, Sq, D)`` and ``lse (B, Hq, Sq)`` for ``qkv``: the forward kernel
+    with its keys split into ranges and a merge (:mod:`fp8attn.kernels.key_split_merge`) where ``qkv.extra``
+    holds :func:`key_split_buffers`, else :func:`forward_launch`."""
+    if "key_split_out" not in qkv.extra:
+        return [forward_launch(qkv, out, lse, causal=causal, softmax_scale=softmax_scale, p_scale=p_scale,
+                               exact_lse=exact_lse)]
+    return split_forward_launches(qkv, out, lse, qkv.extra["key_split_out"], qkv.extra["key_split_lse"],
+                                  causal=causal, softmax_scale=softmax_scale, p_scale=p_scale)
+
+
+def split_forward_launches(
+    qkv: QuantizedQKV, out: torch.Tensor, lse: torch.Tensor, partial_out: torch.Tensor, partial_lse: torch.Tensor, *,
+    causal: bool, softmax_scale: float, p_scale: float, config: ForwardConfig | None = None,
+) -> list[Launch]:
+    """The forward kernel on ``splits = partial_out.shape[0]`` key ranges of whole tiles (the last range may
+    be shorter), writing ``partial_out (splits, B·Hq, Sq, Dp)`` and ``partial_lse (splits, B·Hq, Sq)``, then
+    the launch that merges them into ``out`` and ``lse``. The emulation is
+    ``attention_emulated(..., key_split=split_keys(...))`` (:func:`split_keys`)."""
+    from fp8attn.kernels.key_split_merge import merge_launch  # imports this module
+
+    cfg = config or forward_config(qkv.q.shape[-1], qkv.k_block, causal, pv_fp16=qkv.v_t.dtype == torch.float16,
+                                   qk_int8=qkv.q.dtype == torch.int8)
+    splits = partial_out.shape[0]
+    keys = split_keys(qkv.seqlen_k, cfg.block_n, splits)
+    forward = _triton_launch(qkv, partial_out, partial_lse, causal=causal, softmax_scale=softmax_scale,
+                             p_scale=p_scale, cfg=cfg, split=(splits, keys))
+    return [forward, merge_launch(qkv, partial_out, partial_lse, out, lse, p_scale=p_scale)]
+
+
+def split_keys(seqlen_k: int, block_n: int, splits: int) -> int:
+    """Keys per range when ``seqlen_k`` keys in tiles of ``block_n`` are split into ``splits`` ranges of
+    whole tiles, none empty."""
+    tiles = triton.cdiv(seqlen_k, block_n)
+    per_split = triton.cdiv(tiles, splits)
+    if triton.cdiv(tiles, per_split) != splits:
+        raise ValueError(f"{tiles} key tiles do not split into {splits} non-empty ranges of whole tiles")
+    return per_split * block_n
 
 
 def forward_launch(
@@ -291,18 +413,27 @@ def forward_launch(
             return attention_fwd_hopper.hopper_forward_launch(qkv, out, lse, causal=causal,
                                                               softmax_scale=softmax_scale, p_scale=p_scale,
                                                               exact_lse=exact_lse)
-    batch, num_q_heads, seqlen_q, dp = qkv.q.shape
-    cfg = config or forward_config(dp, qkv.k_block, causal, pv_fp16=qkv.v_t.dtype == torch.float16,
+    cfg = config or forward_config(qkv.q.shape[-1], qkv.k_block, causal, pv_fp16=qkv.v_t.dtype == torch.float16,
                                    qk_int8=qkv.q.dtype == torch.int8)
+    return _triton_launch(qkv, out, lse, causal=causal, softmax_scale=softmax_scale, p_scale=p_scale, cfg=cfg)
+
+
+def _triton_launch(qkv: QuantizedQKV, out: torch.Tensor, lse: torch.Tensor, *, causal: bool, softmax_scale: float,
+                   p_scale: float, cfg: ForwardConfig, split: tuple[int, int] | None = None) -> Launch:
+    """The Triton kernel's launch; ``split = (ranges, keys per range)`` makes it write partial results
+    (``out``, ``lse``: the partial buffers of :func:`split_forward_launches`)."""
+    batch, num_q_heads, seqlen_q, dp = qkv.q.shape
     if qkv.k_block % cfg.block_n:
         raise ValueError(f"block_n={cfg.block_n} must divide the recipe's k_block={qkv.k_block}")
+    splits, keys_per_split = split or (1, 0)
     pdl = programmatic_launch(qkv.q.device)  # starts while the launch that wrote qkv drains
+    out_strides = (0, 0, 0) if split else out.stride()[:3]
     args = (
         qkv.q, qkv.k, qkv.v_t, qkv.q_scale, qkv.k_scale, qkv.v_scale,
         qkv.v_mean if qkv.v_mean is not None else qkv.v_scale, out, lse,
-        seqlen_q, qkv.seqlen_k, num_q_heads, qkv.k.shape[1], qkv.q_scale.shape[-1], qkv.k_scale.shape[-1],
-        softmax_scale * LOG2_E,
-        *qkv.q.stride()[:3], *qkv.k.stride()[:3], *qkv.v_t.stride()[:3], *out.stride()[:3],
+        seqlen_q, qkv.seqlen_k, keys_per_split, num_q_heads, qkv.k.shape[1], qkv.q_scale.shape[-1],
+        qkv.k_scale.shape[-1], softmax_scale * LOG2_E,
+        *qkv.q.stride()[:3], *qkv.k.stride()[:3], *qkv.v_t.stride()[:3], *out_strides,
     )
     constexprs = dict(
         HEAD_DIM=qkv.head_dim, HEAD_DIM_PAD=dp, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
@@ -310,9 +441,9 @@ def forward_launch(
         PROMOTE_EVERY=cfg.promote_every,
         QK_IMPRECISE_ACC=cfg.qk_imprecise_acc, PV_IMPRECISE_ACC=cfg.pv_imprecise_acc,
         QK_INT8=qkv.q.dtype == torch.int8, PV_FP16=qkv.v_t.dtype == torch.float16, SMOOTH_V=qkv.v_mean is not None,
-        GRID_DEPENDENCY=pdl,
+        GRID_DEPENDENCY=pdl, SPLIT_KV=split is not None,
     )
-    grid = (triton.cdiv(seqlen_q, cfg.block_m), batch * num_q_heads)
+    grid = (triton.cdiv(seqlen_q, cfg.block_m), batch * num_q_heads, splits)
     return Launch(_fp8_attention_fwd_kernel, grid, args, constexprs,
                   dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages, launch_pdl=pdl))
 
@@ -325,13 +456,25 @@ def attention_forward(
     p_scale: float,
     out_dtype: torch.dtype,
     config: ForwardConfig | None = None,
+    key_splits: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run the forward kernel on quantized inputs.
+    """Run the forward kernel on quantized inputs, its keys split into ``key_splits`` ranges
+    (:func:`split_forward_launches`) when that is more than 1.
 
     Returns ``out (B, Hq, Sq, D)`` in ``out_dtype`` and ``lse (B, Hq, Sq)`` fp32 (natural log).
     """
-    batch, num_q_heads, seqlen_q, _ = qkv.q.shape
-    out = torch.empty((batch, num_q_heads, seqlen_q, qkv.head_dim), device=qkv.q.device, dtype=out_dtype)
-    lse = torch.empty((batch, num_q_heads, seqlen_q), device=qkv.q.device, dtype=torch.float32)
-    forward_launch(qkv, out, lse, causal=causal, softmax_scale=softmax_scale, p_scale=p_scale, config=config).run()
+    batch, num_q_heads, seqlen_q, dp = qkv.q.shape
+    device = qkv.q.device
+    out = torch.empty((batch, num_q_heads, seqlen_q, qkv.head_dim), device=device, dtype=out_dtype)
+    lse = torch.empty((batch, num_q_heads, seqlen_q), device=device, dtype=torch.float32)
+    if key_splits == 1:
+        launches = [forward_launch(qkv, out, lse, causal=causal, softmax_scale=softmax_scale, p_scale=p_scale,
+                                   config=config)]
+    else:
+        partial_lse = torch.empty((key_splits, batch * num_q_heads, seqlen_q), device=device, dtype=torch.float32)
+        partial_out = torch.empty((*partial_lse.shape, dp), device=device, dtype=torch.float32)
+        launches = split_forward_launches(qkv, out, lse, partial_out, partial_lse, causal=causal,
+                                          softmax_scale=softmax_scale, p_scale=p_scale, config=config)
+    for launch in launches:
+        launch.run()
     return out, lse
