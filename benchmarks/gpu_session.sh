@@ -72,6 +72,17 @@ for step in "$@"; do
     bandwidth) timeout 200 python3 benchmarks/quantize_bandwidth.py --out "$OUT" 2>&1 | tail -12 ;;
     qpipe) timeout 400 python3 benchmarks/quantize_pipeline_study.py --before "${QUANTIZE_BEFORE:-out/quantize_before.py}" --out "$OUT" ${QPIPE_ARGS:-} 2>&1 \
              | tee "$OUT/quantize_pipeline_study.txt" | tail -40 ;;
+    tests-split) timeout ${TESTS_TIMEOUT:-300} python3 -m pytest $XDIST -q -p no:cacheprovider -ra tests/test_attention_kernel.py \
+                   tests/test_prequantized.py tests/test_launch_plan.py tests/test_attention.py \
+                   -k "(cuda or replays) and not (test_attention.py and not decoding)" \
+                   2>&1 | tee "$OUT/pytest_split.log" | grep -v "^SKIPPED" | tail -15 ;;
+    split-study) timeout 250 python3 benchmarks/split_kv_study.py --out "$OUT" ${SPLIT_STUDY_ARGS:-} 2>&1 \
+                   | tee "$OUT/split_kv_study.txt" | tail -80 ;;
+    decode) timeout 220 python3 -m fp8attn.bench --suite custom --causal 0 --methods do_bench,cuda_graph \
+              --providers fp8attn,fp8attn-prequant,sdpa-flash,sdpa-cudnn,cudnn-fp8,sage1 \
+              --shape 1,32,8,1,1024,128 --shape 1,32,8,1,4096,128 --shape 1,32,8,1,16384,128 --shape 1,32,8,1,65536,128 \
+              --shape 4,32,8,1,16384,128 --shape 1,4,4,2048,2048,128 --rep-ms 40 --calls 20 --repeats 5 \
+              --out "$OUT" --name decode 2>&1 | tail -40 ;;
     configs) timeout 400 python3 benchmarks/config_study.py --recipes e4m3 --out "$OUT" 2>&1 | tail -80 ;;
     hopper-tests) timeout ${TESTS_TIMEOUT:-240} python3 -m pytest $XDIST -q -p no:cacheprovider -ra tests/test_hopper_kernel.py 2>&1 \
                     | tee "$OUT/pytest_hopper.log" | grep -v "^SKIPPED" | tail -15 ;;

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import fp8attn
+from fp8attn.kernels.attention_fwd import planned_key_splits
 from fp8attn.metrics import compare
 from fp8attn.recipe import DEFAULT_RECIPE, RECIPES
 from fp8attn.reference import emulate, exact
@@ -56,6 +57,28 @@ def test_kernel_is_far_closer_to_its_emulation_than_the_recipe_is_to_float64(dev
     kernel_err = compare(out, emulated).rel_l2
     recipe_err = compare(emulated, truth).rel_l2
     assert kernel_err <= kernel_error_budget(recipe_err, dtype), f"kernel {kernel_err:.3g} vs recipe {recipe_err:.3g}"
+
+
+@pytest.mark.parametrize("recipe", ["int8-hadamard-vsmooth", "e4m3"])
+@pytest.mark.parametrize(("shape", "causal"), [((2, 8, 2, 1, 1100, 64), False), ((1, 4, 4, 3, 600, 256), True)],
+                         ids=str)
+def test_decoding_splits_the_keys_and_stays_close_to_its_emulation(device, gen, poisoned_allocations, shape, causal,
+                                                                   recipe):
+    """One query row a head leaves most SMs idle: the keys are split into ranges (the emulation follows the
+    same plan), and the result is still the recipe's within the kernel's share of its error."""
+    b, hq, _, sq, sk, d = shape
+    r = RECIPES[recipe]
+    assert planned_key_splits(b, hq, sq, sk, d, r.k_block, causal, torch.device(device), qk_int8=r.qk_format == "int8",
+                              pv_fp16=False) > 1, "this shape no longer splits: the test would not exercise the path"
+    q, k, v = make_qkv(gen, shape, device=device)
+    out, lse = fp8attn.attention(q, k, v, causal=causal, recipe=recipe, return_lse=True)
+    assert out.isfinite().all(), "NaN-poisoned elements left unwritten, or a non-finite result"
+    q, k, v = q.cpu(), k.cpu(), v.cpu()
+    emulated, lse_emulated = emulate(q, k, v, recipe=r, causal=causal, return_lse=True)
+    truth = exact(q, k, v, causal=causal)
+    kernel_err, recipe_err = compare(out, emulated).rel_l2, compare(emulated, truth).rel_l2
+    assert kernel_err <= kernel_error_budget(recipe_err, q.dtype), f"kernel {kernel_err:.3g} vs recipe {recipe_err:.3g}"
+    torch.testing.assert_close(lse.cpu().double(), lse_emulated, rtol=0, atol=LSE_VS_EMULATION)
 
 
 @pytest.mark.parametrize("head_dim", [8, 32, 40, 96, 160])

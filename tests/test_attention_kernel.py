@@ -7,7 +7,14 @@ import dataclasses
 import pytest
 import torch
 
-from fp8attn.kernels.attention_fwd import attention_forward, forward_config
+from fp8attn.kernels.attention_fwd import (
+    MAX_KEY_SPLITS,
+    MIN_TILES_PER_KEY_SPLIT,
+    attention_forward,
+    forward_config,
+    key_splits,
+    split_keys,
+)
 from fp8attn.recipe import DEFAULT_RECIPE, RECIPES
 from fp8attn.reference import attention_emulated, exact, p_rounding_slack, quantize_emulated, round_p_operand
 from tests.conftest import INTERPRETED, make_qkv
@@ -43,7 +50,8 @@ class _KernelRun:
         return (beyond.norm() / self.want.norm()).item()
 
 
-def _run(device, gen, shape, causal, promote_every=None, dtype=torch.float16, recipe=DEFAULT_RECIPE) -> _KernelRun:
+def _run(device, gen, shape, causal, promote_every=None, dtype=torch.float16, recipe=DEFAULT_RECIPE,
+         splits=1) -> _KernelRun:
     q, k, v = make_qkv(gen, shape, dtype=dtype)
     qkv = quantize_emulated(q, k, v, recipe)
     qkv_dev = dataclasses.replace(qkv, **{f: getattr(qkv, f).to(device) for f in
@@ -52,9 +60,10 @@ def _run(device, gen, shape, causal, promote_every=None, dtype=torch.float16, re
     cfg = forward_config(qkv.q.shape[-1], qkv.k_block)
     if promote_every is not None:
         cfg = dataclasses.replace(cfg, promote_every=promote_every)
-    kwargs = dict(causal=causal, scale=shape[-1] ** -0.5, p_scale=recipe.p_multiplier, block_n=cfg.block_n)
+    kwargs = dict(causal=causal, scale=shape[-1] ** -0.5, p_scale=recipe.p_multiplier, block_n=cfg.block_n,
+                  key_split=split_keys(qkv.seqlen_k, cfg.block_n, splits) if splits > 1 else None)
     out, lse = attention_forward(qkv_dev, causal=causal, softmax_scale=kwargs["scale"], p_scale=recipe.p_multiplier,
-                                 out_dtype=dtype, config=cfg)
+                                 out_dtype=dtype, config=cfg, key_splits=splits)
     want, want_lse = attention_emulated(qkv, return_lse=True, **kwargs)
     return _KernelRun(out.cpu(), lse.cpu(), want, want_lse, p_rounding_slack(qkv, **kwargs), (q, k, v))
 
@@ -72,6 +81,44 @@ def test_kernel_matches_emulation_on_the_same_quantized_inputs(device, gen, pois
     seen = lse_exact.isfinite()
     assert torch.equal(run.lse.isfinite(), seen), "rows without visible keys must have lse = -inf, all others finite"
     torch.testing.assert_close(run.lse[seen].double(), run.want_lse[seen], rtol=0, atol=LSE_VS_EMULATION)
+
+
+@pytest.mark.parametrize("recipe", list(RECIPES))
+@pytest.mark.parametrize(("shape", "causal", "splits"), [
+    ((1, 4, 2, 1, 1000, 64), False, 3),     # decoding: one query row, grouped heads, a ragged last range
+    ((1, 2, 2, 200, 330, 64), True, 2),     # causal: the first query block's rows see none of the second range
+    ((1, 1, 1, 400, 300, 128), True, 3),    # Sq > Sk: rows that see no key in any range, or in the last two
+    ((1, 2, 1, 5, 300, 256), False, 5),     # D=256: 64-key tiles, one a range, the last one ragged
+], ids=str)
+def test_split_keys_match_the_emulation_of_their_ranges(device, gen, poisoned_allocations, shape, causal, splits,
+                                                        recipe):
+    """Each key range runs the online softmax from its own running maximum (so P rounds against another
+    maximum than in one pass) and the merge weighs the ranges by their LSE: the emulation does the same."""
+    run = _run(device, gen, shape, causal, recipe=RECIPES[recipe], splits=splits)
+    assert run.out.isfinite().all(), "unwritten (NaN-poisoned) or non-finite output"
+    distance = run.distance_beyond_p_rounding()
+    assert distance <= KERNEL_VS_EMULATION, f"{distance:.2e} beyond the P-rounding slack"
+    _, lse_exact = exact(*run.qkv, causal=causal, return_lse=True)
+    seen = lse_exact.isfinite()
+    assert torch.equal(run.lse.isfinite(), seen), "rows without visible keys must have lse = -inf, all others finite"
+    assert (run.out[~seen] == 0).all()
+    torch.testing.assert_close(run.lse[seen].double(), run.want_lse[seen], rtol=0, atol=LSE_VS_EMULATION)
+
+
+def test_key_splits_fill_the_sms_with_ranges_of_whole_tiles_and_none_empty():
+    sms = 132
+    for programs in range(1, 300, 7):
+        for tiles in range(1, 600, 13):
+            splits = key_splits(programs, tiles, sms)
+            if programs >= sms or tiles < 2 * MIN_TILES_PER_KEY_SPLIT:
+                assert splits == 1, (programs, tiles)
+                continue
+            assert 1 <= splits <= MAX_KEY_SPLITS
+            assert programs * (splits - 1) < sms, "no more ranges than the SMs need"
+            per_range = -(-tiles // splits)
+            assert per_range >= MIN_TILES_PER_KEY_SPLIT and (splits - 1) * per_range < tiles, (programs, tiles)
+    assert key_splits(8, 1024, sms) == MAX_KEY_SPLITS
+    assert key_splits(64, 4, sms) == 1  # the mission shape (B1 H8 S512 D64): four tiles a query block
 
 
 @pytest.mark.parametrize("promote_every", [0, 1, 2, 3])
@@ -110,15 +157,16 @@ def test_emulation_takes_its_pv_step_from_pv_accumulate(gen):
     assert (want - v_mean).abs().max() > 0.1
 
 
+@pytest.mark.parametrize("key_split", [None, 128])
 @pytest.mark.parametrize("recipe", ["e4m3", "int8-fp16pv"])
-def test_p_rounding_slack_bounds_what_p_within_its_noise_moves(gen, recipe):
+def test_p_rounding_slack_bounds_what_p_within_its_noise_moves(gen, recipe, key_split):
     """Every P moved by less than ``relative_noise`` before its rounding (a kernel's fp32 P) gives an
     emulation within :func:`p_rounding_slack` of the float64 one, element by element. The noise here
     is wide (2⁻⁸) so that many entries do round to the other neighbour and the bound is exercised."""
     noise = 2.0**-8
     q, k, v = make_qkv(gen, (1, 2, 1, 70, 300, 64))
     qkv = quantize_emulated(q, k, v, RECIPES[recipe])
-    kwargs = dict(causal=True, scale=64**-0.5, p_scale=RECIPES[recipe].p_multiplier, block_n=64)
+    kwargs = dict(causal=True, scale=64**-0.5, p_scale=RECIPES[recipe].p_multiplier, block_n=64, key_split=key_split)
     want = attention_emulated(qkv, **kwargs)
 
     def perturbed_rounding(p_scaled):

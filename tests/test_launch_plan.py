@@ -113,6 +113,21 @@ def test_second_call_replays_and_matches_emulation(gen, poisoned_allocations, re
         assert torch.isfinite(out).all() and err < 1e-2, f"call {call}: rel-L2 {err:.2e} against the emulation"
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_CUDA or INTERPRETED, reason="no CUDA GPU (compiled-kernel run)")
+def test_split_key_call_replays_its_partial_buffers_and_merge(gen, poisoned_allocations):
+    """Decoding splits the keys (partial results carved from the workspace, a merge launch): a replay
+    allocates and points all of it again."""
+    _PLANS.clear()
+    for call in range(3):
+        q, k, v = make_qkv(gen, (1, 8, 2, 1, 3000, 128), device="cuda")
+        out = fp8attn.attention(q, k, v)
+        assert len(_PLANS) == 1
+        want = emulate(q.cpu(), k.cpu(), v.cpu(), recipe=fp8attn.recipes()["int8-hadamard-vsmooth"])
+        err = compare(out.cpu(), want).rel_l2
+        assert torch.isfinite(out).all() and err < 1e-2, f"call {call}: rel-L2 {err:.2e} against the emulation"
+
+
 def test_replay_steps_aside_for_launch_hooks(monkeypatch):
     """A profiler's launch hook (proton, say) must see every launch: replays then use Triton's path."""
     monkeypatch.setattr(launch_module.knobs.runtime, "interpret", False)

@@ -7,6 +7,7 @@ import torch
 
 import fp8attn
 from fp8attn.fp8 import quantize_per_head, to_e4m3
+from fp8attn.kernels.attention_fwd import planned_key_splits, split_keys
 from fp8attn.kernels.attention_fwd_hopper import hopper_softmax_keys
 from fp8attn.kernels.prequantized_layout import prequantized_layout
 from fp8attn.metrics import compare
@@ -28,6 +29,27 @@ def test_prequantized_matches_its_emulation(device, gen, poisoned_allocations, s
     truth = exact(q.cpu(), k.cpu(), v.cpu(), causal=causal)
     assert compare(out, emulated).rel_l2 <= 0.25 * compare(emulated, truth).rel_l2
     assert compare(out, truth).rel_l2 <= 0.08
+
+
+@pytest.mark.parametrize("v_mean", [False, True], ids=["plain", "v_mean"])
+def test_prequantized_decoding_splits_the_keys_and_matches_its_emulation(device, gen, poisoned_allocations, v_mean):
+    """An FP8 KV cache read by one query row a head: the keys are split into ranges and merged (V's mean,
+    when given, added once after the merge)."""
+    shape = (1, 8, 2, 1, 1500, 128)
+    q, k, v = make_qkv(gen, shape, device=device, kind="v_mean" if v_mean else "randn")
+    mean = v.float().mean(dim=2) if v_mean else None
+    (q8, qd), (k8, kd), (v8, vd) = (quantize_per_head(x) for x in (q, k, v if mean is None else v - mean[:, :, None]))
+    out = fp8attn.attention_prequantized(q8, k8, v8, qd, kd, vd, v_mean=mean, out_dtype=torch.float16)
+    assert out.isfinite().all()
+    layout = prequantized_layout_emulated(*(x.cpu() for x in (q8, k8, v8, qd, kd, vd)),
+                                          *(() if mean is None else (mean.cpu(),)))
+    splits = planned_key_splits(1, 8, 1, 1500, 128, layout.k_block, False, torch.device(device), qk_int8=False,
+                                pv_fp16=False)
+    assert splits > 1, "this shape no longer splits: the test would not exercise the path"
+    emulated = attention_emulated(layout, causal=False, scale=128**-0.5, p_scale=448.0,
+                                  key_split=split_keys(1500, 128, splits))
+    truth = exact(q.cpu(), k.cpu(), v.cpu())
+    assert compare(out, emulated).rel_l2 <= kernel_error_budget(compare(emulated, truth).rel_l2, out.dtype)
 
 
 @pytest.mark.parametrize("causal", [False, True])
