@@ -49,7 +49,7 @@ def test_ncu_runs_with_the_gpu_clocks_left_alone_and_only_fp8attn_kernels():
 @pytest.mark.gpu
 @pytest.mark.skipif(not HAS_CUDA or INTERPRETED or shutil.which("ncu") is None, reason="needs a CUDA GPU and ncu")
 def test_ncu_profiles_the_attention_kernel_on_the_gpu():
-    profiles = kernel_profile.profile([(1, 4, 4, 512, 128, False)], "e4m3")  # the Triton kernel's shape
+    profiles = kernel_profile.profile([(1, 4, 4, 512, 512, 128, False)], "e4m3")  # the Triton kernel's shape
     attention = [p for p in profiles if p.kernel == "_fp8_attention_fwd_kernel"]
     assert len(attention) == 1, profiles
     tensor, occupancy, wgmma = METRICS

@@ -77,20 +77,20 @@ def format_profiles(profiles: list[KernelProfile]) -> str:
     return "\n".join(rows)
 
 
-def run_target(shapes: list[tuple[int, int, int, int, int, bool]], recipe: str) -> None:
-    """What ncu profiles: one fp8attn.attention call per shape ``(B, Hq, Hkv, S, D, causal)``, bf16 randn."""
+def run_target(shapes: list[tuple[int, int, int, int, int, int, bool]], recipe: str) -> None:
+    """What ncu profiles: one fp8attn.attention call per shape ``(B, Hq, Hkv, Sq, Sk, D, causal)``, bf16 randn."""
     import torch
 
     import fp8attn
 
-    for b, hq, hkv, s, d, causal in shapes:
-        q = torch.randn(b, hq, s, d, device="cuda", dtype=torch.bfloat16)
-        k, v = (torch.randn(b, hkv, s, d, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    for b, hq, hkv, sq, sk, d, causal in shapes:
+        q = torch.randn(b, hq, sq, d, device="cuda", dtype=torch.bfloat16)
+        k, v = (torch.randn(b, hkv, sk, d, device="cuda", dtype=torch.bfloat16) for _ in range(2))
         fp8attn.attention(q, k, v, causal=causal, recipe=recipe)
     torch.cuda.synchronize()
 
 
-def profile(shapes: list[tuple[int, int, int, int, int, bool]], recipe: str) -> list[KernelProfile]:
+def profile(shapes: list[tuple[int, int, int, int, int, int, bool]], recipe: str) -> list[KernelProfile]:
     """Run :func:`run_target` under ncu in a child process and return its kernels' profiles."""
     ncu = shutil.which("ncu")
     if ncu is None:
@@ -103,6 +103,6 @@ def profile(shapes: list[tuple[int, int, int, int, int, bool]], recipe: str) -> 
     return parse_ncu_csv(done.stdout)
 
 
-if __name__ == "__main__":  # the profiled child: python -m fp8attn.kernel_profile "B,Hq,Hkv,S,D,causal;..." recipe
+if __name__ == "__main__":  # the profiled child: python -m fp8attn.kernel_profile "B,Hq,Hkv,Sq,Sk,D,causal;..." recipe
     parsed = [tuple(int(x) for x in shape.split(",")) for shape in sys.argv[1].split(";")]
-    run_target([(*shape[:5], bool(shape[5])) for shape in parsed], sys.argv[2])
+    run_target([(*shape[:6], bool(shape[6])) for shape in parsed], sys.argv[2])

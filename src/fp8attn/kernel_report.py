@@ -131,8 +131,8 @@ def _tool(name: str) -> str:
 
 def _signature(launch) -> tuple[dict[str, str], dict[tuple[int], list], dict[str, int]]:
     """Triton signature, divisibility attributes and constants, as the runtime would specialize this
-    launch (an integer argument equal to 1, such as a unit stride, becomes the constant 1, unless the
-    kernel says ``do_not_specialize`` for it)."""
+    launch (an integer argument equal to 1, such as a unit stride, becomes the constant 1, and one
+    divisible by 16 is marked so, unless the kernel says ``do_not_specialize`` for it)."""
     options = {name: value for name, value in launch.options.items() if name in launch.kernel.arg_names}
     names = [n for n in launch.kernel.arg_names if n not in launch.constexprs and n not in options]
     runtime_only = {p.name for p in getattr(launch.kernel, "params", ()) if getattr(p, "do_not_specialize", False)}
@@ -151,7 +151,7 @@ def _signature(launch) -> tuple[dict[str, str], dict[tuple[int], list], dict[str
             signature[name] = "i1"
         elif isinstance(value, int):
             signature[name] = "i32" if -(2**31) <= value < 2**31 else "i64"
-            if value % 16 == 0:
+            if value % 16 == 0 and name not in runtime_only:
                 attrs[(i,)] = [["tt.divisibility", 16]]
         elif isinstance(value, float):
             signature[name] = "fp32"
@@ -205,34 +205,41 @@ def report_launch(launch, shape: str, arch: int = 90, compiled=None) -> KernelRe
                       launch.options.get("num_stages", 3), compiled.metadata.shared)
 
 
-def library_launches(batch: int, heads: int, kv_heads: int, seqlen: int, head_dim: int, causal: bool,
+def library_launches(batch: int, heads: int, kv_heads: int, seqlen_q: int, seqlen_k: int, head_dim: int, causal: bool,
                      recipe_name: str = "e4m3", dtype: torch.dtype = torch.bfloat16):
-    """The launches one :func:`fp8attn.attention` call makes for this shape, on meta tensors."""
-    from fp8attn.kernels.attention_fwd import forward_launch
+    """The launches one :func:`fp8attn.attention` call makes for this shape, on meta tensors (on a GPU of
+    132 SMs, for the split-key decision)."""
+    from fp8attn.kernels.attention_fwd import forward_launches, key_split_buffers
     from fp8attn.kernels.attention_fwd_hopper import hopper_forward_launch, hopper_kernel_shape
-    from fp8attn.quantize import allocate_quantized, quantize_launches
+    from fp8attn.quantize import allocate_quantized, padded_head_dim, quantize_launches
     from fp8attn.recipe import RECIPES
 
     recipe = RECIPES[recipe_name]
-    q = torch.empty(batch, heads, seqlen, head_dim, device="meta", dtype=dtype)
-    k = torch.empty(batch, kv_heads, seqlen, head_dim, device="meta", dtype=dtype)
-    qkv = allocate_quantized(batch, heads, kv_heads, seqlen, seqlen, head_dim, recipe, "meta")
+    meta = torch.device("meta")
+    q = torch.empty(batch, heads, seqlen_q, head_dim, device=meta, dtype=dtype)
+    k = torch.empty(batch, kv_heads, seqlen_k, head_dim, device=meta, dtype=dtype)
+    splits = key_split_buffers(batch, heads, seqlen_q, seqlen_k, padded_head_dim(head_dim), recipe.k_block, causal,
+                               meta, qk_int8=recipe.qk_format == "int8", pv_fp16=recipe.pv_format == "fp16")
+    qkv = allocate_quantized(batch, heads, kv_heads, seqlen_q, seqlen_k, head_dim, recipe, meta, extra=splits)
     out = torch.empty_like(q)
-    lse = torch.empty(batch, heads, seqlen, device="meta", dtype=torch.float32)
+    lse = torch.empty(batch, heads, seqlen_q, device=meta, dtype=torch.float32)
     kwargs = dict(causal=causal, softmax_scale=head_dim**-0.5, p_scale=recipe.p_multiplier)
     # On sm_90 these shapes run the warp-specialized Gluon kernel (it needs a GPU to decide, so it is named here),
     # as a call without return_lse runs it.
-    forward = hopper_forward_launch(qkv, out, lse, **kwargs, exact_lse=False) if hopper_kernel_shape(qkv, causal) \
-        else forward_launch(qkv, out, lse, **kwargs, exact_lse=False)
-    return [*quantize_launches(q, k, k, recipe, qkv), forward]
+    if not splits and hopper_kernel_shape(qkv, causal):
+        forward = [hopper_forward_launch(qkv, out, lse, **kwargs, exact_lse=False)]
+    else:
+        forward = forward_launches(qkv, out, lse, **kwargs, exact_lse=False)
+    return [*quantize_launches(q, k, k, recipe, qkv), *forward]
 
 
-def shapes_for(head_dims: tuple[int, ...]) -> list[tuple[int, int, int, int, int, bool]]:
-    """Long keys (a statistics launch, then the quantize launch), causal and not, and short keys
-    (statistics inside the quantize launch, as at the mission shape B=1, H=8, S=512), per head dim:
-    ``(B, Hq, Hkv, S, D, causal)``."""
-    return [(4, 16, 16, 4096, d, c) for d in head_dims for c in (False, True)] + [
-        (1, 8, 8, 512, d, False) for d in head_dims]
+def shapes_for(head_dims: tuple[int, ...]) -> list[tuple[int, int, int, int, int, int, bool]]:
+    """Long keys (a statistics launch, then the quantize launch), causal and not, short keys (statistics
+    inside the quantize launch, as at the mission shape B=1, H=8, S=512), and decoding (one query row a head
+    against 4096 keys: the keys split into ranges, a merge launch), per head dim: ``(B, Hq, Hkv, Sq, Sk, D,
+    causal)``."""
+    return [(4, 16, 16, 4096, 4096, d, c) for d in head_dims for c in (False, True)] + [
+        (1, 8, 8, 512, 512, d, False) for d in head_dims] + [(1, 32, 8, 1, 4096, d, False) for d in head_dims]
 
 
 DEFAULT_SHAPES = shapes_for((64, 128, 256))
@@ -242,9 +249,9 @@ def collect(shapes=DEFAULT_SHAPES, arch: int = 90, only: str = "", recipe: str =
     """Reports for every launch of every shape whose kernel name contains ``only``
     (run in a process where Triton is not interpreting)."""
     reports = []
-    for b, h, hkv, s, d, causal in shapes:
-        label = f"{recipe} B{b} H{h}/{hkv} S{s} D{d}{' causal' if causal else ''}"
-        for launch in library_launches(b, h, hkv, s, d, causal, recipe):
+    for b, h, hkv, sq, sk, d, causal in shapes:
+        label = f"{recipe} B{b} H{h}/{hkv} S{sq if sq == sk else f'{sq}/{sk}'} D{d}{' causal' if causal else ''}"
+        for launch in library_launches(b, h, hkv, sq, sk, d, causal, recipe):
             if only in launch.kernel.__name__:
                 reports.append(report_launch(launch, label, arch))
     return reports
@@ -305,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("--ncu profiles the kernels on a CUDA GPU; this process has none (or runs the interpreter)")
         shapes = shapes_for(head_dims)
         print("\nNsight Compute, launches in order of the shapes: " + "; ".join(
-            f"B{b} H{h}/{hkv} S{s} D{d}{' causal' if c else ''}" for b, h, hkv, s, d, c in shapes))
+            f"B{b} H{h}/{hkv} S{sq}/{sk} D{d}{' causal' if c else ''}" for b, h, hkv, sq, sk, d, c in shapes))
         print(kernel_profile.format_profiles(kernel_profile.profile(shapes, args.recipe)))
     return 0
 
