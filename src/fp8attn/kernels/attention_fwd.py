@@ -310,16 +310,23 @@ MAX_KEY_SPLITS = 16
 """Most key ranges per query block (the merge launch reads one partial result per range)."""
 
 
-def key_splits(programs: int, key_tiles: int, sm_count: int) -> int:
-    """How many ranges to split each query block's keys into: enough that ``programs`` query blocks
-    fill ``sm_count`` SMs once, each range at least :data:`MIN_TILES_PER_KEY_SPLIT` tiles (1: no split).
+def key_splits(programs: int, key_tiles: int, program_slots: int) -> int:
+    """How many ranges to split each query block's keys into: as many as keep ``programs · splits`` within one
+    wave of ``program_slots`` (SMs times the programs one SM holds), each range at least
+    :data:`MIN_TILES_PER_KEY_SPLIT` tiles (1: no split).
 
     Splitting pays where the query blocks alone leave SMs idle (decoding: one query row a head; few heads
-    of a long sequence); its price is one more launch and a round trip of fp32 partial results."""
-    if programs >= sm_count:
-        return 1
-    splits = min(triton.cdiv(sm_count, programs), key_tiles // MIN_TILES_PER_KEY_SPLIT, MAX_KEY_SPLITS)
+    of a long sequence); its price is one more launch and a round trip of fp32 partial results. On the
+    H200 the fastest split of every decoding shape measured filled exactly one wave, and the next larger
+    one (a second, partial wave) was up to 1.6x slower (docs/measurements/split_kv_h200/)."""
+    splits = min(program_slots // programs, key_tiles // MIN_TILES_PER_KEY_SPLIT, MAX_KEY_SPLITS)
     return triton.cdiv(key_tiles, triton.cdiv(key_tiles, splits)) if splits > 1 else 1
+
+
+def programs_per_sm(cfg: ForwardConfig, head_dim_pad: int) -> int:
+    """Programs of the Triton kernel one SM holds (``fp8attn inspect``: at D <= 128 one warpgroup takes 253-255
+    registers a thread and 107.5 KB of shared memory, so two fit; at D=256 132 KB, or two warpgroups, one)."""
+    return 2 if head_dim_pad <= 128 and cfg.num_warps == 4 else 1
 
 
 def sm_count(device: torch.device) -> int:
@@ -338,7 +345,8 @@ def planned_key_splits(batch: int, num_q_heads: int, seqlen_q: int, seqlen_k: in
     """:func:`key_splits` for a call of this shape on ``device`` with the Triton kernel's tiles."""
     cfg = forward_config(head_dim_pad, k_block, causal, pv_fp16=pv_fp16, qk_int8=qk_int8)
     programs = triton.cdiv(seqlen_q, cfg.block_m) * batch * num_q_heads
-    return key_splits(programs, triton.cdiv(seqlen_k, cfg.block_n), sm_count(device))
+    slots = sm_count(device) * programs_per_sm(cfg, head_dim_pad)
+    return key_splits(programs, triton.cdiv(seqlen_k, cfg.block_n), slots)
 
 
 def key_split_buffers(batch: int, num_q_heads: int, seqlen_q: int, seqlen_k: int, head_dim_pad: int, k_block: int,
