@@ -17,7 +17,7 @@ import torch
 import fp8attn
 from fp8attn.api import _PLANS
 from fp8attn.kernel_report import collect, collect_in_subprocess, shapes_for
-from fp8attn.kernels.attention_fwd import forward_launch
+from fp8attn.kernels.attention_fwd import forward_launch, planned_key_splits
 from fp8attn.kernels.attention_fwd_hopper import (
     HOPPER_MIN_SEQLEN,
     HOPPER_MIN_SEQLEN_CAUSAL,
@@ -259,12 +259,15 @@ def test_hopper_kernel_takes_head_dims_128_and_256_from_its_sequence_length(head
 @pytest.mark.parametrize("causal", [False, True])
 def test_library_runs_long_shapes_on_the_hopper_kernel_and_replays_it(gen, recipe, head_dim, causal):
     """At D=128 and 256 from the kernel's shortest sequence fp8attn.attention picks the Gluon kernel (a call
-    without return_lse: the row sums on the tensor cores where it can); the second call replays the
-    recorded launches with TMA descriptors rebuilt around the new buffers, and must give exactly what a
-    fresh kernel launch gives on the new inputs."""
+    without return_lse: the row sums on the tensor cores where it can) where the query blocks fill the GPU
+    (with fewer, the Triton kernel splits the keys); the second call replays the recorded launches with TMA
+    descriptors rebuilt around the new buffers, and must give exactly what a fresh kernel launch gives on
+    the new inputs."""
     r = RECIPES[recipe]
     seqlen = HOPPER_MIN_SEQLEN_CAUSAL if causal else HOPPER_MIN_SEQLEN
-    shape = (1, 2, 1, seqlen, seqlen, head_dim)
+    shape = (2, 8, 4, seqlen, seqlen, head_dim)
+    assert planned_key_splits(2, 8, seqlen, seqlen, head_dim, r.k_block, causal, torch.device("cuda"),
+                              qk_int8=r.qk_format == "int8", pv_fp16=False) == 1
     _PLANS.clear()
     for call in range(2):
         q, k, v = make_qkv(gen, shape, dtype=torch.bfloat16, device="cuda", kind="k_offset")

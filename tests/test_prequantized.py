@@ -9,7 +9,7 @@ import fp8attn
 from fp8attn.fp8 import quantize_per_head, to_e4m3
 from fp8attn.kernels.attention_fwd import planned_key_splits, split_keys
 from fp8attn.kernels.attention_fwd_hopper import hopper_softmax_keys
-from fp8attn.kernels.prequantized_layout import prequantized_layout
+from fp8attn.kernels.prequantized_layout import PREQUANTIZED_LAYOUT, prequantized_layout
 from fp8attn.metrics import compare
 from fp8attn.reference import attention_emulated, exact, prequantized_layout_emulated
 from tests.conftest import HAS_CUDA, INTERPRETED, make_qkv
@@ -115,7 +115,9 @@ def test_prequantized_at_d256_with_v_mean_matches_the_emulation_on_v_with_a_larg
     """4096 keys at D=256, where the Gluon kernel accumulates P·V unpromoted and V quantized with a large
     per-channel mean lands 0.075 from the emulation (README, Known issues): quantized after subtracting
     its mean, and the mean passed as ``v_mean``, the kernel matches the emulation."""
-    q, k, v = make_qkv(gen, (1, 2, 2, 4096, 4096, 256), dtype=torch.bfloat16, device="cuda", kind="v_mean")
+    q, k, v = make_qkv(gen, (2, 2, 2, 4096, 4096, 256), dtype=torch.bfloat16, device="cuda", kind="v_mean")
+    assert planned_key_splits(2, 2, 4096, 4096, 256, PREQUANTIZED_LAYOUT.k_block, False, q.device, qk_int8=False,
+                              pv_fp16=False) == 1, "the query blocks must fill the GPU for the Gluon kernel to run"
     v_mean = v.float().mean(dim=2)
     (q8, qd), (k8, kd), (v8, vd) = (quantize_per_head(x) for x in (q, k, v - v_mean[:, :, None, :]))
     out = fp8attn.attention_prequantized(q8, k8, v8, qd, kd, vd, v_mean=v_mean)
