@@ -412,6 +412,9 @@ def attention(
 
     D is any multiple of 8 up to 256 (powers of two from 32 on run without padding). CUDA tensors
     run on the GPU (compute capability 8.9 or 9.0); CPU tensors through Triton's interpreter.
+    Where the query blocks alone would leave SMs idle (decoding: a few query rows against many keys),
+    the keys are split into ranges that run in parallel and are merged by their log-sum-exp
+    (``fp8attn.kernels.attention_fwd.key_splits``).
     """
     if not isinstance(return_lse, bool):
         raise TypeError(f"return_lse must be a bool, got {type(return_lse).__name__}")
