@@ -49,6 +49,18 @@ class _KernelRun:
         beyond = ((self.out.double() - self.want).abs() - self.slack).clamp_min(0)
         return (beyond.norm() / self.want.norm()).item()
 
+    def assert_matches_emulation(self, causal: bool) -> None:
+        """Every element written and within KERNEL_VS_EMULATION beyond the P-rounding slack; rows that see no
+        key zero with an LSE of -inf, every other LSE within LSE_VS_EMULATION of the emulation's."""
+        assert self.out.isfinite().all(), "unwritten (NaN-poisoned) or non-finite output"
+        distance = self.distance_beyond_p_rounding()
+        assert distance <= KERNEL_VS_EMULATION, f"{distance:.2e} beyond the P-rounding slack"
+        _, lse_exact = exact(*self.qkv, causal=causal, return_lse=True)
+        seen = lse_exact.isfinite()
+        assert torch.equal(self.lse.isfinite(), seen), "rows without visible keys need lse = -inf, all others finite"
+        assert (self.out[~seen] == 0).all()
+        torch.testing.assert_close(self.lse[seen].double(), self.want_lse[seen], rtol=0, atol=LSE_VS_EMULATION)
+
 
 def _run(device, gen, shape, causal, promote_every=None, dtype=torch.float16, recipe=DEFAULT_RECIPE,
          splits=1) -> _KernelRun:
@@ -73,14 +85,7 @@ def _run(device, gen, shape, causal, promote_every=None, dtype=torch.float16, re
 @pytest.mark.parametrize("shape", [(1, 2, 2, 130, 257, 64), (1, 2, 1, 257, 130, 128), (1, 1, 1, 64, 64, 256)], ids=str)
 def test_kernel_matches_emulation_on_the_same_quantized_inputs(device, gen, poisoned_allocations, shape, causal,
                                                                 recipe):
-    run = _run(device, gen, shape, causal, recipe=RECIPES[recipe])
-    assert run.out.isfinite().all(), "unwritten (NaN-poisoned) or non-finite output"
-    distance = run.distance_beyond_p_rounding()
-    assert distance <= KERNEL_VS_EMULATION, f"{distance:.2e} beyond the P-rounding slack"
-    _, lse_exact = exact(*run.qkv, causal=causal, return_lse=True)
-    seen = lse_exact.isfinite()
-    assert torch.equal(run.lse.isfinite(), seen), "rows without visible keys must have lse = -inf, all others finite"
-    torch.testing.assert_close(run.lse[seen].double(), run.want_lse[seen], rtol=0, atol=LSE_VS_EMULATION)
+    _run(device, gen, shape, causal, recipe=RECIPES[recipe]).assert_matches_emulation(causal)
 
 
 @pytest.mark.parametrize("recipe", list(RECIPES))
@@ -94,15 +99,7 @@ def test_split_keys_match_the_emulation_of_their_ranges(device, gen, poisoned_al
                                                         recipe):
     """Each key range runs the online softmax from its own running maximum (so P rounds against another
     maximum than in one pass) and the merge weighs the ranges by their LSE: the emulation does the same."""
-    run = _run(device, gen, shape, causal, recipe=RECIPES[recipe], splits=splits)
-    assert run.out.isfinite().all(), "unwritten (NaN-poisoned) or non-finite output"
-    distance = run.distance_beyond_p_rounding()
-    assert distance <= KERNEL_VS_EMULATION, f"{distance:.2e} beyond the P-rounding slack"
-    _, lse_exact = exact(*run.qkv, causal=causal, return_lse=True)
-    seen = lse_exact.isfinite()
-    assert torch.equal(run.lse.isfinite(), seen), "rows without visible keys must have lse = -inf, all others finite"
-    assert (run.out[~seen] == 0).all()
-    torch.testing.assert_close(run.lse[seen].double(), run.want_lse[seen], rtol=0, atol=LSE_VS_EMULATION)
+    _run(device, gen, shape, causal, recipe=RECIPES[recipe], splits=splits).assert_matches_emulation(causal)
 
 
 def test_key_splits_fill_one_wave_with_ranges_of_whole_tiles_and_none_empty():

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import pytest
+
 from fp8attn.bench import Record, attention_flops, gate_exit_code, gate_failures, load_json
 from tests.conftest import ROOT
 
@@ -64,3 +66,28 @@ def test_gate_passes_the_committed_results_against_themselves():
         _, records = load_json(ROOT / "benchmarks" / "results" / f"{gpu}.json")
         assert any(r.provider == "fp8attn" for r in records)
         assert gate_failures(records, [dataclasses.replace(r) for r in records]) == []
+
+
+def test_decode_suite_plans_one_query_row_against_each_cache_length_with_device_time():
+    from fp8attn.bench.cli import build_parser, plan
+
+    jobs = plan(build_parser().parse_args(["--suite", "decode"]))
+    assert [s.Sk for s, _ in jobs] == [1024, 4096, 16384, 65536]
+    for shape, methods in jobs:
+        assert (shape.B, shape.Hq, shape.Hkv, shape.Sq, shape.D, shape.causal, shape.suite) == \
+            (1, 32, 8, 1, 128, False, "decode")
+        assert methods == ("do_bench", "cuda_graph")
+
+
+def test_plot_draws_the_decode_suite_beside_the_sweep(tmp_path):
+    pytest.importorskip("matplotlib")
+    from fp8attn.bench.results import plot
+    from fp8attn.bench.shapes import decode_shapes
+
+    decode = [Record(**dataclasses.asdict(shape), provider=provider, method=method, median_ms=ms, tflops=0.0)
+              for shape in decode_shapes("bf16") for provider, ms in (("fp8attn-prequant", 0.04), ("sdpa-cudnn", 0.03))
+              for method in ("do_bench", "cuda_graph")]
+    pngs = plot([_record("fp8attn", 500.0), *decode], tmp_path / "gpu.png", "test")
+    assert pngs == [tmp_path / "gpu.png", tmp_path / "gpu_decode.png"]
+    assert all(p.stat().st_size > 10_000 for p in pngs)
+    assert plot(decode, tmp_path / "only.png", "test") == [tmp_path / "only_decode.png"]

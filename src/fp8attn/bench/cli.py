@@ -23,6 +23,7 @@ from fp8attn.bench.shapes import (
     SWEEP_SEQLENS,
     Record,
     Shape,
+    decode_shapes,
     mission_shape,
     parse_shape,
     sweep_shapes,
@@ -64,8 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"comma list from: {', '.join(METHODS)} (default: do_bench; all three for the mission shape)")
     p.add_argument("--shape", action="append", type=parse_shape, default=[], metavar="B,Hq,Hkv,Sq,Sk,D",
                    help="an extra shape (repeatable); run for each --causal value, in --dtype")
-    p.add_argument("--suite", type=_choice_list(("sweep", "mission", "custom")),
-                   help="comma list of sweep, mission, custom (default: sweep,mission; custom alone with --shape)")
+    p.add_argument("--suite", type=_choice_list(("sweep", "mission", "decode", "custom")),
+                   help="comma list of sweep, mission, decode (one query row a head, GQA 32/8, D=128, 1k-64k keys), "
+                        "custom (default: sweep,mission; custom alone with --shape)")
     p.add_argument("--d", type=_int_list, help="sweep head dims (default 64,128,256)")
     p.add_argument("--seqlens", type=_int_list, help="sweep sequence lengths (default 512,...,16384)")
     p.add_argument("--causal", choices=("0", "1", "both"), default="both",
@@ -101,6 +103,8 @@ def plan(args: argparse.Namespace) -> list[tuple[Shape, tuple[str, ...]]]:
         jobs += [(s, default) for s in sweep_shapes(head_dims, seqlens, causals, args.dtype)]
     if "mission" in suites and args.causal != "1":
         jobs.append((mission_shape(), tuple(args.methods or METHODS)))
+    if "decode" in suites:
+        jobs += [(s, tuple(args.methods or ("do_bench", "cuda_graph"))) for s in decode_shapes(args.dtype)]
     if "custom" in suites:
         jobs += [(Shape(*dims, c, args.dtype, "custom"), default) for dims in args.shape for c in causals]
     return jobs
@@ -113,8 +117,7 @@ def run_plot_only(path: Path) -> int:
     meta, records = load_json(path)
     gpu = meta.get("gpu", "?")
     report(records, gpu)
-    png = plot(records, path.with_suffix(".png"), f"{gpu} · {meta.get('date', '')}")
-    if png:
+    for png in plot(records, path.with_suffix(".png"), f"{gpu} · {meta.get('date', '')}"):
         print(f"plot: {png}")
     return 0
 
@@ -155,6 +158,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             records += measure_shape(shape, methods, providers, cfg, reporter)
             write_json(json_path, meta, records)
     report(records, gpu)
-    png = plot(records, png_path, f"{gpu} · {meta['date']}")
-    print(f"results: {json_path}" + (f", plot: {png}" if png else ""))
+    pngs = plot(records, png_path, f"{gpu} · {meta['date']}")
+    print(f"results: {json_path}" + "".join(f", plot: {png}" for png in pngs))
     return 0

@@ -133,12 +133,20 @@ def report(records: Sequence[Record], gpu: str) -> None:
                     header, rows)
 
 
-def plot(records: Sequence[Record], path: Path, title: str) -> Path | None:
-    """TFLOP/s against S, a panel per (D, causal), a line per provider; do_bench records of the sweep only."""
-    sweep = [r for r in records if r.method == "do_bench" and is_sweep(r)]
-    if not sweep:
-        print("plot: no do_bench records of sweep shapes; nothing to plot")
-        return None
+def plot(records: Sequence[Record], path: Path, title: str) -> list[Path]:
+    """The plots of ``records`` that have something to show: the sweep's (:func:`plot_sweep`, at ``path``) and
+    the decoding suite's (:func:`plot_decode`, beside it with ``_decode`` added to the name)."""
+    plt = _pyplot()
+    if plt is None:
+        return []
+    written = [plot_sweep(plt, records, path, title),
+               plot_decode(plt, records, path.with_name(f"{path.stem}_decode{path.suffix}"), title)]
+    if written == [None, None]:
+        print("plot: no do_bench records of sweep shapes and no decode-suite records; nothing to plot")
+    return [p for p in written if p is not None]
+
+
+def _pyplot() -> Any:
     try:
         import matplotlib
 
@@ -146,6 +154,51 @@ def plot(records: Sequence[Record], path: Path, title: str) -> Path | None:
         import matplotlib.pyplot as plt
     except ImportError as e:
         print(f"plot: skipped, matplotlib is not importable ({e}); pip install matplotlib")
+        return None
+    return plt
+
+
+def plot_decode(plt: Any, records: Sequence[Record], path: Path, title: str) -> Path | None:
+    """µs per call against the number of keys for the decode suite's records, a panel per timing method, a
+    line per provider (None where there are none)."""
+    decode = [r for r in records if r.suite == "decode"]
+    if not decode:
+        return None
+    methods = [m for m in ("cuda_graph", "do_bench", "eager") if any(r.method == m for r in decode)]
+    fig, axes = plt.subplots(1, len(methods), figsize=(5.2 * len(methods), 3.8), squeeze=False)
+    order = {p: i for i, p in enumerate(PROVIDERS)}
+    lines: dict[str, Any] = {}
+    for ax, method in zip(axes[0], methods, strict=True):
+        panel = [r for r in decode if r.method == method]
+        for provider in sorted({r.provider for r in panel}, key=lambda p: (order.get(p, 99), p)):
+            pts = sorted((r.Sk, r.median_ms * 1e3) for r in panel if r.provider == provider)
+            style = "-" if provider.startswith("fp8attn") else "--"
+            (line,) = ax.plot([p[0] for p in pts], [p[1] for p in pts], style, marker="o", ms=3, label=provider)
+            lines.setdefault(provider, line)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        keys = sorted({r.Sk for r in panel})
+        ax.set_xticks(keys, [short_count(k) for k in keys])
+        ax.grid(alpha=0.3, which="both")
+        ax.set_title(f"{method}", fontsize=10)
+        ax.set_xlabel("keys (KV cache length)")
+        ax.set_ylabel("µs per call")
+    shape = decode[0]
+    fig.suptitle(f"decoding, B{shape.B} H{shape.Hq}/{shape.Hkv} Sq{shape.Sq} D{shape.D} · {title}", fontsize=11)
+    fig.legend(list(lines.values()), list(lines.keys()), loc="lower center", ncol=min(4, len(lines)), fontsize=8,
+               frameon=False)
+    fig.tight_layout(rect=(0, 0.06 + 0.04 * math.ceil(len(lines) / 4), 1, 0.95))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_sweep(plt: Any, records: Sequence[Record], path: Path, title: str) -> Path | None:
+    """TFLOP/s against S, a panel per (D, causal), a line per provider; do_bench records of the sweep only
+    (None where there are none)."""
+    sweep = [r for r in records if r.method == "do_bench" and is_sweep(r)]
+    if not sweep:
         return None
     head_dims = sorted({r.D for r in sweep})
     causals = sorted({r.causal for r in sweep})

@@ -13,6 +13,7 @@ SWEEP_HEAD_DIMS = (64, 128, 256)
 SWEEP_SEQLENS = (512, 1024, 2048, 4096, 8192, 16384)
 QUICK_HEAD_DIMS = (64, 128)
 QUICK_SEQLENS = (1024, 8192)
+DECODE_SEQLENS = (1024, 4096, 16384, 65536)
 SWEEP_TOKENS = 16384
 SWEEP_HIDDEN = 2048
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -30,7 +31,7 @@ class Shape:
     D: int
     causal: bool
     dtype: str  # a key of DTYPES
-    suite: str = "custom"  # "sweep", "mission" or "custom"
+    suite: str = "custom"  # "sweep", "mission", "decode" or "custom"
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -92,6 +93,12 @@ def sweep_shapes(head_dims: Sequence[int], seqlens: Sequence[int], causals: Sequ
 def mission_shape() -> Shape:
     """The latency-bound shape fp8attn is tuned for: B=1, H=8, S=512, D=64, fp16, non-causal."""
     return Shape(1, 8, 8, 512, 512, 64, False, "fp16", "mission")
+
+
+def decode_shapes(dtype: str) -> list[Shape]:
+    """Decoding with a KV cache: one query row for each of 32 query heads sharing 8 KV heads (GQA), D=128,
+    against ``DECODE_SEQLENS`` keys, non-causal (the row sees the whole cache)."""
+    return [Shape(1, 32, 8, 1, sk, 128, False, dtype, "decode") for sk in DECODE_SEQLENS]
 
 
 def parse_shape(text: str) -> tuple[int, int, int, int, int, int]:
