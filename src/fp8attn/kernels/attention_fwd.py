@@ -332,7 +332,9 @@ def programs_per_sm(cfg: ForwardConfig, head_dim_pad: int) -> int:
 def sm_count(device: torch.device) -> int:
     """Streaming multiprocessors of ``device``; a CPU (Triton's interpreter) counts as an H100's 132, so that
     tests there take the GPU's decisions."""
-    return _cuda_sm_count(device.index or 0) if device.type == "cuda" else 132
+    if device.type != "cuda":
+        return 132
+    return _cuda_sm_count(torch.cuda.current_device() if device.index is None else device.index)
 
 
 @functools.cache
