@@ -184,14 +184,8 @@ def plot_decode(plt: Any, records: Sequence[Record], path: Path, title: str) -> 
         ax.set_xlabel("keys (KV cache length)")
         ax.set_ylabel("µs per call")
     shape = decode[0]
-    fig.suptitle(f"decoding, B{shape.B} H{shape.Hq}/{shape.Hkv} Sq{shape.Sq} D{shape.D} · {title}", fontsize=11)
-    fig.legend(list(lines.values()), list(lines.keys()), loc="lower center", ncol=min(4, len(lines)), fontsize=8,
-               frameon=False)
-    fig.tight_layout(rect=(0, 0.06 + 0.04 * math.ceil(len(lines) / 4), 1, 0.95))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    title = f"decoding, B{shape.B} H{shape.Hq}/{shape.Hkv} Sq{shape.Sq} D{shape.D} · {title}"
+    return _save_figure(plt, fig, lines, title, path, legend_row=0.04, top=0.95)
 
 
 def plot_sweep(plt: Any, records: Sequence[Record], path: Path, title: str) -> Path | None:
@@ -228,10 +222,16 @@ def plot_sweep(plt: Any, records: Sequence[Record], path: Path, title: str) -> P
                 ax.set_ylabel("TFLOP/s")
             if row == len(head_dims) - 1:
                 ax.set_xlabel("sequence length (16k tokens per batch)")
+    return _save_figure(plt, fig, lines, title, path, legend_row=0.025, top=0.97)
+
+
+def _save_figure(plt: Any, fig: Any, lines: dict[str, Any], title: str, path: Path, legend_row: float,
+                 top: float) -> Path:
+    """Title, one legend of ``lines`` below the panels (four a row, ``legend_row`` of the height each), save."""
     fig.suptitle(title, fontsize=11)
     fig.legend(list(lines.values()), list(lines.keys()), loc="lower center", ncol=min(4, len(lines)), fontsize=8,
                frameon=False)
-    fig.tight_layout(rect=(0, 0.04 + 0.025 * math.ceil(len(lines) / 4), 1, 0.97))
+    fig.tight_layout(rect=(0, legend_row * (1 + math.ceil(len(lines) / 4)), 1, top))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)
