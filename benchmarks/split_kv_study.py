@@ -72,8 +72,7 @@ def main() -> None:
                 partial_lse = torch.empty((n, b * hq, sq), device="cuda", dtype=torch.float32)
                 partial_out = torch.empty((n, b * hq, sq, dp), device="cuda", dtype=torch.float32)
                 variants[f"split-{n}"] = split_forward_launches(qkv, out, lse, partial_out, partial_lse, **common)
-            planned = planned_key_splits(b, hq, sq, sk, dp, qkv.k_block, causal, q.device,
-                                         qk_int8=qkv.q.dtype == torch.int8, pv_fp16=False)
+            planned = planned_key_splits(b, hq, sq, sk, d, recipe, causal, q.device)
             truth = exact(q, k, v, causal=causal)
             for name, launches in variants.items():
                 out.fill_(float("nan"))

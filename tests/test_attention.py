@@ -68,8 +68,8 @@ def test_decoding_splits_the_keys_and_stays_close_to_its_emulation(device, gen, 
     same plan), and the result is still the recipe's within the kernel's share of its error."""
     b, hq, _, sq, sk, d = shape
     r = RECIPES[recipe]
-    assert planned_key_splits(b, hq, sq, sk, d, r.k_block, causal, torch.device(device), qk_int8=r.qk_format == "int8",
-                              pv_fp16=False) > 1, "this shape no longer splits: the test would not exercise the path"
+    assert planned_key_splits(b, hq, sq, sk, d, r, causal, torch.device(device)) > 1, \
+        "this shape no longer splits: the test would not exercise the path"
     q, k, v = make_qkv(gen, shape, device=device)
     out, lse = fp8attn.attention(q, k, v, causal=causal, recipe=recipe, return_lse=True)
     assert out.isfinite().all(), "NaN-poisoned elements left unwritten, or a non-finite result"

@@ -211,15 +211,14 @@ def library_launches(batch: int, heads: int, kv_heads: int, seqlen_q: int, seqle
     132 SMs, for the split-key decision)."""
     from fp8attn.kernels.attention_fwd import forward_launches, key_split_buffers
     from fp8attn.kernels.attention_fwd_hopper import hopper_forward_launch, hopper_kernel_shape
-    from fp8attn.quantize import allocate_quantized, padded_head_dim, quantize_launches
+    from fp8attn.quantize import allocate_quantized, quantize_launches
     from fp8attn.recipe import RECIPES
 
     recipe = RECIPES[recipe_name]
     meta = torch.device("meta")
     q = torch.empty(batch, heads, seqlen_q, head_dim, device=meta, dtype=dtype)
     k = torch.empty(batch, kv_heads, seqlen_k, head_dim, device=meta, dtype=dtype)
-    splits = key_split_buffers(batch, heads, seqlen_q, seqlen_k, padded_head_dim(head_dim), recipe.k_block, causal,
-                               meta, qk_int8=recipe.qk_format == "int8", pv_fp16=recipe.pv_format == "fp16")
+    splits = key_split_buffers(batch, heads, seqlen_q, seqlen_k, head_dim, recipe, causal, meta)
     qkv = allocate_quantized(batch, heads, kv_heads, seqlen_q, seqlen_k, head_dim, recipe, meta, extra=splits)
     out = torch.empty_like(q)
     lse = torch.empty(batch, heads, seqlen_q, device=meta, dtype=torch.float32)

@@ -39,7 +39,8 @@ import triton.language as tl
 from fp8attn.kernels.grid_dependency import programmatic_launch, signal_next_grid, wait_for_previous_grid
 from fp8attn.kernels.key_order import pv_key_order
 from fp8attn.kernels.launch import Launch
-from fp8attn.quantize import BufferLayout, QuantizedQKV
+from fp8attn.quantize import BufferLayout, QuantizedQKV, padded_head_dim
+from fp8attn.recipe import Recipe
 
 LOG2_E = math.log2(math.e)
 LN_2: tl.constexpr = tl.constexpr(math.log(2.0))
@@ -342,26 +343,29 @@ def _cuda_sm_count(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
 
 
-def planned_key_splits(batch: int, num_q_heads: int, seqlen_q: int, seqlen_k: int, head_dim_pad: int, k_block: int,
-                       causal: bool, device: torch.device, *, qk_int8: bool, pv_fp16: bool) -> int:
-    """:func:`key_splits` for a call of this shape on ``device`` with the Triton kernel's tiles."""
-    cfg = forward_config(head_dim_pad, k_block, causal, pv_fp16=pv_fp16, qk_int8=qk_int8)
+def planned_key_splits(batch: int, num_q_heads: int, seqlen_q: int, seqlen_k: int, head_dim: int, recipe: Recipe,
+                       causal: bool, device: torch.device) -> int:
+    """:func:`key_splits` for a call of this shape (``head_dim`` before padding) in ``recipe``'s layout on
+    ``device``, with the Triton kernel's tiles."""
+    head_dim_pad = padded_head_dim(head_dim)
+    cfg = forward_config(head_dim_pad, recipe.k_block, causal, pv_fp16=recipe.pv_format == "fp16",
+                         qk_int8=recipe.qk_format == "int8")
     programs = triton.cdiv(seqlen_q, cfg.block_m) * batch * num_q_heads
     slots = sm_count(device) * programs_per_sm(cfg, head_dim_pad)
     return key_splits(programs, triton.cdiv(seqlen_k, cfg.block_n), slots)
 
 
-def key_split_buffers(batch: int, num_q_heads: int, seqlen_q: int, seqlen_k: int, head_dim_pad: int, k_block: int,
-                      causal: bool, device: torch.device, *, qk_int8: bool, pv_fp16: bool) -> BufferLayout:
+def key_split_buffers(batch: int, num_q_heads: int, seqlen_q: int, seqlen_k: int, head_dim: int, recipe: Recipe,
+                      causal: bool, device: torch.device) -> BufferLayout:
     """The partial-result buffers a call of this shape needs (none where :func:`planned_key_splits` is 1),
     to carve from the call's workspace: ``key_split_out (splits, B·Hq, Sq, Dp)`` and ``key_split_lse
     (splits, B·Hq, Sq)``, fp32. :func:`forward_launches` splits the keys when ``qkv.extra`` holds them."""
-    splits = planned_key_splits(batch, num_q_heads, seqlen_q, seqlen_k, head_dim_pad, k_block, causal, device,
-                                qk_int8=qk_int8, pv_fp16=pv_fp16)
+    splits = planned_key_splits(batch, num_q_heads, seqlen_q, seqlen_k, head_dim, recipe, causal, device)
     if splits == 1:
         return {}
     rows = (splits, batch * num_q_heads, seqlen_q)
-    return {"key_split_out": ((*rows, head_dim_pad), torch.float32), "key_split_lse": (rows, torch.float32)}
+    return {"key_split_out": ((*rows, padded_head_dim(head_dim)), torch.float32),
+            "key_split_lse": (rows, torch.float32)}
 
 
 def forward_launches(
