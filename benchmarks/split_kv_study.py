@@ -3,7 +3,7 @@
 For each shape the inputs are quantized once (``--recipes``; ``e4m3`` runs the launches of
 ``fp8attn-prequant``), and each variant is timed on them: ``library`` is what the library ran before
 split-KV (``forward_launch``: the Gluon kernel where it applies, else the Triton kernel over all keys),
-``split-N`` the Triton kernel on N key ranges plus the merge launch (every N from 2 to 16 that splits the
+``split-N`` the Triton kernel on N key ranges plus the merge launch (every N from 2 to 32 that splits the
 key tiles into N non-empty ranges), and ``*`` marks the N the library now picks (``planned_key_splits``).
 Each output's rel-L2 from float64 attention on the same bf16 inputs is recorded: a split rounds P against
 each range's own running maximum, which should cost no accuracy (at one query row the recipe's P rounding
@@ -44,7 +44,7 @@ SHAPES = [
 
 def valid_splits(seqlen_k: int, block_n: int) -> list[int]:
     tiles = triton.cdiv(seqlen_k, block_n)
-    return [n for n in range(2, 17) if triton.cdiv(tiles, triton.cdiv(tiles, n)) == n]
+    return [n for n in range(2, 33) if triton.cdiv(tiles, triton.cdiv(tiles, n)) == n]
 
 
 def main() -> None:
@@ -72,7 +72,7 @@ def main() -> None:
                 partial_lse = torch.empty((n, b * hq, sq), device="cuda", dtype=torch.float32)
                 partial_out = torch.empty((n, b * hq, sq, dp), device="cuda", dtype=torch.float32)
                 variants[f"split-{n}"] = split_forward_launches(qkv, out, lse, partial_out, partial_lse, **common)
-            planned = planned_key_splits(b, hq, sq, sk, d, recipe, causal, q.device)
+            planned = planned_key_splits(b, hq, hkv, sq, sk, d, recipe, causal, q.device)
             truth = exact(q, k, v, causal=causal)
             for name, launches in variants.items():
                 out.fill_(float("nan"))

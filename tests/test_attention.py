@@ -66,9 +66,9 @@ def test_decoding_splits_the_keys_and_stays_close_to_its_emulation(device, gen, 
                                                                    recipe):
     """One query row a head leaves most SMs idle: the keys are split into ranges (the emulation follows the
     same plan), and the result is still the recipe's within the kernel's share of its error."""
-    b, hq, _, sq, sk, d = shape
+    b, hq, hkv, sq, sk, d = shape
     r = RECIPES[recipe]
-    assert planned_key_splits(b, hq, sq, sk, d, r, causal, torch.device(device)) > 1, \
+    assert planned_key_splits(b, hq, hkv, sq, sk, d, r, causal, torch.device(device)) > 1, \
         "this shape no longer splits: the test would not exercise the path"
     q, k, v = make_qkv(gen, shape, device=device)
     out, lse = fp8attn.attention(q, k, v, causal=causal, recipe=recipe, return_lse=True)

@@ -13,6 +13,7 @@ from fp8attn.kernels.attention_fwd import (
     attention_forward,
     forward_config,
     key_splits,
+    packs_query_heads,
     split_keys,
 )
 from fp8attn.recipe import DEFAULT_RECIPE, RECIPES
@@ -100,6 +101,20 @@ def test_split_keys_match_the_emulation_of_their_ranges(device, gen, poisoned_al
     """Each key range runs the online softmax from its own running maximum (so P rounds against another
     maximum than in one pass) and the merge weighs the ranges by their LSE: the emulation does the same."""
     _run(device, gen, shape, causal, recipe=RECIPES[recipe], splits=splits).assert_matches_emulation(causal)
+
+
+@pytest.mark.parametrize("recipe", ["int8-hadamard-vsmooth", "e4m3"])
+@pytest.mark.parametrize(("shape", "causal"), [
+    ((1, 6, 2, 20, 300, 128), True),   # three query heads a KV head: 60 rows, one block, causal per position
+    ((2, 8, 2, 40, 200, 64), False),   # four: 160 rows, a ragged third block
+    ((1, 4, 1, 30, 20, 64), True),     # Sq > Sk: the first ten positions of every head see no key
+], ids=str)
+def test_packed_query_heads_match_the_emulation(device, gen, poisoned_allocations, shape, causal, recipe):
+    """Fewer query positions than a block's rows, grouped heads: the query heads of a KV head share a block
+    (rows of several heads, masks per row's position), which changes no row's arithmetic."""
+    _, hq, hkv, sq, _, d = shape
+    assert packs_query_heads(hq, hkv, sq, forward_config(d, RECIPES[recipe].k_block).block_m)
+    _run(device, gen, shape, causal, recipe=RECIPES[recipe]).assert_matches_emulation(causal)
 
 
 def test_key_splits_fill_one_wave_with_ranges_of_whole_tiles_and_none_empty():

@@ -266,7 +266,7 @@ def test_library_runs_long_shapes_on_the_hopper_kernel_and_replays_it(gen, recip
     r = RECIPES[recipe]
     seqlen = HOPPER_MIN_SEQLEN_CAUSAL if causal else HOPPER_MIN_SEQLEN
     shape = (2, 8, 4, seqlen, seqlen, head_dim)
-    assert planned_key_splits(2, 8, seqlen, seqlen, head_dim, r, causal, torch.device("cuda")) == 1
+    assert planned_key_splits(2, 8, 4, seqlen, seqlen, head_dim, r, causal, torch.device("cuda")) == 1
     _PLANS.clear()
     for call in range(2):
         q, k, v = make_qkv(gen, shape, dtype=torch.bfloat16, device="cuda", kind="k_offset")

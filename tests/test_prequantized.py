@@ -43,7 +43,7 @@ def test_prequantized_decoding_splits_the_keys_and_matches_its_emulation(device,
     assert out.isfinite().all()
     layout = prequantized_layout_emulated(*(x.cpu() for x in (q8, k8, v8, qd, kd, vd)),
                                           *(() if mean is None else (mean.cpu(),)))
-    splits = planned_key_splits(1, 8, 1, 1500, 128, PREQUANTIZED_LAYOUT, False, torch.device(device))
+    splits = planned_key_splits(1, 8, 2, 1, 1500, 128, PREQUANTIZED_LAYOUT, False, torch.device(device))
     assert splits > 1, "this shape no longer splits: the test would not exercise the path"
     emulated = attention_emulated(layout, causal=False, scale=128**-0.5, p_scale=448.0,
                                   key_split=split_keys(1500, 128, splits))
@@ -115,7 +115,7 @@ def test_prequantized_at_d256_with_v_mean_matches_the_emulation_on_v_with_a_larg
     per-channel mean lands 0.075 from the emulation (README, Known issues): quantized after subtracting
     its mean, and the mean passed as ``v_mean``, the kernel matches the emulation."""
     q, k, v = make_qkv(gen, (2, 2, 2, 4096, 4096, 256), dtype=torch.bfloat16, device="cuda", kind="v_mean")
-    assert planned_key_splits(2, 2, 4096, 4096, 256, PREQUANTIZED_LAYOUT, False, q.device) == 1, \
+    assert planned_key_splits(2, 2, 2, 4096, 4096, 256, PREQUANTIZED_LAYOUT, False, q.device) == 1, \
         "the query blocks must fill the GPU for the Gluon kernel to run"
     v_mean = v.float().mean(dim=2)
     (q8, qd), (k8, kd), (v8, vd) = (quantize_per_head(x) for x in (q, k, v - v_mean[:, :, None, :]))

@@ -191,7 +191,7 @@ def _attention_launches(
     caller's: exact (the forward kernel sums P's rows in fp32) and, where K was smoothed, shifted back to
     the scores the caller asked for (:mod:`fp8attn.kernels.unsmoothed_lse`)."""
     batch, num_q_heads, seqlen_q, head_dim = q.shape
-    splits = key_split_buffers(batch, num_q_heads, seqlen_q, k.shape[2], head_dim, recipe, causal, q.device)
+    splits = key_split_buffers(batch, num_q_heads, k.shape[1], seqlen_q, k.shape[2], head_dim, recipe, causal, q.device)
     qkv = allocate_quantized(batch, num_q_heads, k.shape[1], seqlen_q, k.shape[2], head_dim, recipe, q.device,
                              extra={"lse": (q.shape[:3], torch.float32), **splits})
     out = torch.empty(q.shape, device=q.device, dtype=q.dtype)
@@ -235,8 +235,8 @@ def _prequantized_launches(
     layout and forward launches (the last item: the layout's workspace, which holds the copies of Q and K
     where they are needed). ``lse`` is exact with ``return_lse`` (as in :func:`_attention_launches`)."""
     batch, num_q_heads, seqlen_q, head_dim = q.shape
-    splits = key_split_buffers(batch, num_q_heads, seqlen_q, k.shape[2], head_dim, PREQUANTIZED_LAYOUT, causal,
-                               q.device)
+    splits = key_split_buffers(batch, num_q_heads, k.shape[1], seqlen_q, k.shape[2], head_dim,
+                               PREQUANTIZED_LAYOUT, causal, q.device)
     qkv, layout_launch = prequantized_layout(q, k, v, q_descale, k_descale, v_descale, v_mean,
                                              extra={"lse": (q.shape[:3], torch.float32), **splits})
     out = torch.empty(q.shape, device=q.device, dtype=out_dtype)

@@ -218,7 +218,7 @@ def library_launches(batch: int, heads: int, kv_heads: int, seqlen_q: int, seqle
     meta = torch.device("meta")
     q = torch.empty(batch, heads, seqlen_q, head_dim, device=meta, dtype=dtype)
     k = torch.empty(batch, kv_heads, seqlen_k, head_dim, device=meta, dtype=dtype)
-    splits = key_split_buffers(batch, heads, seqlen_q, seqlen_k, head_dim, recipe, causal, meta)
+    splits = key_split_buffers(batch, heads, kv_heads, seqlen_q, seqlen_k, head_dim, recipe, causal, meta)
     qkv = allocate_quantized(batch, heads, kv_heads, seqlen_q, seqlen_k, head_dim, recipe, meta, extra=splits)
     out = torch.empty_like(q)
     lse = torch.empty(batch, heads, seqlen_q, device=meta, dtype=torch.float32)

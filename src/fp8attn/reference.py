@@ -305,8 +305,8 @@ def emulate(
     key_split = None
     if block_n is None:  # the Triton kernel's tiles: split the keys where the library does on an H100
         block_n = forward_config(qkv.q.shape[-1], qkv.k_block).block_n
-        splits = planned_key_splits(q.shape[0], q.shape[1], q.shape[2], k.shape[2], q.shape[3], recipe, causal,
-                                    torch.device("cpu"))
+        splits = planned_key_splits(q.shape[0], q.shape[1], k.shape[1], q.shape[2], k.shape[2], q.shape[3], recipe,
+                                    causal, torch.device("cpu"))
         key_split = split_keys(k.shape[2], block_n, splits) if splits > 1 else None
     result = attention_emulated(qkv, causal=causal, scale=scale, p_scale=recipe.p_multiplier, block_n=block_n,
                                 return_lse=return_lse, key_split=key_split)

@@ -234,31 +234,46 @@ def _fp8_attention_fwd_kernel(
     Q_BLOCK: tl.constexpr, K_BLOCK: tl.constexpr, CAUSAL: tl.constexpr, LOG2_P_SCALE: tl.constexpr,
     PROMOTE_EVERY: tl.constexpr, QK_IMPRECISE_ACC: tl.constexpr, PV_IMPRECISE_ACC: tl.constexpr,
     QK_INT8: tl.constexpr, PV_FP16: tl.constexpr, SMOOTH_V: tl.constexpr, GRID_DEPENDENCY: tl.constexpr,
-    SPLIT_KV: tl.constexpr,
+    SPLIT_KV: tl.constexpr, PACK_GQA: tl.constexpr,
 ):
     """With SPLIT_KV, grid axis 2 splits the keys in ranges of ``split_keys`` (whole tiles); each program
     writes its range's normalised partial output and log2-domain LSE to ``out_ptr (splits, B·Hq, Sq, Dp)``
-    and ``lse_ptr (splits, B·Hq, Sq)`` for :mod:`fp8attn.kernels.key_split_merge`."""
+    and ``lse_ptr (splits, B·Hq, Sq)`` for :mod:`fp8attn.kernels.key_split_merge`. With PACK_GQA a program's
+    rows are the query heads of one KV head (innermost) at consecutive query positions: grid axis 1 runs
+    over (batch, KV head), and each key tile is loaded once for the whole group."""
     if SPLIT_KV:
         signal_next_grid(GRID_DEPENDENCY)  # the merge launch's programs wait for this grid anyway
-    start_m = _query_block(CAUSAL) * BLOCK_M
-    bh = tl.program_id(1)
-    b = bh // num_q_heads
-    h = bh % num_q_heads
-    h_kv = h // (num_q_heads // num_kv_heads)
-    kv_bh = b * num_kv_heads + h_kv
-
-    offs_m = start_m + tl.arange(0, BLOCK_M)
+    start_row = _query_block(CAUSAL) * BLOCK_M
+    group = num_q_heads // num_kv_heads
+    if PACK_GQA:  # grid axis 1 is (batch, KV head); rows are (query position, query head of the group)
+        kv_bh = tl.program_id(1)
+        b = kv_bh // num_kv_heads
+        h_kv = kv_bh % num_kv_heads
+        rows = start_row + tl.arange(0, BLOCK_M)
+        offs_m = rows // group
+        h = h_kv * group + rows % group
+        m_ok = rows < seqlen_q * group
+        start_m = start_row // group  # the block's first query position
+    else:
+        bh = tl.program_id(1)
+        b = bh // num_q_heads
+        h = bh % num_q_heads
+        h_kv = h // group
+        kv_bh = b * num_kv_heads + h_kv
+        offs_m = start_row + tl.arange(0, BLOCK_M)
+        m_ok = offs_m < seqlen_q
+        start_m = start_row
+    bh = b * num_q_heads + h  # per row where the heads are packed
     offs_d = tl.arange(0, HEAD_DIM_PAD)
-    m_ok = offs_m < seqlen_q
     wait_for_previous_grid(GRID_DEPENDENCY)  # everything below reads the quantize launch's output
     q = tl.load(
-        q_ptr + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :],
+        q_ptr + (b * stride_qb + h * stride_qh + offs_m * stride_qm)[:, None] + offs_d[None, :],
         mask=m_ok[:, None], other=0.0,
     )
     q_scale = tl.load(q_scale_ptr + bh * num_q_scale_blocks + offs_m // Q_BLOCK, mask=m_ok, other=1.0)
     row_scale = q_scale * qk_scale_log2
 
+    # Packed, a block spans fewer positions than rows: BLOCK_M bounds them, and the masks do the rest.
     full_hi, hi, diagonal = _key_range(start_m, seqlen_q, seqlen_k, BLOCK_M, BLOCK_N, CAUSAL)
     unmasked_lo = 0
     masked_lo = full_hi
@@ -294,20 +309,21 @@ def _fp8_attention_fwd_kernel(
     if PROMOTE_EVERY > 1:
         acc += acc_part
     if SPLIT_KV:
-        part = tl.program_id(2) * tl.num_programs(1) + bh
-        _store_partial(acc, l_i, m_i, out_ptr + (part * seqlen_q + offs_m[:, None]) * HEAD_DIM_PAD + offs_d[None, :],
+        batch_heads = tl.num_programs(1) * group if PACK_GQA else tl.num_programs(1)  # B·Hq
+        part = tl.program_id(2) * batch_heads + bh
+        _store_partial(acc, l_i, m_i, out_ptr + (part * seqlen_q + offs_m)[:, None] * HEAD_DIM_PAD + offs_d[None, :],
                        lse_ptr + part * seqlen_q + offs_m, m_ok)
     else:
         v_scale = tl.load(v_scale_ptr + kv_bh * HEAD_DIM_PAD + offs_d)
         v_mean = tl.load(v_mean_ptr + kv_bh * HEAD_DIM_PAD + offs_d) if SMOOTH_V else v_scale
-        out_ptrs = out_ptr + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_om + offs_d[None, :]
+        out_ptrs = out_ptr + (b * stride_ob + h * stride_oh + offs_m * stride_om)[:, None] + offs_d[None, :]
         _store_output(acc, l_i, m_i, v_scale, v_mean, out_ptrs, lse_ptr + bh * seqlen_q + offs_m, m_ok,
                       offs_d < HEAD_DIM, LOG2_P_SCALE, SMOOTH_V)
 
 
 MIN_TILES_PER_KEY_SPLIT = 4
 """Fewest key tiles a program's share of the keys may hold when :func:`key_splits` splits them."""
-MAX_KEY_SPLITS = 16
+MAX_KEY_SPLITS = 32
 """Most key ranges per query block (the merge launch reads one partial result per range)."""
 
 
@@ -343,24 +359,38 @@ def _cuda_sm_count(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
 
 
-def planned_key_splits(batch: int, num_q_heads: int, seqlen_q: int, seqlen_k: int, head_dim: int, recipe: Recipe,
-                       causal: bool, device: torch.device) -> int:
+def packs_query_heads(num_q_heads: int, num_kv_heads: int, seqlen_q: int, block_m: int) -> bool:
+    """Whether the Triton kernel packs the query heads of a KV head into one block's rows: grouped heads
+    with fewer query positions than a block has rows (decoding), where one head's rows would leave the
+    block mostly empty and every query head would load its KV head's tiles for itself."""
+    return num_q_heads != num_kv_heads and seqlen_q < block_m
+
+
+def query_blocks(batch: int, num_q_heads: int, num_kv_heads: int, seqlen_q: int, block_m: int) -> int:
+    """Programs of the Triton kernel per key range: blocks of ``block_m`` rows over every (batch, head, query)."""
+    if packs_query_heads(num_q_heads, num_kv_heads, seqlen_q, block_m):
+        return batch * num_kv_heads * triton.cdiv(seqlen_q * (num_q_heads // num_kv_heads), block_m)
+    return batch * num_q_heads * triton.cdiv(seqlen_q, block_m)
+
+
+def planned_key_splits(batch: int, num_q_heads: int, num_kv_heads: int, seqlen_q: int, seqlen_k: int, head_dim: int,
+                       recipe: Recipe, causal: bool, device: torch.device) -> int:
     """:func:`key_splits` for a call of this shape (``head_dim`` before padding) in ``recipe``'s layout on
     ``device``, with the Triton kernel's tiles."""
     head_dim_pad = padded_head_dim(head_dim)
     cfg = forward_config(head_dim_pad, recipe.k_block, causal, pv_fp16=recipe.pv_format == "fp16",
                          qk_int8=recipe.qk_format == "int8")
-    programs = triton.cdiv(seqlen_q, cfg.block_m) * batch * num_q_heads
+    programs = query_blocks(batch, num_q_heads, num_kv_heads, seqlen_q, cfg.block_m)
     slots = sm_count(device) * programs_per_sm(cfg, head_dim_pad)
     return key_splits(programs, triton.cdiv(seqlen_k, cfg.block_n), slots)
 
 
-def key_split_buffers(batch: int, num_q_heads: int, seqlen_q: int, seqlen_k: int, head_dim: int, recipe: Recipe,
-                      causal: bool, device: torch.device) -> BufferLayout:
+def key_split_buffers(batch: int, num_q_heads: int, num_kv_heads: int, seqlen_q: int, seqlen_k: int, head_dim: int,
+                      recipe: Recipe, causal: bool, device: torch.device) -> BufferLayout:
     """The partial-result buffers a call of this shape needs (none where :func:`planned_key_splits` is 1),
     to carve from the call's workspace: ``key_split_out (splits, B·Hq, Sq, Dp)`` and ``key_split_lse
     (splits, B·Hq, Sq)``, fp32. :func:`forward_launches` splits the keys when ``qkv.extra`` holds them."""
-    splits = planned_key_splits(batch, num_q_heads, seqlen_q, seqlen_k, head_dim, recipe, causal, device)
+    splits = planned_key_splits(batch, num_q_heads, num_kv_heads, seqlen_q, seqlen_k, head_dim, recipe, causal, device)
     if splits == 1:
         return {}
     rows = (splits, batch * num_q_heads, seqlen_q)
@@ -442,12 +472,14 @@ def _triton_launch(qkv: QuantizedQKV, out: torch.Tensor, lse: torch.Tensor, *, c
     if qkv.k_block % cfg.block_n:
         raise ValueError(f"block_n={cfg.block_n} must divide the recipe's k_block={qkv.k_block}")
     splits, keys_per_split = split or (1, 0)
+    num_kv_heads = qkv.k.shape[1]
+    pack = packs_query_heads(num_q_heads, num_kv_heads, seqlen_q, cfg.block_m)
     pdl = programmatic_launch(qkv.q.device)  # starts while the launch that wrote qkv drains
     out_strides = (0, 0, 0) if split else out.stride()[:3]
     args = (
         qkv.q, qkv.k, qkv.v_t, qkv.q_scale, qkv.k_scale, qkv.v_scale,
         qkv.v_mean if qkv.v_mean is not None else qkv.v_scale, out, lse,
-        seqlen_q, qkv.seqlen_k, keys_per_split, num_q_heads, qkv.k.shape[1], qkv.q_scale.shape[-1],
+        seqlen_q, qkv.seqlen_k, keys_per_split, num_q_heads, num_kv_heads, qkv.q_scale.shape[-1],
         qkv.k_scale.shape[-1], softmax_scale * LOG2_E,
         *qkv.q.stride()[:3], *qkv.k.stride()[:3], *qkv.v_t.stride()[:3], *out_strides,
     )
@@ -457,9 +489,10 @@ def _triton_launch(qkv: QuantizedQKV, out: torch.Tensor, lse: torch.Tensor, *, c
         PROMOTE_EVERY=cfg.promote_every,
         QK_IMPRECISE_ACC=cfg.qk_imprecise_acc, PV_IMPRECISE_ACC=cfg.pv_imprecise_acc,
         QK_INT8=qkv.q.dtype == torch.int8, PV_FP16=qkv.v_t.dtype == torch.float16, SMOOTH_V=qkv.v_mean is not None,
-        GRID_DEPENDENCY=pdl, SPLIT_KV=split is not None,
+        GRID_DEPENDENCY=pdl, SPLIT_KV=split is not None, PACK_GQA=pack,
     )
-    grid = (triton.cdiv(seqlen_q, cfg.block_m), batch * num_q_heads, splits)
+    group = num_q_heads // num_kv_heads if pack else 1
+    grid = (triton.cdiv(seqlen_q * group, cfg.block_m), batch * num_q_heads // group, splits)
     return Launch(_fp8_attention_fwd_kernel, grid, args, constexprs,
                   dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages, launch_pdl=pdl))
 
