@@ -60,7 +60,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 from fp8attn.kernels import attention_fwd
-from fp8attn.kernels.attention_fwd import LOG2_E, forward_config
+from fp8attn.kernels.attention_fwd import LOG2_E, forward_config, sm_count
 from fp8attn.kernels.key_order import pv_key_order
 from fp8attn.kernels.launch import Launch
 from fp8attn.quantize import QuantizedQKV
@@ -749,12 +749,7 @@ def _is_sm90(device: torch.device) -> bool:
 def _num_programs(device: torch.device, num_query_blocks: int) -> int:
     """Persistent programs: one per SM of a GPU (one fits an SM: 144-224 KiB of shared memory, 384 threads
     at 168 registers). A launch built on another device (``meta``, to compile offline) is never run."""
-    return _sm_count(device) if device.type == "cuda" else num_query_blocks
-
-
-@functools.cache
-def _sm_count(device: torch.device) -> int:
-    return torch.cuda.get_device_properties(device).multi_processor_count
+    return sm_count(device) if device.type == "cuda" else num_query_blocks
 
 
 def hopper_softmax_keys(head_dim_pad: int, k_block: int) -> int:
