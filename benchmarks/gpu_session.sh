@@ -79,7 +79,7 @@ for step in "$@"; do
     split-study) timeout 250 python3 benchmarks/split_kv_study.py --out "$OUT" ${SPLIT_STUDY_ARGS:-} 2>&1 \
                    | tee "$OUT/split_kv_study.txt" | tail -80 ;;
     decode) timeout 220 python3 -m fp8attn.bench --suite decode,custom --causal 0 --methods do_bench,cuda_graph \
-              --providers fp8attn,fp8attn-prequant,sdpa-flash,sdpa-cudnn,cudnn-fp8,sage1 \
+              --providers fp8attn,fp8attn-prequant,fp8attn-cache,sdpa-flash,sdpa-cudnn,cudnn-fp8,sage1 \
               --shape 4,32,8,1,16384,128 --shape 1,4,4,2048,2048,128 --rep-ms 40 --calls 20 --repeats 5 \
               --out "$OUT" --name decode 2>&1 | tail -40 ;;
     configs) timeout 400 python3 benchmarks/config_study.py --recipes e4m3 --out "$OUT" 2>&1 | tail -80 ;;

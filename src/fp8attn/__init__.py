@@ -22,8 +22,9 @@ if _knobs.runtime.interpret:
     _interpreter.install()
 
 from fp8attn.api import attention, attention_prequantized
+from fp8attn.kv_cache import PrequantizedKVCache
 from fp8attn.metrics import ErrorReport, compare
 from fp8attn.recipe import Recipe, recipes
 
-__all__ = ["ErrorReport", "Recipe", "attention", "attention_prequantized", "compare", "recipes"]
+__all__ = ["ErrorReport", "PrequantizedKVCache", "Recipe", "attention", "attention_prequantized", "compare", "recipes"]
 __version__ = "0.1.0"

@@ -4,7 +4,9 @@ Run ``python -m fp8attn.bench --help``. What it measures:
 
 * **Providers** (one zero-argument callable each, built per shape; an unavailable one is skipped
   with a printed reason): ``fp8attn`` (fp16/bf16 in, quantization included), ``fp8attn-prequant``
-  (E4M3 in, quantized once outside the timed region with per-(B, H) descales), PyTorch SDPA pinned
+  (E4M3 in, quantized once outside the timed region with per-(B, H) descales), ``fp8attn-cache`` (the
+  same E4M3 K and V held in a :class:`fp8attn.PrequantizedKVCache`, filled outside the timed region, so a
+  call lays out only Q), PyTorch SDPA pinned
   to one backend (``sdpa-flash``, ``sdpa-cudnn``, ``sdpa-efficient``) or left to choose
   (``sdpa-default``), cuDNN's FP8 SDPA graph through nvidia-cudnn-frontend (``cudnn-fp8``:
   pre-quantized per-tensor E4M3 in, E4M3 out, as Hopper requires) and SageAttention 1

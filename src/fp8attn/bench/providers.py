@@ -22,7 +22,7 @@ from fp8attn.bench.shapes import Shape
 from fp8attn.fp8 import E4M3, E4M3_MAX, quantize_per_head, scale_from_amax, to_e4m3
 
 PROVIDERS = (
-    "fp8attn", "fp8attn-prequant", "cudnn-fp8",
+    "fp8attn", "fp8attn-prequant", "fp8attn-cache", "cudnn-fp8",
     "sdpa-cudnn", "sdpa-flash", "sdpa-efficient", "sdpa-default", "sage1",
 )
 
@@ -102,6 +102,18 @@ def build_fp8attn_prequant(x: Inputs) -> Runner:
     causal, out_dtype = x.shape.causal, x.q.dtype
     return Runner(lambda: fp8attn.attention_prequantized(q8, k8, v8, qd, kd, vd, causal=causal, out_dtype=out_dtype,
                                                          validate_descales=False))
+
+
+def build_fp8attn_cache(x: Inputs) -> Runner:
+    """fp8attn on E4M3 keys and values held in a :class:`fp8attn.PrequantizedKVCache`, filled here outside the
+    timed region (as a decoding loop's cache is by earlier steps): a call lays out only Q."""
+    import fp8attn
+
+    (q8, qd), (k8, kd), (v8, vd) = (quantize_per_head(t) for t in (x.q, x.k, x.v))
+    cache = fp8attn.PrequantizedKVCache(*k8.shape[:2], k8.shape[3], k8.shape[2], kd, vd, device=k8.device)
+    cache.append(k8, v8)
+    causal, out_dtype = x.shape.causal, x.q.dtype
+    return Runner(lambda: cache.attention(q8, qd, causal=causal, out_dtype=out_dtype), keep=[cache])
 
 
 @contextlib.contextmanager
@@ -263,6 +275,7 @@ def build_cudnn_fp8(x: Inputs) -> Runner:
 BUILDERS: dict[str, Callable[[Inputs], Runner]] = {
     "fp8attn": build_fp8attn,
     "fp8attn-prequant": build_fp8attn_prequant,
+    "fp8attn-cache": build_fp8attn_cache,
     "cudnn-fp8": build_cudnn_fp8,
     "sdpa-cudnn": _sdpa_builder("CUDNN_ATTENTION"),
     "sdpa-flash": _sdpa_builder("FLASH_ATTENTION"),

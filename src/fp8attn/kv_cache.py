@@ -1,0 +1,169 @@
+"""An E4M3 KV cache kept in the forward kernel's layout, for decoding.
+
+:func:`fp8attn.attention_prequantized` lays the caller's K and V out for the kernel on every call: V
+transposed (Hopper's FP8 wgmma takes its B operand K-major only), keys padded to whole scale blocks. At
+decoding that copy is a large share of a step (docs/perf-notes.md, sections 39 and 40: 6.6 of 25 µs at
+B1 H32/8 Sq1 Sk16k D128, 36 of 79 at Sk64k). :class:`PrequantizedKVCache` keeps the layout across calls:
+:meth:`~PrequantizedKVCache.append` writes only the new tokens (each value into its column of Vᵀ, in P·V
+key order), and :meth:`~PrequantizedKVCache.attention` runs the forward kernel (and the key-split merge)
+on the cache as it stands, with the same arithmetic as :func:`fp8attn.attention_prequantized` on the
+cached tokens.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import torch
+import triton
+
+from fp8attn.api import (
+    MAX_HEAD_DIM,
+    _check_descale,
+    _check_descale_values,
+    _check_device,
+    _check_flags,
+    _check_tensor,
+    _check_v_mean,
+)
+from fp8attn.fp8 import E4M3
+from fp8attn.kernels.attention_fwd import forward_launches, key_split_buffers
+from fp8attn.kernels.key_order import pv_key_positions
+from fp8attn.kernels.prequantized_layout import PREQUANTIZED_LAYOUT
+from fp8attn.quantize import QuantizedQKV, padded_head_dim
+
+_BLOCK = PREQUANTIZED_LAYOUT.k_block
+_OUT_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def _positive_int(name: str, x: object) -> int:
+    if isinstance(x, bool) or not isinstance(x, numbers.Integral) or x < 1:
+        raise ValueError(f"{name} must be a positive integer, got {x!r}")
+    return int(x)
+
+
+class PrequantizedKVCache:
+    """Caller-quantized E4M3 keys and values of ``batch`` sequences, appended step by step and attended to by
+    E4M3 queries, without re-laying the cache out on every call.
+
+    Args:
+        batch, num_kv_heads, head_dim: the cache's ``(B, Hkv, ·, D)``; ``D`` a multiple of 8 up to 256.
+        capacity: the most tokens it holds (memory is allocated for all of them, rounded up to 128).
+        k_descale, v_descale: float32 of shape ``()``/``(1,)`` or ``(B, Hkv)``, or a number: what every
+            appended token was divided by when quantized (fixed for the cache's life, as a KV cache's
+            per-head scales are).
+        v_mean: ``(B, Hkv, D)`` float32, or None: what was subtracted from V before quantizing it
+            (see :func:`fp8attn.attention_prequantized`).
+        device: where the cache lives (CUDA, or the CPU through Triton's interpreter).
+
+    Holds ``k (B, Hkv, C, Dp)`` and ``v_t (B, Hkv, Dp, C)`` E4M3, zero where nothing was appended (``C``:
+    capacity rounded up to 128, ``Dp``: D padded to a power of two), and their scales, as
+    :class:`fp8attn.quantize.QuantizedQKV` lays them out.
+    """
+
+    def __init__(self, batch: int, num_kv_heads: int, head_dim: int, capacity: int,
+                 k_descale: torch.Tensor | float, v_descale: torch.Tensor | float, *,
+                 v_mean: torch.Tensor | None = None, device: torch.device | str = "cuda") -> None:
+        batch, num_kv_heads, head_dim, capacity = (
+            _positive_int(n, x) for n, x in (("batch", batch), ("num_kv_heads", num_kv_heads),
+                                             ("head_dim", head_dim), ("capacity", capacity)))
+        if head_dim % 8 or head_dim > MAX_HEAD_DIM:
+            raise NotImplementedError(f"head_dim must be a multiple of 8 from 8 to {MAX_HEAD_DIM}, got {head_dim}")
+        device = torch.device(device)
+        kd = _check_descale("k_descale", k_descale, batch, num_kv_heads, device)
+        vd = _check_descale("v_descale", v_descale, batch, num_kv_heads, device)
+        _check_descale_values({"k_descale": kd, "v_descale": vd})
+        _check_v_mean(v_mean, batch, num_kv_heads, head_dim, device)
+        self.batch, self.num_kv_heads, self.head_dim, self.capacity = batch, num_kv_heads, head_dim, capacity
+        self.length = 0
+        dp = padded_head_dim(head_dim)
+        slots = triton.cdiv(capacity, _BLOCK) * _BLOCK
+        self.k = torch.zeros(batch, num_kv_heads, slots, dp, dtype=E4M3, device=device)
+        self.v_t = torch.zeros(batch, num_kv_heads, dp, slots, dtype=E4M3, device=device)
+        self.k_scale = kd[:, :, None].expand(batch, num_kv_heads, slots // _BLOCK).contiguous()
+        self.v_scale = torch.ones(batch, num_kv_heads, dp, dtype=torch.float32, device=device)
+        self.v_scale[..., :head_dim] = vd[..., None]
+        self.v_mean = None
+        if v_mean is not None:
+            self.v_mean = torch.zeros(batch, num_kv_heads, dp, dtype=torch.float32, device=device)
+            self.v_mean[..., :head_dim] = v_mean
+        # Vᵀ's column of each key: the kernel layout stores keys in P·V operand order within groups of 32.
+        self._v_column = torch.argsort(pv_key_positions(slots, device))
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Add ``k, v (B, Hkv, T, D)`` E4M3 (any strides), quantized with the cache's descales, after the
+        tokens already held."""
+        k, v = _check_tensor("k", k), _check_tensor("v", v)
+        expected = (self.batch, self.num_kv_heads, k.shape[2], self.head_dim)
+        for name, x in (("k", k), ("v", v)):
+            if x.dtype != E4M3:
+                raise TypeError(f"{name} must have dtype {E4M3}, got {x.dtype}")
+            if tuple(x.shape) != expected or x.shape[2] < 1:
+                raise ValueError(f"{name} must have shape (batch, kv_heads, tokens, head_dim) = "
+                                 f"({self.batch}, {self.num_kv_heads}, tokens ≥ 1, {self.head_dim}), got "
+                                 f"{tuple(x.shape)} (k has {k.shape[2]} tokens)")
+            if x.device != self.k.device:
+                raise ValueError(f"{name} is on {x.device} but the cache is on {self.k.device}")
+        start, end = self.length, self.length + k.shape[2]
+        if end > self.capacity:
+            raise ValueError(f"k and v hold {k.shape[2]} tokens; the cache holds {self.length} of its capacity "
+                             f"{self.capacity}, so at most {self.capacity - self.length} fit")
+        d = self.head_dim  # the padding channels stay zero
+        # Byte views: every device's indexing kernels take uint8, not all take float8.
+        self.k.view(torch.uint8)[:, :, start:end, :d] = k.view(torch.uint8)
+        self.v_t.view(torch.uint8)[:, :, :d, self._v_column[start:end]] = v.view(torch.uint8).transpose(2, 3)
+        self.length = end
+
+    def attention(self, q: torch.Tensor, q_descale: torch.Tensor | float, *, causal: bool = False,
+                  scale: float | None = None, out_dtype: torch.dtype = torch.bfloat16,
+                  return_lse: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Attention of ``q (B, Hq, Sq, D)`` E4M3 (``Hq`` a multiple of the cache's ``Hkv``) over the cached
+        tokens: what :func:`fp8attn.attention_prequantized` computes on them, bit for bit.
+
+        ``q_descale``: float32 ``()``/``(1,)`` or ``(B, Hq)``, or a number. ``causal`` aligns the queries to
+        the last cached tokens (query ``i`` sees keys ``j <= i + length - Sq``). ``scale``, ``out_dtype`` and
+        ``return_lse`` as in :func:`fp8attn.attention_prequantized`.
+        """
+        q = _check_tensor("q", q)
+        if q.dtype != E4M3:
+            raise TypeError(f"q must have dtype {E4M3}, got {q.dtype}")
+        batch, num_q_heads, _, head_dim = q.shape
+        if (batch, head_dim) != (self.batch, self.head_dim):
+            raise ValueError(f"q must have shape (batch, heads, seqlen, head_dim) with batch {self.batch} and "
+                             f"head_dim {self.head_dim} (the cache's), got {tuple(q.shape)}")
+        if num_q_heads % self.num_kv_heads:
+            raise ValueError(f"q's head count must be a multiple of the cache's {self.num_kv_heads} KV heads, "
+                             f"got {num_q_heads}")
+        if self.length == 0:
+            raise ValueError("the cache is empty: append keys and values before attending to them")
+        _check_device(q, self.k, self.v_t)
+        if not isinstance(return_lse, bool):
+            raise TypeError(f"return_lse must be a bool, got {type(return_lse).__name__}")
+        if out_dtype not in _OUT_DTYPES:
+            raise TypeError(f"out_dtype must be torch.float16 or torch.bfloat16, got {out_dtype}")
+        softmax_scale = _check_flags(causal, scale, head_dim)
+        qd = _check_descale("q_descale", q_descale, batch, num_q_heads, q.device)
+        qkv = self._layout(q, qd, causal)
+        out = torch.empty(q.shape, device=q.device, dtype=out_dtype)
+        lse = torch.empty(q.shape[:3], device=q.device, dtype=torch.float32)
+        for launch in forward_launches(qkv, out, lse, causal=causal, softmax_scale=softmax_scale,
+                                       p_scale=PREQUANTIZED_LAYOUT.p_multiplier, exact_lse=return_lse):
+            launch.run()
+        return (out, lse) if return_lse else out
+
+    def _layout(self, q: torch.Tensor, q_descale: torch.Tensor, causal: bool) -> QuantizedQKV:
+        """The kernel layout of ``q`` against the cache: Q padded to ``Dp`` where it must be (a copy), its
+        scale per block of 128 queries, and the key-split buffers this call's plan needs."""
+        batch, num_q_heads, seqlen_q, head_dim = q.shape
+        dp = self.k.shape[-1]
+        if dp != head_dim or q.stride(-1) != 1:
+            padded = torch.zeros(batch, num_q_heads, seqlen_q, dp, dtype=E4M3, device=q.device)
+            padded.view(torch.uint8)[..., :head_dim] = q.view(torch.uint8)
+            q = padded
+        q_scale = q_descale[:, :, None].expand(batch, num_q_heads, triton.cdiv(seqlen_q, _BLOCK)).contiguous()
+        splits = key_split_buffers(batch, num_q_heads, self.num_kv_heads, seqlen_q, self.length, head_dim,
+                                   PREQUANTIZED_LAYOUT, causal, q.device)
+        extra = {name: torch.empty(shape, dtype=dtype, device=q.device) for name, (shape, dtype) in splits.items()}
+        return QuantizedQKV(q=q, k=self.k, v_t=self.v_t, q_scale=q_scale, k_scale=self.k_scale, v_scale=self.v_scale,
+                            k_mean=None, v_mean=self.v_mean, seqlen_q=seqlen_q, seqlen_k=self.length,
+                            head_dim=head_dim, q_block=_BLOCK, k_block=_BLOCK, extra=extra)

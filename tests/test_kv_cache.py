@@ -1,0 +1,88 @@
+"""fp8attn.PrequantizedKVCache: an E4M3 KV cache kept in the kernel layout across calls."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import fp8attn
+from fp8attn.fp8 import E4M3, quantize_per_head
+from fp8attn.reference import prequantized_layout_emulated
+from tests.conftest import make_qkv
+
+# (B, Hq, Hkv, D), the token counts appended one after another, the query rows, causal, V's mean subtracted.
+CASES = [
+    ((1, 8, 2, 128), (1000, 1, 299), 1, False, False),  # decoding: grouped heads packed, the keys split
+    ((2, 4, 4, 96), (70, 60), 5, True, True),           # D padded to 128 (Q copied), V's mean added back
+    ((1, 2, 1, 64), (33,), 40, True, False),             # causal with Sq > Sk: rows that see no key
+]
+
+
+def _filled_cache(gen, device, case):
+    """The cache after each append, with the whole sequence's quantized inputs for reference calls."""
+    (b, hq, hkv, d), chunks, sq, _, with_mean = case
+    q, k, v = make_qkv(gen, (b, hq, hkv, sq, sum(chunks), d), device=device,
+                       kind="v_mean" if with_mean else "randn")
+    mean = v.float().mean(dim=2) if with_mean else None
+    (q8, qd), (k8, kd), (v8, vd) = (quantize_per_head(x) for x in (q, k, v if mean is None else v - mean[:, :, None]))
+    cache = fp8attn.PrequantizedKVCache(b, hkv, d, sum(chunks) + 5, kd, vd, v_mean=mean, device=device)
+    start = 0
+    for tokens in chunks:
+        cache.append(k8[:, :, start:start + tokens], v8[:, :, start:start + tokens])
+        start += tokens
+        yield cache, (q8, k8[:, :, :start], v8[:, :, :start], qd, kd, vd), mean
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_cache_attention_is_attention_prequantized_on_the_cached_tokens(device, gen, poisoned_allocations, case):
+    """After every append the cache's call writes what attention_prequantized writes on the tokens so far,
+    bit for bit: the same layout values, split plan and kernel."""
+    causal = case[3]
+    for cache, (q8, k8, v8, qd, kd, vd), mean in _filled_cache(gen, device, case):
+        out, lse = cache.attention(q8, qd, causal=causal, out_dtype=torch.float16, return_lse=True)
+        want, want_lse = fp8attn.attention_prequantized(q8, k8, v8, qd, kd, vd, v_mean=mean, causal=causal,
+                                                        out_dtype=torch.float16, return_lse=True)
+        assert out.isfinite().all(), "NaN-poisoned elements left unwritten"
+        assert torch.equal(out, want), f"after {cache.length} tokens: {(out - want).abs().max().item():.3g} apart"
+        assert torch.equal(lse, want_lse)
+
+
+@pytest.mark.parametrize("case", CASES[:2], ids=str)
+def test_cache_holds_the_kernel_layout_of_its_tokens(device, gen, case):
+    """K and Vᵀ (keys in P·V operand order) as prequantized_layout_emulated lays the same tokens out, zeros after."""
+    for cache, (q8, k8, v8, qd, kd, vd), mean in _filled_cache(gen, device, case):
+        layout = prequantized_layout_emulated(*(x.cpu() for x in (q8, k8, v8, qd, kd, vd)),
+                                              *(() if mean is None else (mean.cpu(),)))
+        keys = layout.k.shape[2]  # the tokens so far, rounded up to 128
+        assert torch.equal(cache.k[:, :, :keys].cpu().view(torch.uint8), layout.k.view(torch.uint8))
+        assert torch.equal(cache.v_t[..., :keys].cpu().view(torch.uint8), layout.v_t.view(torch.uint8))
+        assert not cache.k[:, :, keys:].view(torch.uint8).any() and not cache.v_t[..., keys:].view(torch.uint8).any()
+        assert torch.equal(cache.k_scale[..., :keys // 128].cpu(), layout.k_scale)
+        assert torch.equal(cache.v_scale.cpu(), layout.v_scale)
+
+
+def test_cache_rejects_bad_input_naming_the_argument():
+    e4m3 = torch.zeros(1, 2, 3, 64, dtype=E4M3)
+    with pytest.raises(ValueError, match="capacity must be a positive integer"):
+        fp8attn.PrequantizedKVCache(1, 2, 64, 0, 1.0, 1.0, device="cpu")
+    with pytest.raises(NotImplementedError, match="head_dim must be a multiple of 8"):
+        fp8attn.PrequantizedKVCache(1, 2, 60, 16, 1.0, 1.0, device="cpu")
+    with pytest.raises(ValueError, match="k_descale must have shape"):
+        fp8attn.PrequantizedKVCache(1, 2, 64, 16, torch.ones(2, 2), 1.0, device="cpu")
+    cache = fp8attn.PrequantizedKVCache(1, 2, 64, 4, 1.0, 1.0, device="cpu")
+    with pytest.raises(ValueError, match="the cache is empty"):
+        cache.attention(torch.zeros(1, 2, 1, 64, dtype=E4M3), 1.0)
+    with pytest.raises(TypeError, match="v must have dtype"):
+        cache.append(e4m3, e4m3.float())
+    with pytest.raises(ValueError, match=r"k must have shape .* got \(1, 2, 3, 32\)"):
+        cache.append(e4m3[..., :32], e4m3[..., :32])
+    cache.append(e4m3, e4m3)
+    with pytest.raises(ValueError, match="at most 1 fit"):
+        cache.append(e4m3, e4m3)
+    assert cache.length == 3, "a rejected append must leave the cache as it was"
+    with pytest.raises(ValueError, match="multiple of the cache's 2 KV heads"):
+        cache.attention(torch.zeros(1, 3, 1, 64, dtype=E4M3), 1.0)
+    with pytest.raises(TypeError, match="q must have dtype"):
+        cache.attention(torch.zeros(1, 2, 1, 64), 1.0)
+    with pytest.raises(ValueError, match="q_descale must have shape"):
+        cache.attention(torch.zeros(1, 2, 1, 64, dtype=E4M3), torch.ones(3))
