@@ -86,3 +86,18 @@ def test_cache_rejects_bad_input_naming_the_argument():
         cache.attention(torch.zeros(1, 2, 1, 64), 1.0)
     with pytest.raises(ValueError, match="q_descale must have shape"):
         cache.attention(torch.zeros(1, 2, 1, 64, dtype=E4M3), torch.ones(3))
+    with pytest.raises(ValueError, match="q is on meta but the cache is on cpu"):
+        cache.attention(torch.zeros(1, 2, 1, 64, dtype=E4M3, device="meta"), 1.0)
+
+
+def test_reset_empties_the_cache_for_a_new_sequence(device, gen):
+    """After reset the cache holds nothing (zeros, length 0) and a new sequence appended to it attends as a
+    fresh cache does."""
+    case = ((1, 4, 2, 64), (150,), 3, False, False)
+    *_, (cache, (q8, k8, v8, qd, kd, vd), _) = _filled_cache(gen, device, case)
+    cache.reset()
+    assert cache.length == 0 and not cache.k.view(torch.uint8).any() and not cache.v_t.view(torch.uint8).any()
+    cache.append(k8[:, :, :40], v8[:, :, :40])
+    fresh = fp8attn.PrequantizedKVCache(1, 2, 64, 155, kd, vd, device=device)
+    fresh.append(k8[:, :, :40], v8[:, :, :40])
+    assert torch.equal(cache.attention(q8, qd), fresh.attention(q8, qd))

@@ -114,6 +114,12 @@ class PrequantizedKVCache:
         self.v_t.view(torch.uint8)[:, :, :d, self._v_column[start:end]] = v.view(torch.uint8).transpose(2, 3)
         self.length = end
 
+    def reset(self) -> None:
+        """Empty the cache for a new sequence (same shape and descales), zeroing what was appended."""
+        self.k.zero_()
+        self.v_t.zero_()
+        self.length = 0
+
     def attention(self, q: torch.Tensor, q_descale: torch.Tensor | float, *, causal: bool = False,
                   scale: float | None = None, out_dtype: torch.dtype = torch.bfloat16,
                   return_lse: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
@@ -136,7 +142,9 @@ class PrequantizedKVCache:
                              f"got {num_q_heads}")
         if self.length == 0:
             raise ValueError("the cache is empty: append keys and values before attending to them")
-        _check_device(q, self.k, self.v_t)
+        if q.device != self.k.device:
+            raise ValueError(f"q is on {q.device} but the cache is on {self.k.device}")
+        _check_device(q, q, q)  # the device kind and its FP8 support
         if not isinstance(return_lse, bool):
             raise TypeError(f"return_lse must be a bool, got {type(return_lse).__name__}")
         if out_dtype not in _OUT_DTYPES:
