@@ -8,7 +8,7 @@ import torch
 import fp8attn
 from fp8attn.fp8 import E4M3, quantize_per_head
 from fp8attn.reference import prequantized_layout_emulated
-from tests.conftest import make_qkv
+from tests.conftest import HAS_CUDA, INTERPRETED, make_qkv
 
 # (B, Hq, Hkv, D), the token counts appended one after another, the query rows, causal, V's mean subtracted.
 CASES = [
@@ -88,6 +88,8 @@ def test_cache_rejects_bad_input_naming_the_argument():
         cache.attention(torch.zeros(1, 2, 1, 64, dtype=E4M3), torch.ones(3))
     with pytest.raises(ValueError, match="q is on meta but the cache is on cpu"):
         cache.attention(torch.zeros(1, 2, 1, 64, dtype=E4M3, device="meta"), 1.0)
+    with pytest.raises(ValueError, match="q_descale must be finite and positive"):
+        cache.attention(torch.zeros(1, 2, 1, 64, dtype=E4M3), torch.tensor(float("nan")))
 
 
 def test_reset_empties_the_cache_for_a_new_sequence(device, gen):
@@ -101,3 +103,24 @@ def test_reset_empties_the_cache_for_a_new_sequence(device, gen):
     fresh = fp8attn.PrequantizedKVCache(1, 2, 64, 155, kd, vd, device=device)
     fresh.append(k8[:, :, :40], v8[:, :, :40])
     assert torch.equal(cache.attention(q8, qd), fresh.attention(q8, qd))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_CUDA or INTERPRETED, reason="no CUDA GPU (compiled-kernel run)")
+def test_eager_calls_replay_one_plan_per_split_count_as_the_cache_grows(gen, poisoned_allocations):
+    """Decoding token by token: the calls replay the plan recorded at the first length of each split count,
+    with the new length, and write what attention_prequantized writes bit for bit. A replay that kept the
+    recorded length would leave the new tokens out."""
+    b, hq, hkv, d, seqlen_k = 1, 8, 2, 128, 1415
+    q, k, v = make_qkv(gen, (b, hq, hkv, 1, seqlen_k, d), device="cuda")
+    (q8, qd), (k8, kd), (v8, vd) = (quantize_per_head(x) for x in (q, k, v))
+    cache = fp8attn.PrequantizedKVCache(b, hkv, d, seqlen_k, kd, vd)
+    cache.append(k8[:, :, :1400], v8[:, :, :1400])
+    for length in range(1400, seqlen_k + 1):
+        if length > cache.length:
+            cache.append(k8[:, :, length - 1:length], v8[:, :, length - 1:length])
+        out = cache.attention(q8, qd, validate_descales=False)
+        want = fp8attn.attention_prequantized(q8, k8[:, :, :length], v8[:, :, :length], qd, kd, vd)
+        assert torch.equal(out, want), f"at {length} tokens: {(out - want).abs().max().item():.3g} apart"
+    (plans,) = cache._plans.values()
+    assert sorted(plans) == [2, 3], "up to 1408 keys (11 tiles) two ranges, from 1409 three: one plan each"

@@ -6,6 +6,11 @@ replay path runs (second calls of the same signature) and is checked against the
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -13,6 +18,7 @@ import fp8attn
 from fp8attn.api import _PLANS, _replay_key
 from fp8attn.fp8 import quantize_per_head, to_e4m3
 from fp8attn.kernels import launch as launch_module
+from fp8attn.kernels.attention_fwd import KEY_COUNT_ARGUMENTS
 from fp8attn.kernels.launch import Launch, LaunchPlan
 from fp8attn.kernels.prequantized_layout import PREQUANTIZED_LAYOUT
 from fp8attn.metrics import compare
@@ -26,8 +32,9 @@ class _RecordingKernel:
 
     __name__ = "recording_kernel"
 
-    def __init__(self) -> None:
+    def __init__(self, unspecialized: tuple[str, ...] = ()) -> None:
         self.arg_names = ["x", "y", "out", "workspace_part", "n", "BLOCK"]
+        self.params = [SimpleNamespace(do_not_specialize=name in unspecialized) for name in self.arg_names]
         self.calls: list[tuple] = []
         self.function, self.packed_metadata = "function", "metadata"
 
@@ -80,6 +87,37 @@ def test_replay_rebuilds_views_of_its_buffers_only_when_asked(monkeypatch):
     assert new_lse.data_ptr() == new_workspace.data_ptr() + 32 == kernel.calls[-1][12]
     with pytest.raises(ValueError, match="contiguous views of its allocated buffers"):
         LaunchPlan([], inputs=(x,), allocated=(out, workspace), views=(torch.empty(2),))
+
+
+def test_replay_passes_each_runtime_int_anew(monkeypatch):
+    """A plan built with runtime ints takes their values per replay (a KV cache's length); the rest stay recorded."""
+    monkeypatch.setattr(launch_module, "_current_stream", lambda device: 0)
+    kernel = _RecordingKernel(unspecialized=("n",))
+    x, out, workspace = torch.zeros(4), torch.empty(4), torch.empty(16, dtype=torch.uint8)
+    plan = LaunchPlan([Launch(kernel, (1,), (x, x, out, workspace, 5), {"BLOCK": 8}, {})],
+                      inputs=(x,), allocated=(out, workspace), runtime_ints=("n", "absent"))
+    plan.run((x,), runtime_ints={"n": 77})
+    plan.run((x,), runtime_ints={"n": 3})
+    assert [call[-2:] for call in kernel.calls] == [(77, 8), (3, 8)]
+
+
+def test_plan_refuses_a_runtime_int_the_kernel_specializes_on():
+    """Triton compiles a specialized integer's divisibility (or value 1) into the kernel: replays must not change it."""
+    kernel = _RecordingKernel()
+    x, out, workspace = torch.zeros(4), torch.empty(4), torch.empty(16, dtype=torch.uint8)
+    with pytest.raises(ValueError, match="recording_kernel specializes on n"):
+        LaunchPlan([Launch(kernel, (1,), (x, x, out, workspace, 5), {"BLOCK": 8}, {})],
+                   inputs=(x,), allocated=(out, workspace), runtime_ints=("n",))
+
+
+def test_attention_kernel_does_not_specialize_on_its_key_count_arguments():
+    """What LaunchPlan checks before a KV cache's plan takes a new length each call, on the compiled kernel's
+    parameters (a child process: Triton's interpreter, which CPU runs use, has no such parameters)."""
+    check = ("from fp8attn.kernels.attention_fwd import KEY_COUNT_ARGUMENTS, _fp8_attention_fwd_kernel as k; "
+             "print([k.params[k.arg_names.index(n)].do_not_specialize for n in KEY_COUNT_ARGUMENTS])")
+    env = {**os.environ, "TRITON_INTERPRET": "0"}
+    result = subprocess.run([sys.executable, "-c", check], env=env, capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == str([True] * len(KEY_COUNT_ARGUMENTS)), result.stdout
 
 
 def test_inputs_are_matched_by_identity_not_storage(monkeypatch):

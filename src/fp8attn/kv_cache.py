@@ -25,10 +25,21 @@ from fp8attn.api import (
     _check_flags,
     _check_tensor,
     _check_v_mean,
+    _PlanCache,
+    _replay_key,
 )
 from fp8attn.fp8 import E4M3
-from fp8attn.kernels.attention_fwd import forward_launches, key_split_buffers
+from fp8attn.kernels.attention_fwd import (
+    KEY_COUNT_ARGUMENTS,
+    forward_config,
+    forward_launches,
+    key_count_arguments,
+    key_split_buffers,
+    planned_key_splits,
+)
+from fp8attn.kernels.attention_fwd_hopper import hopper_kernel_sizes
 from fp8attn.kernels.key_order import pv_key_positions
+from fp8attn.kernels.launch import LaunchPlan
 from fp8attn.kernels.prequantized_layout import PREQUANTIZED_LAYOUT
 from fp8attn.quantize import QuantizedQKV, padded_head_dim
 
@@ -69,7 +80,7 @@ class PrequantizedKVCache:
                                              ("head_dim", head_dim), ("capacity", capacity)))
         if head_dim % 8 or head_dim > MAX_HEAD_DIM:
             raise NotImplementedError(f"head_dim must be a multiple of 8 from 8 to {MAX_HEAD_DIM}, got {head_dim}")
-        device = torch.device(device)
+        device = torch.empty(0, device=device).device  # "cuda" → "cuda:0", as the tensors' devices read
         kd = _check_descale("k_descale", k_descale, batch, num_kv_heads, device)
         vd = _check_descale("v_descale", v_descale, batch, num_kv_heads, device)
         _check_descale_values({"k_descale": kd, "v_descale": vd})
@@ -88,7 +99,12 @@ class PrequantizedKVCache:
             self.v_mean = torch.zeros(batch, num_kv_heads, dp, dtype=torch.float32, device=device)
             self.v_mean[..., :head_dim] = v_mean
         # Vᵀ's column of each key: the kernel layout stores keys in P·V operand order within groups of 32.
-        self._v_column = torch.argsort(pv_key_positions(slots, device))
+        # On the host too: one token's column as a number makes its write a strided copy, not an index_put.
+        v_column = torch.argsort(pv_key_positions(slots))
+        self._v_column, self._v_column_list = v_column.to(device), v_column.tolist()
+        # Byte views (every device's copy and indexing kernels take uint8, not all take float8).
+        self._k_bytes, self._v_t_bytes = self.k.view(torch.uint8), self.v_t.view(torch.uint8)
+        self._plans = _PlanCache(capacity=64)  # eager calls' launch plans: query signature → {split count: plan}
 
     def append(self, k: torch.Tensor, v: torch.Tensor) -> None:
         """Add ``k, v (B, Hkv, T, D)`` E4M3 (any strides), quantized with the cache's descales, after the
@@ -109,9 +125,12 @@ class PrequantizedKVCache:
             raise ValueError(f"k and v hold {k.shape[2]} tokens; the cache holds {self.length} of its capacity "
                              f"{self.capacity}, so at most {self.capacity - self.length} fit")
         d = self.head_dim  # the padding channels stay zero
-        # Byte views: every device's indexing kernels take uint8, not all take float8.
-        self.k.view(torch.uint8)[:, :, start:end, :d] = k.view(torch.uint8)
-        self.v_t.view(torch.uint8)[:, :, :d, self._v_column[start:end]] = v.view(torch.uint8).transpose(2, 3)
+        self._k_bytes[:, :, start:end, :d] = k.view(torch.uint8)
+        v_t = v.view(torch.uint8).transpose(2, 3)
+        if end - start == 1:  # decoding: one column
+            self._v_t_bytes[:, :, :d, self._v_column_list[start]] = v_t[..., 0]
+        else:
+            self._v_t_bytes[:, :, :d, self._v_column[start:end]] = v_t
         self.length = end
 
     def reset(self) -> None:
@@ -121,15 +140,65 @@ class PrequantizedKVCache:
         self.length = 0
 
     def attention(self, q: torch.Tensor, q_descale: torch.Tensor | float, *, causal: bool = False,
-                  scale: float | None = None, out_dtype: torch.dtype = torch.bfloat16,
-                  return_lse: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+                  scale: float | None = None, out_dtype: torch.dtype = torch.bfloat16, return_lse: bool = False,
+                  validate_descales: bool = True) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Attention of ``q (B, Hq, Sq, D)`` E4M3 (``Hq`` a multiple of the cache's ``Hkv``) over the cached
         tokens: what :func:`fp8attn.attention_prequantized` computes on them, bit for bit.
 
         ``q_descale``: float32 ``()``/``(1,)`` or ``(B, Hq)``, or a number. ``causal`` aligns the queries to
-        the last cached tokens (query ``i`` sees keys ``j <= i + length - Sq``). ``scale``, ``out_dtype`` and
-        ``return_lse`` as in :func:`fp8attn.attention_prequantized`.
+        the last cached tokens (query ``i`` sees keys ``j <= i + length - Sq``). ``scale``, ``out_dtype``,
+        ``return_lse`` and ``validate_descales`` (one host sync a call; pass False in a decoding loop) as in
+        :func:`fp8attn.attention_prequantized`.
+
+        An eager call replays the launches recorded by an earlier call with the same query signature and
+        key-split count, whatever the cache's length (Triton's argument binding then runs once, not every
+        step); calls that run the Gluon kernel (1024 queries and more) take the full path.
         """
+        if self.length == 0:
+            raise ValueError("the cache is empty: append keys and values before attending to them")
+        descale_key = q_descale if isinstance(q_descale, torch.Tensor) else type(q_descale)
+        signature = _replay_key((q,), descale_key, causal, scale, out_dtype, return_lse)
+        plans = self._plans.get(signature) if signature is not None else None  # q's signature passed the checks
+        if plans is None:
+            self._check_query(q, return_lse, out_dtype)
+        batch, num_q_heads, seqlen_q, head_dim = q.shape
+        splits = planned_key_splits(batch, num_q_heads, self.num_kv_heads, seqlen_q, self.length, head_dim,
+                                    PREQUANTIZED_LAYOUT, causal, q.device)
+        replayable = signature is not None and not hopper_kernel_sizes(self.k.shape[-1], seqlen_q, self.length, causal)
+        plan = plans.get(splits) if plans is not None and replayable else None
+        qd = _check_descale("q_descale", q_descale, batch, num_q_heads, q.device)
+        if validate_descales:
+            _check_descale_values({"q_descale": qd})
+        q, q_scale = self._query_layout(q, qd)
+        inputs = (q, q_scale, self.k, self.v_t, self.k_scale, self.v_scale)
+        inputs += () if self.v_mean is None else (self.v_mean,)
+        cfg = forward_config(self.k.shape[-1], _BLOCK, causal)
+        if plan is not None:
+            buffers = plan.run(inputs, runtime_ints=key_count_arguments(self.length, splits, cfg))
+            return (buffers[0], buffers[-1]) if return_lse else buffers[0]
+        softmax_scale = _check_flags(causal, scale, head_dim)
+        out = torch.empty((batch, num_q_heads, seqlen_q, head_dim), device=q.device, dtype=out_dtype)
+        lse = torch.empty((batch, num_q_heads, seqlen_q), device=q.device, dtype=torch.float32)
+        split_buffers = key_split_buffers(batch, num_q_heads, self.num_kv_heads, seqlen_q, self.length, head_dim,
+                                          PREQUANTIZED_LAYOUT, causal, q.device)
+        extra = {name: torch.empty(shape, dtype=dtype, device=q.device)
+                 for name, (shape, dtype) in split_buffers.items()}
+        qkv = QuantizedQKV(q=q, k=self.k, v_t=self.v_t, q_scale=q_scale, k_scale=self.k_scale, v_scale=self.v_scale,
+                           k_mean=None, v_mean=self.v_mean, seqlen_q=seqlen_q, seqlen_k=self.length,
+                           head_dim=head_dim, q_block=_BLOCK, k_block=_BLOCK, extra=extra)
+        launches = forward_launches(qkv, out, lse, causal=causal, softmax_scale=softmax_scale,
+                                    p_scale=PREQUANTIZED_LAYOUT.p_multiplier, exact_lse=return_lse)
+        for launch in launches:
+            launch.run()
+        if replayable:
+            plans = self._plans.get(signature) or {}
+            plans[splits] = LaunchPlan(launches, inputs=inputs, allocated=(out, *extra.values(), lse),
+                                       runtime_ints=KEY_COUNT_ARGUMENTS)
+            self._plans[signature] = plans
+        return (out, lse) if return_lse else out
+
+    def _check_query(self, q: torch.Tensor, return_lse: object, out_dtype: object) -> None:
+        """``q`` E4M3 ``(B, Hq, Sq, D)`` with the cache's B and D, Hq a multiple of its KV heads, on its device."""
         q = _check_tensor("q", q)
         if q.dtype != E4M3:
             raise TypeError(f"q must have dtype {E4M3}, got {q.dtype}")
@@ -140,8 +209,6 @@ class PrequantizedKVCache:
         if num_q_heads % self.num_kv_heads:
             raise ValueError(f"q's head count must be a multiple of the cache's {self.num_kv_heads} KV heads, "
                              f"got {num_q_heads}")
-        if self.length == 0:
-            raise ValueError("the cache is empty: append keys and values before attending to them")
         if q.device != self.k.device:
             raise ValueError(f"q is on {q.device} but the cache is on {self.k.device}")
         _check_device(q, q, q)  # the device kind and its FP8 support
@@ -149,29 +216,15 @@ class PrequantizedKVCache:
             raise TypeError(f"return_lse must be a bool, got {type(return_lse).__name__}")
         if out_dtype not in _OUT_DTYPES:
             raise TypeError(f"out_dtype must be torch.float16 or torch.bfloat16, got {out_dtype}")
-        softmax_scale = _check_flags(causal, scale, head_dim)
-        qd = _check_descale("q_descale", q_descale, batch, num_q_heads, q.device)
-        qkv = self._layout(q, qd, causal)
-        out = torch.empty(q.shape, device=q.device, dtype=out_dtype)
-        lse = torch.empty(q.shape[:3], device=q.device, dtype=torch.float32)
-        for launch in forward_launches(qkv, out, lse, causal=causal, softmax_scale=softmax_scale,
-                                       p_scale=PREQUANTIZED_LAYOUT.p_multiplier, exact_lse=return_lse):
-            launch.run()
-        return (out, lse) if return_lse else out
 
-    def _layout(self, q: torch.Tensor, q_descale: torch.Tensor, causal: bool) -> QuantizedQKV:
-        """The kernel layout of ``q`` against the cache: Q padded to ``Dp`` where it must be (a copy), its
-        scale per block of 128 queries, and the key-split buffers this call's plan needs."""
+    def _query_layout(self, q: torch.Tensor, q_descale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Q as the kernel reads it, padded to ``Dp`` where it must be (a copy), and its scale per block of 128
+        queries, ``(B, Hq, ⌈Sq/128⌉)`` (no copy for a contiguous ``(B, Hq)`` descale and Sq ≤ 128)."""
         batch, num_q_heads, seqlen_q, head_dim = q.shape
         dp = self.k.shape[-1]
         if dp != head_dim or q.stride(-1) != 1:
             padded = torch.zeros(batch, num_q_heads, seqlen_q, dp, dtype=E4M3, device=q.device)
             padded.view(torch.uint8)[..., :head_dim] = q.view(torch.uint8)
             q = padded
-        q_scale = q_descale[:, :, None].expand(batch, num_q_heads, triton.cdiv(seqlen_q, _BLOCK)).contiguous()
-        splits = key_split_buffers(batch, num_q_heads, self.num_kv_heads, seqlen_q, self.length, head_dim,
-                                   PREQUANTIZED_LAYOUT, causal, q.device)
-        extra = {name: torch.empty(shape, dtype=dtype, device=q.device) for name, (shape, dtype) in splits.items()}
-        return QuantizedQKV(q=q, k=self.k, v_t=self.v_t, q_scale=q_scale, k_scale=self.k_scale, v_scale=self.v_scale,
-                            k_mean=None, v_mean=self.v_mean, seqlen_q=seqlen_q, seqlen_k=self.length,
-                            head_dim=head_dim, q_block=_BLOCK, k_block=_BLOCK, extra=extra)
+        blocks = triton.cdiv(seqlen_q, _BLOCK)
+        return q, q_descale[:, :, None].expand(batch, num_q_heads, blocks).contiguous()

@@ -431,6 +431,18 @@ def split_forward_launches(
     return [forward, merge_launch(qkv, partial_out, partial_lse, out, lse, p_scale=p_scale)]
 
 
+KEY_COUNT_ARGUMENTS = ("seqlen_k", "split_keys")
+"""The Triton kernel's arguments that follow the key count, none of which it specializes on: a
+:class:`~fp8attn.kernels.launch.LaunchPlan` of :func:`forward_launches` built with them as its ``runtime_ints``
+replays for another key count that keeps the split count (a KV cache as it grows)."""
+
+
+def key_count_arguments(seqlen_k: int, splits: int, cfg: ForwardConfig) -> dict[str, int]:
+    """:data:`KEY_COUNT_ARGUMENTS`' values for ``seqlen_k`` keys in ``splits`` ranges (keys per range 0 unsplit)."""
+    keys_per_split = split_keys(seqlen_k, cfg.block_n, splits) if splits > 1 else 0
+    return dict(zip(KEY_COUNT_ARGUMENTS, (seqlen_k, keys_per_split), strict=True))
+
+
 def split_keys(seqlen_k: int, block_n: int, splits: int) -> int:
     """Keys per range when ``seqlen_k`` keys in tiles of ``block_n`` are split into ``splits`` ranges of
     whole tiles, none empty."""

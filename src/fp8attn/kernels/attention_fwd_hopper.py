@@ -766,12 +766,17 @@ def hopper_pipelines_pv(qkv: QuantizedQKV) -> bool:
     return forward_config(qkv.q.shape[-1], qkv.k_block).promote_every != 1 and qkv.q.dtype == torch.float8_e4m3fn
 
 
-def hopper_kernel_shape(qkv: QuantizedQKV, causal: bool) -> bool:
-    """The shapes this kernel is used for (where it beats the Triton kernel: perf-notes sections 16, 26,
-    27 and 31): an E4M3 P·V recipe, padded head dim 128 or 256, at least 1024 queries and keys (4096 under
-    a causal mask, where the Triton kernel's 64-row programs balance short query blocks better)."""
+def hopper_kernel_sizes(head_dim_pad: int, seqlen_q: int, seqlen_k: int, causal: bool) -> bool:
+    """The sizes this kernel is used for (where it beats the Triton kernel: perf-notes sections 16, 26, 27
+    and 31): padded head dim 128 or 256, at least 1024 queries and keys (4096 under a causal mask, where
+    the Triton kernel's 64-row programs balance short query blocks better)."""
     min_seqlen = HOPPER_MIN_SEQLEN_CAUSAL if causal else HOPPER_MIN_SEQLEN
-    return (qkv.q.shape[-1] in HOPPER_HEAD_DIMS_PAD and min(qkv.seqlen_q, qkv.seqlen_k) >= min_seqlen
+    return head_dim_pad in HOPPER_HEAD_DIMS_PAD and min(seqlen_q, seqlen_k) >= min_seqlen
+
+
+def hopper_kernel_shape(qkv: QuantizedQKV, causal: bool) -> bool:
+    """:func:`hopper_kernel_sizes` for ``qkv``, in an E4M3 P·V recipe."""
+    return (hopper_kernel_sizes(qkv.q.shape[-1], qkv.seqlen_q, qkv.seqlen_k, causal)
             and qkv.v_t.dtype == torch.float8_e4m3fn)
 
 

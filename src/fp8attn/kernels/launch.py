@@ -10,7 +10,7 @@ per kernel.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,6 +56,7 @@ class _Replay:
     grid: tuple[int, int, int]
     values: tuple[Any, ...]  # the launch's parameter values, pointers replaced below
     pointers: tuple[tuple[int, int, int], ...]  # (parameter index, tensor index, byte offset)
+    runtime_ints: tuple[tuple[int, str], ...]  # (parameter index, name) of integers set per replay
 
 
 class LaunchPlan:
@@ -78,10 +79,16 @@ class LaunchPlan:
 
     ``views`` are contiguous views of the allocated buffers that a caller may want back (an output
     carved from a workspace); a replay rebuilds them only when asked.
+
+    ``runtime_ints`` names integer parameters whose values each replay passes anew (a KV cache's length:
+    one plan serves every length). Only parameters a kernel does not specialize on qualify
+    (``do_not_specialize``), as the compiled kernel must not depend on their values; a launch of a
+    kernel that specializes on one is refused.
     """
 
     def __init__(self, launches: Sequence[Launch], inputs: Sequence[torch.Tensor],
-                 allocated: Sequence[torch.Tensor], views: Sequence[torch.Tensor] = ()) -> None:
+                 allocated: Sequence[torch.Tensor], views: Sequence[torch.Tensor] = (),
+                 runtime_ints: Sequence[str] = ()) -> None:
         tensors = [*inputs, *allocated]
         starts = [t.data_ptr() for t in tensors]
         replays = []
@@ -105,15 +112,17 @@ class LaunchPlan:
                 values[i] = None if tensor is value else dataclasses.replace(
                     value, base=_Address(tensor.data_ptr(), tensor.dtype))
             grid = (*launch.grid, 1, 1)[:3]
-            replays.append(_Replay(kernel, grid, tuple(values), tuple(pointers)))
+            replays.append(_Replay(kernel, grid, tuple(values), tuple(pointers), _runtime_ints(launch, runtime_ints)))
         self._replays = tuple(replays)
         self._device = inputs[0].device
         self._buffers = tuple((tuple(t.shape), t.dtype) for t in allocated)
         self._views = tuple(_locate_view(view, allocated) for view in views)
 
-    def run(self, inputs: Sequence[torch.Tensor], views: bool = False) -> tuple[torch.Tensor, ...]:
+    def run(self, inputs: Sequence[torch.Tensor], views: bool = False,
+            runtime_ints: Mapping[str, int] | None = None) -> tuple[torch.Tensor, ...]:
         """Allocate the buffers, launch every kernel on the current stream and return the buffers
-        (followed, with ``views``, by the recorded views rebuilt on them)."""
+        (followed, with ``views``, by the recorded views rebuilt on them). ``runtime_ints`` gives the value
+        of each integer the plan was built to take per replay."""
         device = self._device
         buffers = [torch.empty(shape, dtype=dtype, device=device) for shape, dtype in self._buffers]
         starts = [t.data_ptr() for t in inputs] + [t.data_ptr() for t in buffers]
@@ -126,6 +135,8 @@ class LaunchPlan:
                     values[i] = starts[owner] + offset
                 else:
                     values[i] = dataclasses.replace(desc, base=_Address(starts[owner] + offset, desc.base.dtype))
+            for i, name in replay.runtime_ints:
+                values[i] = runtime_ints[name]
             kernel = replay.kernel
             kernel.run(*replay.grid, stream, kernel.function, kernel.packed_metadata, None, None, None, *values)
         if views:
@@ -154,6 +165,19 @@ class _Address:
 def _idle(hook: Any) -> bool:
     """No launch hook installed (Triton 3.6 keeps them in a HookChain; older versions use None)."""
     return hook is None or not getattr(hook, "calls", True)
+
+
+def _runtime_ints(launch: Launch, names: Sequence[str]) -> tuple[tuple[int, str], ...]:
+    """(parameter index, name) of each of ``names`` that ``launch``'s kernel takes, all unspecialized."""
+    found = []
+    for name in names:
+        if name not in launch.kernel.arg_names:
+            continue
+        index = launch.kernel.arg_names.index(name)
+        if not launch.kernel.params[index].do_not_specialize:
+            raise ValueError(f"{launch.kernel.__name__} specializes on {name}: a replay cannot change its value")
+        found.append((index, name))
+    return tuple(found)
 
 
 def _current_stream(device: torch.device) -> int:
