@@ -4,31 +4,38 @@ For one query row of 32 query heads over 8 KV heads (D=128) and each cache lengt
 (µs) of ``append`` of one token, of ``attention``, and of both (a step), each timed in a CUDA graph (device
 time) and in an eager loop (what a Python decoding loop pays, host included). The cache's length is set
 back before every call, so each call appends at the same position and attends to the same tokens.
+``--profile`` adds, at the first length, the eager loops of attention_prequantized and of SDPA on the same
+tokens (host time compared within one run: it varies between machines) and a cProfile of the cache's calls.
 
-Run on a GPU: ``python benchmarks/kv_cache_step.py [--seqlens 1024,4096,16384,65536]``.
+Run on a GPU: ``python benchmarks/kv_cache_step.py [--seqlens 1024,4096,16384,65536] [--profile]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
+import pstats
+from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 
 import fp8attn
 from fp8attn.bench.timing import TimingConfig, time_cuda_graph, time_eager
 from fp8attn.fp8 import quantize_per_head
 
+Q_HEADS, KV_HEADS, HEAD_DIM = 32, 8, 128
 
-def step_times(batch: int, q_heads: int, kv_heads: int, seqlen_k: int, head_dim: int,
-               cfg: TimingConfig) -> list[float]:
-    """µs of append (graph, eager), attention (graph, eager) and both (graph, eager) on a cache of
-    ``seqlen_k`` tokens, the last one appended by every call."""
+
+def decoding_calls(batch: int, seqlen_k: int) -> dict[str, Callable[[], object]]:
+    """Calls on a cache of ``seqlen_k`` tokens whose ``append`` writes the last token again each call: append,
+    attention and both (a step); and on the same tokens attention_prequantized and SDPA (bf16, GQA)."""
     def randn(heads: int, tokens: int) -> torch.Tensor:
-        return torch.randn(batch, heads, tokens, head_dim, device="cuda", dtype=torch.bfloat16)
+        return torch.randn(batch, heads, tokens, HEAD_DIM, device="cuda", dtype=torch.bfloat16)
 
-    (k8, kd), (v8, vd) = quantize_per_head(randn(kv_heads, seqlen_k)), quantize_per_head(randn(kv_heads, seqlen_k))
-    q8, qd = quantize_per_head(randn(q_heads, 1))
-    cache = fp8attn.PrequantizedKVCache(batch, kv_heads, head_dim, seqlen_k, kd, vd)
+    q, k, v = randn(Q_HEADS, 1), randn(KV_HEADS, seqlen_k), randn(KV_HEADS, seqlen_k)
+    (q8, qd), (k8, kd), (v8, vd) = (quantize_per_head(x) for x in (q, k, v))
+    cache = fp8attn.PrequantizedKVCache(batch, KV_HEADS, HEAD_DIM, seqlen_k, kd, vd)
     cache.append(k8[:, :, :-1], v8[:, :, :-1])
     new_k, new_v = k8[:, :, -1:], v8[:, :, -1:]
 
@@ -43,22 +50,46 @@ def step_times(batch: int, q_heads: int, kv_heads: int, seqlen_k: int, head_dim:
         append()
         return attend()
 
-    return [timer(fn, cfg) * 1e3 for fn in (append, attend, step) for timer in (time_cuda_graph, time_eager)]
+    return {
+        "append": append, "attention": attend, "step": step,
+        "attention_prequantized": lambda: fp8attn.attention_prequantized(q8, k8, v8, qd, kd, vd,
+                                                                         validate_descales=False),
+        "SDPA bf16": lambda: F.scaled_dot_product_attention(q, k, v, enable_gqa=True),
+    }
+
+
+def host_profile(calls: dict[str, Callable[[], object]], cfg: TimingConfig) -> None:
+    """Eager µs per call of every call, then the cache's append and attention under cProfile."""
+    print("eager µs per call, same run:", "  ".join(f"{name} {time_eager(fn, cfg) * 1e3:.1f}"
+                                                   for name, fn in calls.items()))
+    for name in ("append", "attention"):
+        profile = cProfile.Profile()
+        profile.enable()
+        for _ in range(1000):
+            calls[name]()
+        profile.disable()
+        torch.cuda.synchronize()
+        print(f"cProfile of 1000 eager {name} calls (tottime, s):")
+        pstats.Stats(profile).sort_stats("tottime").print_stats(14)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seqlens", default="1024,4096,16384,65536")
     parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--profile", action="store_true")
     args = parser.parse_args()
-    batch, q_heads, kv_heads, head_dim = args.batch, 32, 8, 128
     cfg = TimingConfig(calls=20, repeats=10)
-    print(f"{torch.cuda.get_device_name()}  B{batch} H{q_heads}/{kv_heads} Sq1 D{head_dim}, µs per call")
+    print(f"{torch.cuda.get_device_name()}  B{args.batch} H{Q_HEADS}/{KV_HEADS} Sq1 D{HEAD_DIM}, µs per call")
     print(f"{'Sk':>6} {'append graph':>13} {'append eager':>13} {'attend graph':>13} {'attend eager':>13} "
           f"{'step graph':>11} {'step eager':>11}")
-    for seqlen_k in (int(s) for s in args.seqlens.split(",")):
-        times = step_times(batch, q_heads, kv_heads, seqlen_k, head_dim, cfg)
-        print(f"{seqlen_k:>6} " + " ".join(f"{t:>13.1f}" if i < 4 else f"{t:>11.1f}" for i, t in enumerate(times)))
+    for i, seqlen_k in enumerate(int(s) for s in args.seqlens.split(",")):
+        calls = decoding_calls(args.batch, seqlen_k)
+        times = [timer(calls[name], cfg) * 1e3 for name in ("append", "attention", "step")
+                 for timer in (time_cuda_graph, time_eager)]
+        print(f"{seqlen_k:>6} " + " ".join(f"{t:>13.1f}" if j < 4 else f"{t:>11.1f}" for j, t in enumerate(times)))
+        if args.profile and i == 0:
+            host_profile(calls, cfg)
 
 
 if __name__ == "__main__":

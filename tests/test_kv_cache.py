@@ -88,8 +88,15 @@ def test_cache_rejects_bad_input_naming_the_argument():
         cache.attention(torch.zeros(1, 2, 1, 64, dtype=E4M3), torch.ones(3))
     with pytest.raises(ValueError, match="q is on meta but the cache is on cpu"):
         cache.attention(torch.zeros(1, 2, 1, 64, dtype=E4M3, device="meta"), 1.0)
-    with pytest.raises(ValueError, match="q_descale must be finite and positive"):
-        cache.attention(torch.zeros(1, 2, 1, 64, dtype=E4M3), torch.tensor(float("nan")))
+
+
+def test_cache_rejects_a_query_descale_that_is_not_finite_and_positive(device):
+    cache = fp8attn.PrequantizedKVCache(1, 2, 64, 4, 1.0, 1.0, device=device)
+    cache.append(*(torch.zeros(1, 2, 3, 64, dtype=E4M3, device=device) for _ in range(2)))
+    q = torch.zeros(1, 2, 1, 64, dtype=E4M3, device=device)
+    for bad in (float("nan"), 0.0, -1.0):
+        with pytest.raises(ValueError, match="q_descale must be finite and positive"):
+            cache.attention(q, torch.tensor(bad, device=device))
 
 
 def test_reset_empties_the_cache_for_a_new_sequence(device, gen):

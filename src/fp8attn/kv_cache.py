@@ -102,8 +102,10 @@ class PrequantizedKVCache:
         # On the host too: one token's column as a number makes its write a strided copy, not an index_put.
         v_column = torch.argsort(pv_key_positions(slots))
         self._v_column, self._v_column_list = v_column.to(device), v_column.tolist()
-        # Byte views (every device's copy and indexing kernels take uint8, not all take float8).
-        self._k_bytes, self._v_t_bytes = self.k.view(torch.uint8), self.v_t.view(torch.uint8)
+        # Byte views of the channels appended to (every device's copy and indexing kernels take uint8, not all
+        # take float8; the padding channels stay zero).
+        self._k_bytes = self.k.view(torch.uint8)[..., :head_dim]
+        self._v_t_bytes = self.v_t.view(torch.uint8)[:, :, :head_dim]
         self._plans = _PlanCache(capacity=64)  # eager calls' launch plans: query signature → {split count: plan}
 
     def append(self, k: torch.Tensor, v: torch.Tensor) -> None:
@@ -124,13 +126,11 @@ class PrequantizedKVCache:
         if end > self.capacity:
             raise ValueError(f"k and v hold {k.shape[2]} tokens; the cache holds {self.length} of its capacity "
                              f"{self.capacity}, so at most {self.capacity - self.length} fit")
-        d = self.head_dim  # the padding channels stay zero
-        self._k_bytes[:, :, start:end, :d] = k.view(torch.uint8)
-        v_t = v.view(torch.uint8).transpose(2, 3)
-        if end - start == 1:  # decoding: one column
-            self._v_t_bytes[:, :, :d, self._v_column_list[start]] = v_t[..., 0]
+        self._k_bytes.narrow(2, start, end - start).copy_(k.view(torch.uint8))
+        if end - start == 1:  # decoding: one column, a strided copy
+            self._v_t_bytes.select(3, self._v_column_list[start]).copy_(v.view(torch.uint8).select(2, 0))
         else:
-            self._v_t_bytes[:, :, :d, self._v_column[start:end]] = v_t
+            self._v_t_bytes[..., self._v_column[start:end]] = v.view(torch.uint8).transpose(2, 3)
         self.length = end
 
     def reset(self) -> None:
