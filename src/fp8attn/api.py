@@ -19,13 +19,13 @@ import math
 import numbers
 
 import torch
-import triton
 from triton import knobs
 
 from fp8attn.fp8 import E4M3
 from fp8attn.kernels.attention_fwd import forward_launches, key_split_buffers
 from fp8attn.kernels.launch import Launch, LaunchPlan
 from fp8attn.kernels.prequantized_layout import PREQUANTIZED_LAYOUT, prequantized_layout
+from fp8attn.kernels.sizes import cdiv
 from fp8attn.kernels.unsmoothed_lse import unsmoothed_lse_launch
 from fp8attn.quantize import allocate_quantized, padded_head_dim, quantize_launches
 from fp8attn.recipe import Recipe, resolve_recipe
@@ -100,7 +100,7 @@ def _check_shapes(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
 def _check_padded_sizes(q: torch.Tensor, k: torch.Tensor, k_block: int) -> None:
     """The kernels index the padded layout (D to a power of two, keys to a multiple of ``k_block``)
     with 32 bits: up to 1.9x the inputs' own element counts (D=136 pads to 256)."""
-    dp, skp = padded_head_dim(q.shape[3]), triton.cdiv(k.shape[2], k_block) * k_block
+    dp, skp = padded_head_dim(q.shape[3]), cdiv(k.shape[2], k_block) * k_block
     for name, x, seqlen in (("q", q, q.shape[2]), ("k", k, skp)):
         padded = x.shape[0] * x.shape[1] * seqlen * dp
         if padded > _INT32_LIMIT:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import numbers
 
 import torch
-import triton
 
 from fp8attn.api import (
     MAX_HEAD_DIM,
@@ -41,6 +40,7 @@ from fp8attn.kernels.attention_fwd_hopper import hopper_kernel_sizes
 from fp8attn.kernels.key_order import pv_key_positions
 from fp8attn.kernels.launch import LaunchPlan
 from fp8attn.kernels.prequantized_layout import PREQUANTIZED_LAYOUT
+from fp8attn.kernels.sizes import cdiv
 from fp8attn.quantize import QuantizedQKV, padded_head_dim
 
 _BLOCK = PREQUANTIZED_LAYOUT.k_block
@@ -88,7 +88,7 @@ class PrequantizedKVCache:
         self.batch, self.num_kv_heads, self.head_dim, self.capacity = batch, num_kv_heads, head_dim, capacity
         self.length = 0
         dp = padded_head_dim(head_dim)
-        slots = triton.cdiv(capacity, _BLOCK) * _BLOCK
+        slots = cdiv(capacity, _BLOCK) * _BLOCK
         self.k = torch.zeros(batch, num_kv_heads, slots, dp, dtype=E4M3, device=device)
         self.v_t = torch.zeros(batch, num_kv_heads, dp, slots, dtype=E4M3, device=device)
         self.k_scale = kd[:, :, None].expand(batch, num_kv_heads, slots // _BLOCK).contiguous()
@@ -226,5 +226,5 @@ class PrequantizedKVCache:
             padded = torch.zeros(batch, num_q_heads, seqlen_q, dp, dtype=E4M3, device=q.device)
             padded.view(torch.uint8)[..., :head_dim] = q.view(torch.uint8)
             q = padded
-        blocks = triton.cdiv(seqlen_q, _BLOCK)
+        blocks = cdiv(seqlen_q, _BLOCK)
         return q, q_descale[:, :, None].expand(batch, num_q_heads, blocks).contiguous()

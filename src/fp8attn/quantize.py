@@ -33,6 +33,7 @@ from fp8attn.fp8 import E4M3, E4M3_MAX
 from fp8attn.kernels.grid_dependency import programmatic_launch, signal_next_grid, wait_for_previous_grid
 from fp8attn.kernels.key_order import pv_key_order
 from fp8attn.kernels.launch import Launch
+from fp8attn.kernels.sizes import cdiv, next_power_of_2
 from fp8attn.recipe import MAX_Q_BLOCK, Recipe
 
 # Tokens one stats program reduces (see _stats_chunk); the partials it writes are summed by each K and
@@ -98,7 +99,7 @@ class QuantizedQKV:
 
 def padded_head_dim(head_dim: int) -> int:
     """The power-of-two width the kernels compute on (at least 32, the FP8 wgmma K step)."""
-    return max(32, triton.next_power_of_2(head_dim))
+    return max(32, next_power_of_2(head_dim))
 
 
 @functools.cache
@@ -596,8 +597,8 @@ def _stats_chunk(num_heads: int, seqlen_k: int) -> int:
     ``_STATS_MAX_CHUNKS`` chunks a head and ``_STATS_TARGET_PROGRAMS`` programs in all (longer loops
     keep the pipeline full, and fewer partials are left for each quantize program to sum)."""
     chunk = _STATS_MIN_CHUNK
-    while triton.cdiv(seqlen_k, chunk) > _STATS_MAX_CHUNKS or (
-            chunk < seqlen_k and num_heads * triton.cdiv(seqlen_k, chunk) > _STATS_TARGET_PROGRAMS):
+    while cdiv(seqlen_k, chunk) > _STATS_MAX_CHUNKS or (
+            chunk < seqlen_k and num_heads * cdiv(seqlen_k, chunk) > _STATS_TARGET_PROGRAMS):
         chunk *= 2
     return chunk
 
@@ -622,7 +623,7 @@ def carve_workspace(
     for name, entry in entries.items():
         if entry is not None:
             offsets[name] = size
-            size += triton.cdiv(math.prod(entry[0]) * entry[1].itemsize, _WORKSPACE_ALIGN) * _WORKSPACE_ALIGN
+            size += cdiv(math.prod(entry[0]) * entry[1].itemsize, _WORKSPACE_ALIGN) * _WORKSPACE_ALIGN
     workspace = torch.empty(size, device=device, dtype=torch.uint8)
     views: dict[str, torch.Tensor | None] = {}
     for name, entry in entries.items():
@@ -642,20 +643,20 @@ def allocate_quantized(
     """Uninitialised buffers in the kernel layout (see :class:`QuantizedQKV`), and ``extra`` ones,
     carved from one allocation."""
     dp = padded_head_dim(head_dim)
-    skp = triton.cdiv(seqlen_k, recipe.k_block) * recipe.k_block
+    skp = cdiv(seqlen_k, recipe.k_block) * recipe.k_block
     qk_dtype = torch.int8 if recipe.qk_format == "int8" else E4M3
     f32 = torch.float32
     layout = {
         "q": ((batch, num_q_heads, seqlen_q, dp), qk_dtype),
         "k": ((batch, num_kv_heads, skp, dp), qk_dtype),
         "v_t": ((batch, num_kv_heads, dp, skp), torch.float16 if recipe.pv_format == "fp16" else E4M3),
-        "q_scale": ((batch, num_q_heads, triton.cdiv(seqlen_q, recipe.q_block)), f32),
+        "q_scale": ((batch, num_q_heads, cdiv(seqlen_q, recipe.q_block)), f32),
         "k_scale": ((batch, num_kv_heads, skp // recipe.k_block), f32),
         "v_scale": ((batch, num_kv_heads, dp), f32),
         "k_mean": ((batch, num_kv_heads, dp), f32) if recipe.smooth_k else None,
         "v_mean": ((batch, num_kv_heads, dp), f32) if recipe.smooth_v else None,
         "kv_partials": None if _inline_stats(batch, num_kv_heads, seqlen_k, dp) else
-        ((batch * num_kv_heads, triton.cdiv(seqlen_k, _stats_chunk(batch * num_kv_heads, seqlen_k)), _NUM_STATS, dp), f32),
+        ((batch * num_kv_heads, cdiv(seqlen_k, _stats_chunk(batch * num_kv_heads, seqlen_k)), _NUM_STATS, dp), f32),
     }
     workspace, views, extra_views = carve_workspace(layout, device, extra)
     return QuantizedQKV(
@@ -695,14 +696,14 @@ def quantize_launches(
         ))
     unused = out.v_scale  # stands in for pointers a recipe does not read
     q_tile = MAX_Q_BLOCK  # query tokens a Q tile holds: the largest q_block
-    q_tiles = batch * num_q_heads * triton.cdiv(seqlen_q, q_tile)
+    q_tiles = batch * num_q_heads * cdiv(seqlen_q, q_tile)
     kv_blocks = batch * num_kv_heads * (skp // recipe.k_block)
     if tiles_per_program is None:
         tiles_per_program = tiles_per_program_for(q_tiles + 2 * kv_blocks)
     if tiles_per_program < 1:
         raise ValueError(f"tiles_per_program must be at least 1, got {tiles_per_program}")
-    num_q_programs = batch * num_q_heads * triton.cdiv(triton.cdiv(seqlen_q, q_tile), tiles_per_program)
-    num_kv_programs = batch * num_kv_heads * triton.cdiv(skp // recipe.k_block, tiles_per_program)
+    num_q_programs = batch * num_q_heads * cdiv(cdiv(seqlen_q, q_tile), tiles_per_program)
+    num_kv_programs = batch * num_kv_heads * cdiv(skp // recipe.k_block, tiles_per_program)
     split = _split_rotation(dp, recipe)
     hadamard = hadamard_matrix(dp // 2 if split else dp, q.dtype, q.device) if recipe.hadamard else unused
     launches.append(Launch(

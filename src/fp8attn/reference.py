@@ -20,12 +20,12 @@ import math
 from collections.abc import Callable
 
 import torch
-import triton
 
 from fp8attn.fp8 import scale_from_amax, to_e4m3, to_int8
 from fp8attn.kernels.attention_fwd import forward_config, planned_key_splits, split_keys
 from fp8attn.kernels.key_order import from_pv_key_order, to_pv_key_order
 from fp8attn.kernels.prequantized_layout import PREQUANTIZED_LAYOUT
+from fp8attn.kernels.sizes import cdiv
 from fp8attn.quantize import QuantizedQKV, hadamard_matrix, hadamard_scale, padded_head_dim
 from fp8attn.recipe import Recipe
 
@@ -66,8 +66,8 @@ def quantize_emulated(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, recipe:
     seqlen_q, head_dim = q.shape[2], q.shape[3]
     seqlen_k = k.shape[2]
     dp = padded_head_dim(head_dim)
-    skp = triton.cdiv(seqlen_k, recipe.k_block) * recipe.k_block
-    sqp = triton.cdiv(seqlen_q, recipe.q_block) * recipe.q_block
+    skp = cdiv(seqlen_k, recipe.k_block) * recipe.k_block
+    sqp = cdiv(seqlen_q, recipe.q_block) * recipe.q_block
     hadamard = hadamard_matrix(dp, torch.float64, q.device)
     rot_scale = hadamard_scale(dp)
 
@@ -144,7 +144,7 @@ def prequantized_layout_emulated(
     num_kv_heads, seqlen_k = k.shape[1], k.shape[2]
     block = PREQUANTIZED_LAYOUT.k_block
     dp = padded_head_dim(head_dim)
-    skp = triton.cdiv(seqlen_k, block) * block
+    skp = cdiv(seqlen_k, block) * block
     q_pad = q.new_zeros((batch, num_q_heads, seqlen_q, dp))
     q_pad[..., :head_dim] = q
     k_pad = k.new_zeros((batch, num_kv_heads, skp, dp))
@@ -160,7 +160,7 @@ def prequantized_layout_emulated(
         v_mean_pad[..., :head_dim] = v_mean
     return QuantizedQKV(
         q=q_pad, k=k_pad, v_t=v_t,
-        q_scale=q_descale[..., None].expand(batch, num_q_heads, triton.cdiv(seqlen_q, block)).contiguous(),
+        q_scale=q_descale[..., None].expand(batch, num_q_heads, cdiv(seqlen_q, block)).contiguous(),
         k_scale=k_descale[..., None].expand(batch, num_kv_heads, skp // block).contiguous(),
         v_scale=v_scale, k_mean=None, v_mean=v_mean_pad,
         seqlen_q=seqlen_q, seqlen_k=seqlen_k, head_dim=head_dim, q_block=block, k_block=block,

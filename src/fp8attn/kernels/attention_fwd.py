@@ -39,6 +39,7 @@ import triton.language as tl
 from fp8attn.kernels.grid_dependency import programmatic_launch, signal_next_grid, wait_for_previous_grid
 from fp8attn.kernels.key_order import pv_key_order
 from fp8attn.kernels.launch import Launch
+from fp8attn.kernels.sizes import cdiv
 from fp8attn.quantize import BufferLayout, QuantizedQKV, padded_head_dim
 from fp8attn.recipe import Recipe
 
@@ -337,7 +338,7 @@ def key_splits(programs: int, key_tiles: int, program_slots: int) -> int:
     H200 the fastest split of every decoding shape measured filled exactly one wave, and the next larger
     one (a second, partial wave) was up to 1.6x slower (docs/measurements/split_kv_h200/)."""
     splits = min(program_slots // programs, key_tiles // MIN_TILES_PER_KEY_SPLIT, MAX_KEY_SPLITS)
-    return triton.cdiv(key_tiles, triton.cdiv(key_tiles, splits)) if splits > 1 else 1
+    return cdiv(key_tiles, cdiv(key_tiles, splits)) if splits > 1 else 1
 
 
 def programs_per_sm(cfg: ForwardConfig, head_dim_pad: int) -> int:
@@ -369,8 +370,8 @@ def packs_query_heads(num_q_heads: int, num_kv_heads: int, seqlen_q: int, block_
 def query_blocks(batch: int, num_q_heads: int, num_kv_heads: int, seqlen_q: int, block_m: int) -> int:
     """Programs of the Triton kernel per key range: blocks of ``block_m`` rows over every (batch, head, query)."""
     if packs_query_heads(num_q_heads, num_kv_heads, seqlen_q, block_m):
-        return batch * num_kv_heads * triton.cdiv(seqlen_q * (num_q_heads // num_kv_heads), block_m)
-    return batch * num_q_heads * triton.cdiv(seqlen_q, block_m)
+        return batch * num_kv_heads * cdiv(seqlen_q * (num_q_heads // num_kv_heads), block_m)
+    return batch * num_q_heads * cdiv(seqlen_q, block_m)
 
 
 def planned_key_splits(batch: int, num_q_heads: int, num_kv_heads: int, seqlen_q: int, seqlen_k: int, head_dim: int,
@@ -382,7 +383,7 @@ def planned_key_splits(batch: int, num_q_heads: int, num_kv_heads: int, seqlen_q
                          qk_int8=recipe.qk_format == "int8")
     programs = query_blocks(batch, num_q_heads, num_kv_heads, seqlen_q, cfg.block_m)
     slots = sm_count(device) * programs_per_sm(cfg, head_dim_pad)
-    return key_splits(programs, triton.cdiv(seqlen_k, cfg.block_n), slots)
+    return key_splits(programs, cdiv(seqlen_k, cfg.block_n), slots)
 
 
 def key_split_buffers(batch: int, num_q_heads: int, num_kv_heads: int, seqlen_q: int, seqlen_k: int, head_dim: int,
@@ -446,9 +447,9 @@ def key_count_arguments(seqlen_k: int, splits: int, cfg: ForwardConfig) -> dict[
 def split_keys(seqlen_k: int, block_n: int, splits: int) -> int:
     """Keys per range when ``seqlen_k`` keys in tiles of ``block_n`` are split into ``splits`` ranges of
     whole tiles, none empty."""
-    tiles = triton.cdiv(seqlen_k, block_n)
-    per_split = triton.cdiv(tiles, splits)
-    if triton.cdiv(tiles, per_split) != splits:
+    tiles = cdiv(seqlen_k, block_n)
+    per_split = cdiv(tiles, splits)
+    if cdiv(tiles, per_split) != splits:
         raise ValueError(f"{tiles} key tiles do not split into {splits} non-empty ranges of whole tiles")
     return per_split * block_n
 
@@ -504,7 +505,7 @@ def _triton_launch(qkv: QuantizedQKV, out: torch.Tensor, lse: torch.Tensor, *, c
         GRID_DEPENDENCY=pdl, SPLIT_KV=split is not None, PACK_GQA=pack,
     )
     group = num_q_heads // num_kv_heads if pack else 1
-    grid = (triton.cdiv(seqlen_q * group, cfg.block_m), batch * num_q_heads // group, splits)
+    grid = (cdiv(seqlen_q * group, cfg.block_m), batch * num_q_heads // group, splits)
     return Launch(_fp8_attention_fwd_kernel, grid, args, constexprs,
                   dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages, launch_pdl=pdl))
 

@@ -46,7 +46,6 @@ import functools
 import math
 
 import torch
-import triton
 from triton import knobs
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
@@ -63,6 +62,7 @@ from fp8attn.kernels import attention_fwd
 from fp8attn.kernels.attention_fwd import LOG2_E, forward_config, sm_count
 from fp8attn.kernels.key_order import pv_key_order
 from fp8attn.kernels.launch import Launch
+from fp8attn.kernels.sizes import cdiv
 from fp8attn.quantize import QuantizedQKV
 
 # Named barriers 14 and 15 (Triton's warp specialization uses the lowest ids): consumer WG's turn at the
@@ -833,7 +833,7 @@ def hopper_forward_launch(
     q_desc = _descriptor(qkv.q, [_ROWS_PER_CONSUMER, dp])
     k_desc = _descriptor(qkv.k, [cfg.block_n, dp])
     vt_desc = _descriptor(qkv.v_t, [dp, cfg.block_n])
-    num_query_blocks = triton.cdiv(seqlen_q, 2 * _ROWS_PER_CONSUMER) * batch * num_q_heads
+    num_query_blocks = cdiv(seqlen_q, 2 * _ROWS_PER_CONSUMER) * batch * num_q_heads
     args = (
         q_desc, k_desc, vt_desc, qkv.q_scale, qkv.k_scale, qkv.v_scale,
         qkv.v_mean if qkv.v_mean is not None else qkv.v_scale, out, lse,

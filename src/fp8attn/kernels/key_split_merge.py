@@ -19,6 +19,7 @@ import triton.language as tl
 from fp8attn.kernels.attention_fwd import _store_output
 from fp8attn.kernels.grid_dependency import programmatic_launch, wait_for_previous_grid
 from fp8attn.kernels.launch import Launch
+from fp8attn.kernels.sizes import cdiv, next_power_of_2
 from fp8attn.quantize import QuantizedQKV
 
 MERGE_BLOCK_M = 16
@@ -70,11 +71,11 @@ def merge_launch(qkv: QuantizedQKV, partial_out: torch.Tensor, partial_lse: torc
     if partial_lse.shape != (splits, rows, seqlen_q) or rows != batch * num_q_heads:
         raise ValueError(f"partial results {tuple(partial_out.shape)} / {tuple(partial_lse.shape)} do not match "
                          f"out {tuple(out.shape)}")
-    block_m = min(MERGE_BLOCK_M, triton.next_power_of_2(seqlen_q))
+    block_m = min(MERGE_BLOCK_M, next_power_of_2(seqlen_q))
     pdl = programmatic_launch(out.device)
     args = (partial_out, partial_lse, qkv.v_scale, qkv.v_mean if qkv.v_mean is not None else qkv.v_scale, out, lse,
             seqlen_q, num_q_heads, qkv.k.shape[1], *out.stride()[:3])
     constexprs = dict(HEAD_DIM=qkv.head_dim, HEAD_DIM_PAD=dp, BLOCK_M=block_m, KEY_SPLITS=splits,
                       LOG2_P_SCALE=math.log2(p_scale), SMOOTH_V=qkv.v_mean is not None, GRID_DEPENDENCY=pdl)
-    return Launch(_merge_key_splits_kernel, (triton.cdiv(seqlen_q, block_m), rows), args, constexprs,
+    return Launch(_merge_key_splits_kernel, (cdiv(seqlen_q, block_m), rows), args, constexprs,
                   dict(num_warps=4, launch_pdl=pdl))

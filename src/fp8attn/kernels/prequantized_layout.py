@@ -24,6 +24,7 @@ import triton.language as tl
 from fp8attn.kernels.grid_dependency import programmatic_launch, signal_next_grid
 from fp8attn.kernels.key_order import pv_key_order
 from fp8attn.kernels.launch import Launch
+from fp8attn.kernels.sizes import cdiv
 from fp8attn.quantize import BufferLayout, QuantizedQKV, carve_workspace, padded_head_dim
 from fp8attn.recipe import E4M3_BLOCK
 
@@ -116,8 +117,8 @@ def prequantized_layout(
     batch, num_q_heads, seqlen_q, head_dim = q.shape
     num_kv_heads, seqlen_k = k.shape[1], k.shape[2]
     dp = padded_head_dim(head_dim)
-    skp = triton.cdiv(seqlen_k, _BLOCK) * _BLOCK
-    num_q_blocks = triton.cdiv(seqlen_q, _BLOCK)
+    skp = cdiv(seqlen_k, _BLOCK) * _BLOCK
+    num_q_blocks = cdiv(seqlen_q, _BLOCK)
     copy_q = dp != head_dim or q.stride(-1) != 1
     copy_k = dp != head_dim or skp != seqlen_k or k.stride(-1) != 1
     f32 = torch.float32

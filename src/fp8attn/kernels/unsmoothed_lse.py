@@ -16,6 +16,7 @@ import triton
 import triton.language as tl
 
 from fp8attn.kernels.launch import Launch
+from fp8attn.kernels.sizes import cdiv
 from fp8attn.quantize import QuantizedQKV, _walsh_hadamard, hadamard_scale
 
 _BLOCK_T = 32  # query rows a program
@@ -55,7 +56,7 @@ def unsmoothed_lse_launch(q: torch.Tensor, qkv: QuantizedQKV, lse: torch.Tensor,
     batch, num_q_heads, seqlen_q, head_dim = q.shape
     dp = qkv.k_mean.shape[-1]
     return Launch(
-        _unsmoothed_lse_kernel, (triton.cdiv(seqlen_q, _BLOCK_T), batch * num_q_heads),
+        _unsmoothed_lse_kernel, (cdiv(seqlen_q, _BLOCK_T), batch * num_q_heads),
         (q, qkv.k_mean, lse, seqlen_q, num_q_heads, qkv.k_mean.shape[1], head_dim, hadamard_scale(dp), softmax_scale,
          *q.stride()),
         dict(BLOCK_T=_BLOCK_T, HEAD_DIM_PAD=dp, HADAMARD=rotated),
