@@ -61,17 +61,17 @@ def test_cache_holds_the_kernel_layout_of_its_tokens(device, gen, case):
         assert torch.equal(cache.v_scale.cpu(), layout.v_scale)
 
 
-def test_cache_rejects_bad_input_naming_the_argument():
-    e4m3 = torch.zeros(1, 2, 3, 64, dtype=E4M3)
+def test_cache_rejects_bad_input_naming_the_argument(device):
+    e4m3 = torch.zeros(1, 2, 3, 64, dtype=E4M3, device=device)
     with pytest.raises(ValueError, match="capacity must be a positive integer"):
-        fp8attn.PrequantizedKVCache(1, 2, 64, 0, 1.0, 1.0, device="cpu")
+        fp8attn.PrequantizedKVCache(1, 2, 64, 0, 1.0, 1.0, device=device)
     with pytest.raises(NotImplementedError, match="head_dim must be a multiple of 8"):
-        fp8attn.PrequantizedKVCache(1, 2, 60, 16, 1.0, 1.0, device="cpu")
+        fp8attn.PrequantizedKVCache(1, 2, 60, 16, 1.0, 1.0, device=device)
     with pytest.raises(ValueError, match="k_descale must have shape"):
-        fp8attn.PrequantizedKVCache(1, 2, 64, 16, torch.ones(2, 2), 1.0, device="cpu")
-    cache = fp8attn.PrequantizedKVCache(1, 2, 64, 4, 1.0, 1.0, device="cpu")
+        fp8attn.PrequantizedKVCache(1, 2, 64, 16, torch.ones(2, 2), 1.0, device=device)
+    cache = fp8attn.PrequantizedKVCache(1, 2, 64, 4, 1.0, 1.0, device=device)
     with pytest.raises(ValueError, match="the cache is empty"):
-        cache.attention(torch.zeros(1, 2, 1, 64, dtype=E4M3), 1.0)
+        cache.attention(torch.zeros(1, 2, 1, 64, dtype=E4M3, device=device), 1.0)
     with pytest.raises(TypeError, match="v must have dtype"):
         cache.append(e4m3, e4m3.float())
     with pytest.raises(ValueError, match=r"k must have shape .* got \(1, 2, 3, 32\)"):
@@ -81,12 +81,12 @@ def test_cache_rejects_bad_input_naming_the_argument():
         cache.append(e4m3, e4m3)
     assert cache.length == 3, "a rejected append must leave the cache as it was"
     with pytest.raises(ValueError, match="multiple of the cache's 2 KV heads"):
-        cache.attention(torch.zeros(1, 3, 1, 64, dtype=E4M3), 1.0)
+        cache.attention(torch.zeros(1, 3, 1, 64, dtype=E4M3, device=device), 1.0)
     with pytest.raises(TypeError, match="q must have dtype"):
-        cache.attention(torch.zeros(1, 2, 1, 64), 1.0)
+        cache.attention(torch.zeros(1, 2, 1, 64, device=device), 1.0)
     with pytest.raises(ValueError, match="q_descale must have shape"):
-        cache.attention(torch.zeros(1, 2, 1, 64, dtype=E4M3), torch.ones(3))
-    with pytest.raises(ValueError, match="q is on meta but the cache is on cpu"):
+        cache.attention(torch.zeros(1, 2, 1, 64, dtype=E4M3, device=device), torch.ones(3))
+    with pytest.raises(ValueError, match=f"q is on meta but the cache is on {cache.k.device}"):
         cache.attention(torch.zeros(1, 2, 1, 64, dtype=E4M3, device="meta"), 1.0)
 
 

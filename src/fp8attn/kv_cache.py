@@ -41,7 +41,7 @@ from fp8attn.kernels.key_order import pv_key_positions
 from fp8attn.kernels.launch import LaunchPlan
 from fp8attn.kernels.prequantized_layout import PREQUANTIZED_LAYOUT
 from fp8attn.kernels.sizes import cdiv
-from fp8attn.quantize import QuantizedQKV, padded_head_dim
+from fp8attn.quantize import QuantizedQKV, carve_workspace, padded_head_dim
 
 _BLOCK = PREQUANTIZED_LAYOUT.k_block
 _OUT_DTYPES = (torch.float16, torch.bfloat16)
@@ -172,17 +172,19 @@ class PrequantizedKVCache:
         q, q_scale = self._query_layout(q, qd)
         inputs = (q, q_scale, self.k, self.v_t, self.k_scale, self.v_scale)
         inputs += () if self.v_mean is None else (self.v_mean,)
-        cfg = forward_config(self.k.shape[-1], _BLOCK, causal)
         if plan is not None:
-            buffers = plan.run(inputs, runtime_ints=key_count_arguments(self.length, splits, cfg))
+            buffers = plan.run(inputs, views=return_lse,
+                               runtime_ints=key_count_arguments(self.length, splits, forward_config(
+                                   self.k.shape[-1], _BLOCK, causal)))
             return (buffers[0], buffers[-1]) if return_lse else buffers[0]
         softmax_scale = _check_flags(causal, scale, head_dim)
         out = torch.empty((batch, num_q_heads, seqlen_q, head_dim), device=q.device, dtype=out_dtype)
-        lse = torch.empty((batch, num_q_heads, seqlen_q), device=q.device, dtype=torch.float32)
         split_buffers = key_split_buffers(batch, num_q_heads, self.num_kv_heads, seqlen_q, self.length, head_dim,
                                           PREQUANTIZED_LAYOUT, causal, q.device)
-        extra = {name: torch.empty(shape, dtype=dtype, device=q.device)
-                 for name, (shape, dtype) in split_buffers.items()}
+        # LSE and the key splits' partial results share one allocation.
+        workspace, _, extra = carve_workspace({}, q.device, extra={"lse": (q.shape[:3], torch.float32),
+                                                                   **split_buffers})
+        lse = extra.pop("lse")
         qkv = QuantizedQKV(q=q, k=self.k, v_t=self.v_t, q_scale=q_scale, k_scale=self.k_scale, v_scale=self.v_scale,
                            k_mean=None, v_mean=self.v_mean, seqlen_q=seqlen_q, seqlen_k=self.length,
                            head_dim=head_dim, q_block=_BLOCK, k_block=_BLOCK, extra=extra)
@@ -192,7 +194,7 @@ class PrequantizedKVCache:
             launch.run()
         if replayable:
             plans = self._plans.get(signature) or {}
-            plans[splits] = LaunchPlan(launches, inputs=inputs, allocated=(out, *extra.values(), lse),
+            plans[splits] = LaunchPlan(launches, inputs=inputs, allocated=(out, workspace), views=(lse,),
                                        runtime_ints=KEY_COUNT_ARGUMENTS)
             self._plans[signature] = plans
         return (out, lse) if return_lse else out
