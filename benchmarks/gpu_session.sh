@@ -82,6 +82,7 @@ for step in "$@"; do
               --providers fp8attn,fp8attn-prequant,fp8attn-cache,sdpa-flash,sdpa-cudnn,cudnn-fp8,sage1 \
               --shape 4,32,8,1,16384,128 --shape 1,4,4,2048,2048,128 --rep-ms 40 --calls 20 --repeats 5 \
               --out "$OUT" --name decode 2>&1 | tail -40 ;;
+    kv-step) timeout 200 python3 benchmarks/kv_cache_step.py --profile 2>&1 | tee "$OUT/kv_cache_step.txt" | head -4 ;;
     configs) timeout 400 python3 benchmarks/config_study.py --recipes e4m3 --out "$OUT" 2>&1 | tail -80 ;;
     hopper-tests) timeout ${TESTS_TIMEOUT:-240} python3 -m pytest $XDIST -q -p no:cacheprovider -ra tests/test_hopper_kernel.py 2>&1 \
                     | tee "$OUT/pytest_hopper.log" | grep -v "^SKIPPED" | tail -15 ;;
