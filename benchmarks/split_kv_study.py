@@ -52,12 +52,15 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("."))
     parser.add_argument("--recipes", default="e4m3,int8-hadamard-vsmooth")
     parser.add_argument("--rep-ms", type=int, default=30)
+    parser.add_argument("--shape", action="append", type=lambda text: tuple(int(x) for x in text.split(",")),
+                        help="B,Hq,Hkv,Sq,Sk,D,causal (0/1), repeatable; default: the built-in list")
     args = parser.parse_args()
     cfg = TimingConfig(rep_ms=args.rep_ms, calls=20, repeats=10)
     records = []
     for recipe_name in args.recipes.split(","):
         recipe = RECIPES[recipe_name]
-        for b, hq, hkv, sq, sk, d, causal in SHAPES:
+        for b, hq, hkv, sq, sk, d, causal in args.shape or SHAPES:
+            causal = bool(causal)
             g = torch.Generator(device="cuda").manual_seed(0)
             q = torch.randn(b, hq, sq, d, device="cuda", dtype=torch.bfloat16, generator=g)
             k, v = (torch.randn(b, hkv, sk, d, device="cuda", dtype=torch.bfloat16, generator=g) for _ in range(2))

@@ -10,10 +10,12 @@ import torch
 from fp8attn.kernels.attention_fwd import (
     MAX_KEY_SPLITS,
     MIN_TILES_PER_KEY_SPLIT,
+    MIN_TILES_PER_KEY_SPLIT_PARTIAL_BLOCK,
     attention_forward,
     forward_config,
     key_splits,
     packs_query_heads,
+    planned_key_splits,
     split_keys,
 )
 from fp8attn.recipe import DEFAULT_RECIPE, RECIPES
@@ -117,20 +119,33 @@ def test_packed_query_heads_match_the_emulation(device, gen, poisoned_allocation
     _run(device, gen, shape, causal, recipe=RECIPES[recipe]).assert_matches_emulation(causal)
 
 
-def test_key_splits_fill_one_wave_with_ranges_of_whole_tiles_and_none_empty():
+@pytest.mark.parametrize("min_tiles", [MIN_TILES_PER_KEY_SPLIT, MIN_TILES_PER_KEY_SPLIT_PARTIAL_BLOCK])
+def test_key_splits_fill_one_wave_with_ranges_of_whole_tiles_and_none_empty(min_tiles):
     slots = 264  # 132 SMs, two programs each
     for programs in range(1, 300, 7):
         for tiles in range(1, 600, 13):
-            splits = key_splits(programs, tiles, slots)
-            if 2 * programs > slots or tiles < 2 * MIN_TILES_PER_KEY_SPLIT:
+            splits = key_splits(programs, tiles, slots, min_tiles)
+            if 2 * programs > slots or tiles < 2 * min_tiles:
                 assert splits == 1, (programs, tiles)
                 continue
             assert 2 <= splits <= MAX_KEY_SPLITS and programs * splits <= slots, (programs, tiles)
             per_range = -(-tiles // splits)
-            assert per_range >= MIN_TILES_PER_KEY_SPLIT and (splits - 1) * per_range < tiles, (programs, tiles)
+            assert per_range >= min_tiles and (splits - 1) * per_range < tiles, (programs, tiles)
     assert key_splits(32, 128, slots) == 8  # decoding, B1 H32 Sk16k D128: the fastest split on the H200
     assert key_splits(128, 128, slots) == 2  # B4: the next one (three ranges) was 1.3x slower there
     assert key_splits(64, 4, slots) == 1  # the mission shape (B1 H8 S512 D64): four tiles a query block
+
+
+def test_partial_query_blocks_split_their_keys_in_shorter_ranges():
+    """Decoding (a block holding the four query heads of a KV head at one position) takes ranges of two tiles;
+    full blocks (16 positions of four heads, the mission shape) keep four."""
+    def planned(b, hq, hkv, sq, sk, d, causal=False):
+        return planned_key_splits(b, hq, hkv, sq, sk, d, RECIPES["e4m3"], causal, torch.device("cpu"))
+
+    assert planned(1, 32, 8, 1, 1024, 128) == 4  # 8 tiles: four ranges of two (two of four before)
+    assert planned(1, 32, 8, 1, 4096, 128) == 16  # 32 tiles: sixteen ranges of two (eight of four before)
+    assert planned(1, 32, 8, 16, 8192, 128, causal=True) == 16  # 64 rows, a full block: ranges of four
+    assert planned(1, 8, 8, 512, 512, 64) == 1  # the mission shape: four tiles a query block, unsplit
 
 
 @pytest.mark.parametrize("promote_every", [0, 1, 2, 3])

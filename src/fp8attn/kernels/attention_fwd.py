@@ -324,20 +324,26 @@ def _fp8_attention_fwd_kernel(
 
 MIN_TILES_PER_KEY_SPLIT = 4
 """Fewest key tiles a program's share of the keys may hold when :func:`key_splits` splits them."""
+MIN_TILES_PER_KEY_SPLIT_PARTIAL_BLOCK = 2
+"""The same where a query block holds fewer rows than it has (decoding: a few query rows a head, or the query
+heads of a KV head at one position): a tile then costs little beyond its loads. On the H200 (twentieth session,
+``docs/measurements/gqa_packing/``), B1 H32/8 Sq1 D128: at Sk1k four ranges of two tiles took 6.5 µs against
+two of four's 8.1, at Sk4k sixteen of two 8.6 against eight of four's 9.1; with full blocks (Sq16 packed, the
+mission shape) ranges of four tiles or more were faster."""
 MAX_KEY_SPLITS = 32
 """Most key ranges per query block (the merge launch reads one partial result per range)."""
 
 
-def key_splits(programs: int, key_tiles: int, program_slots: int) -> int:
+def key_splits(programs: int, key_tiles: int, program_slots: int, min_tiles: int = MIN_TILES_PER_KEY_SPLIT) -> int:
     """How many ranges to split each query block's keys into: as many as keep ``programs · splits`` within one
-    wave of ``program_slots`` (SMs times the programs one SM holds), each range at least
-    :data:`MIN_TILES_PER_KEY_SPLIT` tiles (1: no split).
+    wave of ``program_slots`` (SMs times the programs one SM holds), each range at least ``min_tiles`` tiles
+    (1: no split).
 
     Splitting pays where the query blocks alone leave SMs idle (decoding: one query row a head; few heads
     of a long sequence); its price is one more launch and a round trip of fp32 partial results. On the
     H200 the fastest split of every decoding shape measured filled exactly one wave, and the next larger
     one (a second, partial wave) was up to 1.6x slower (docs/measurements/split_kv_h200/)."""
-    splits = min(program_slots // programs, key_tiles // MIN_TILES_PER_KEY_SPLIT, MAX_KEY_SPLITS)
+    splits = min(program_slots // programs, key_tiles // min_tiles, MAX_KEY_SPLITS)
     return cdiv(key_tiles, cdiv(key_tiles, splits)) if splits > 1 else 1
 
 
@@ -377,13 +383,17 @@ def query_blocks(batch: int, num_q_heads: int, num_kv_heads: int, seqlen_q: int,
 def planned_key_splits(batch: int, num_q_heads: int, num_kv_heads: int, seqlen_q: int, seqlen_k: int, head_dim: int,
                        recipe: Recipe, causal: bool, device: torch.device) -> int:
     """:func:`key_splits` for a call of this shape (``head_dim`` before padding) in ``recipe``'s layout on
-    ``device``, with the Triton kernel's tiles."""
+    ``device``, with the Triton kernel's tiles: ranges of at least :data:`MIN_TILES_PER_KEY_SPLIT` tiles, or
+    :data:`MIN_TILES_PER_KEY_SPLIT_PARTIAL_BLOCK` where a query block holds fewer rows than it has."""
     head_dim_pad = padded_head_dim(head_dim)
     cfg = forward_config(head_dim_pad, recipe.k_block, causal, pv_fp16=recipe.pv_format == "fp16",
                          qk_int8=recipe.qk_format == "int8")
     programs = query_blocks(batch, num_q_heads, num_kv_heads, seqlen_q, cfg.block_m)
     slots = sm_count(device) * programs_per_sm(cfg, head_dim_pad)
-    return key_splits(programs, cdiv(seqlen_k, cfg.block_n), slots)
+    group = num_q_heads // num_kv_heads if packs_query_heads(num_q_heads, num_kv_heads, seqlen_q, cfg.block_m) else 1
+    partial_block = seqlen_q * group < cfg.block_m
+    min_tiles = MIN_TILES_PER_KEY_SPLIT_PARTIAL_BLOCK if partial_block else MIN_TILES_PER_KEY_SPLIT
+    return key_splits(programs, cdiv(seqlen_k, cfg.block_n), slots, min_tiles)
 
 
 def key_split_buffers(batch: int, num_q_heads: int, num_kv_heads: int, seqlen_q: int, seqlen_k: int, head_dim: int,
