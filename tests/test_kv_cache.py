@@ -7,6 +7,8 @@ import torch
 
 import fp8attn
 from fp8attn.fp8 import E4M3, quantize_per_head
+from fp8attn.kernels.attention_fwd import planned_key_splits
+from fp8attn.kernels.prequantized_layout import PREQUANTIZED_LAYOUT
 from fp8attn.reference import prequantized_layout_emulated
 from tests.conftest import HAS_CUDA, INTERPRETED, make_qkv
 
@@ -130,4 +132,7 @@ def test_eager_calls_replay_one_plan_per_split_count_as_the_cache_grows(gen, poi
         want = fp8attn.attention_prequantized(q8, k8[:, :, :length], v8[:, :, :length], qd, kd, vd)
         assert torch.equal(out, want), f"at {length} tokens: {(out - want).abs().max().item():.3g} apart"
     (plans,) = cache._plans.values()
-    assert sorted(plans) == [2, 3], "up to 1408 keys (11 tiles) two ranges, from 1409 three: one plan each"
+    split_counts = {planned_key_splits(b, hq, hkv, 1, length, d, PREQUANTIZED_LAYOUT, False, q8.device)
+                    for length in range(1400, seqlen_k + 1)}
+    assert len(split_counts) > 1, "the lengths should cross a change of split count (11 → 12 key tiles)"
+    assert set(plans) == split_counts, "one plan per split count, replayed at every other length"
