@@ -63,6 +63,20 @@ def test_cache_holds_the_kernel_layout_of_its_tokens(device, gen, case):
         assert torch.equal(cache.v_scale.cpu(), layout.v_scale)
 
 
+def test_append_takes_any_strides(device, gen):
+    """K and V whose channels are not contiguous (a transposed copy seen through a transpose) land as contiguous
+    ones do."""
+    _, k, v = make_qkv(gen, (1, 2, 2, 1, 70, 64), device=device)
+    (k8, kd), (v8, vd) = quantize_per_head(k), quantize_per_head(v)
+    strided = [x.transpose(2, 3).contiguous().transpose(2, 3) for x in (k8, v8)]
+    assert strided[0].stride(-1) != 1
+    caches = [fp8attn.PrequantizedKVCache(1, 2, 64, 80, kd, vd, device=device) for _ in range(2)]
+    caches[0].append(k8, v8)
+    caches[1].append(*strided)
+    for name in ("k", "v_t"):
+        assert torch.equal(getattr(caches[0], name).view(torch.uint8), getattr(caches[1], name).view(torch.uint8))
+
+
 def test_cache_rejects_bad_input_naming_the_argument(device):
     e4m3 = torch.zeros(1, 2, 3, 64, dtype=E4M3, device=device)
     with pytest.raises(ValueError, match="capacity must be a positive integer"):
@@ -131,6 +145,7 @@ def test_eager_calls_replay_one_plan_per_split_count_as_the_cache_grows(gen, poi
         out = cache.attention(q8, qd, validate_descales=False)
         want = fp8attn.attention_prequantized(q8, k8[:, :, :length], v8[:, :, :length], qd, kd, vd)
         assert torch.equal(out, want), f"at {length} tokens: {(out - want).abs().max().item():.3g} apart"
+    assert len(cache._append_plans) == 2, "appends of 1400 tokens and of one: a plan each, the one-token plan replayed"
     (plans,) = cache._plans.values()
     split_counts = {planned_key_splits(b, hq, hkv, 1, length, d, PREQUANTIZED_LAYOUT, False, q8.device)
                     for length in range(1400, seqlen_k + 1)}

@@ -38,6 +38,7 @@ from fp8attn.kernels.attention_fwd import (
 )
 from fp8attn.kernels.attention_fwd_hopper import hopper_kernel_sizes
 from fp8attn.kernels.key_order import pv_key_positions
+from fp8attn.kernels.kv_cache_append import kv_cache_append_launch
 from fp8attn.kernels.launch import LaunchPlan
 from fp8attn.kernels.prequantized_layout import PREQUANTIZED_LAYOUT
 from fp8attn.kernels.sizes import cdiv
@@ -99,18 +100,38 @@ class PrequantizedKVCache:
             self.v_mean = torch.zeros(batch, num_kv_heads, dp, dtype=torch.float32, device=device)
             self.v_mean[..., :head_dim] = v_mean
         # Vᵀ's column of each key: the kernel layout stores keys in P·V operand order within groups of 32.
-        # On the host too: one token's column as a number makes its write a strided copy, not an index_put.
-        v_column = torch.argsort(pv_key_positions(slots))
-        self._v_column, self._v_column_list = v_column.to(device), v_column.tolist()
-        # Byte views of the channels appended to (every device's copy and indexing kernels take uint8, not all
-        # take float8; the padding channels stay zero).
-        self._k_bytes = self.k.view(torch.uint8)[..., :head_dim]
-        self._v_t_bytes = self.v_t.view(torch.uint8)[:, :, :head_dim]
-        self._plans = _PlanCache(capacity=64)  # eager calls' launch plans: query signature → {split count: plan}
+        self._v_column = torch.argsort(pv_key_positions(slots, device))
+        self._k_bytes, self._v_t_bytes = self.k.view(torch.uint8), self.v_t.view(torch.uint8)
+        # Eager calls' launch plans: query signature → {split count: plan}; append's: k and v's signature → plan.
+        self._plans = _PlanCache(capacity=64)
+        self._append_plans = _PlanCache(capacity=16)
 
     def append(self, k: torch.Tensor, v: torch.Tensor) -> None:
         """Add ``k, v (B, Hkv, T, D)`` E4M3 (any strides), quantized with the cache's descales, after the
-        tokens already held."""
+        tokens already held: one launch (:mod:`fp8attn.kernels.kv_cache_append`), replayed by eager calls
+        with the same signature at any position."""
+        signature = _replay_key((k, v))
+        plan = self._append_plans.get(signature) if signature is not None else None  # k, v passed the checks
+        if plan is None:
+            self._check_tokens(k, v)
+        start, end = self.length, self.length + k.shape[2]
+        if end > self.capacity:
+            raise ValueError(f"k and v hold {k.shape[2]} tokens; the cache holds {self.length} of its capacity "
+                             f"{self.capacity}, so at most {self.capacity - self.length} fit")
+        # Byte views: the launch moves bytes, and not every device's kernels take float8 tensors.
+        inputs = (k.view(torch.uint8), v.view(torch.uint8), self._k_bytes, self._v_t_bytes, self._v_column)
+        if plan is not None:
+            plan.run(inputs, runtime_ints={"start": start})
+        else:
+            launch = kv_cache_append_launch(*inputs, start)
+            launch.run()
+            if signature is not None:
+                self._append_plans[signature] = LaunchPlan([launch], inputs=inputs, allocated=(),
+                                                           runtime_ints=("start",))
+        self.length = end
+
+    def _check_tokens(self, k: torch.Tensor, v: torch.Tensor) -> None:
+        """``k, v`` E4M3 ``(B, Hkv, T, D)`` with the cache's B, Hkv and D, T ≥ 1, on its device."""
         k, v = _check_tensor("k", k), _check_tensor("v", v)
         expected = (self.batch, self.num_kv_heads, k.shape[2], self.head_dim)
         for name, x in (("k", k), ("v", v)):
@@ -122,16 +143,6 @@ class PrequantizedKVCache:
                                  f"{tuple(x.shape)} (k has {k.shape[2]} tokens)")
             if x.device != self.k.device:
                 raise ValueError(f"{name} is on {x.device} but the cache is on {self.k.device}")
-        start, end = self.length, self.length + k.shape[2]
-        if end > self.capacity:
-            raise ValueError(f"k and v hold {k.shape[2]} tokens; the cache holds {self.length} of its capacity "
-                             f"{self.capacity}, so at most {self.capacity - self.length} fit")
-        self._k_bytes.narrow(2, start, end - start).copy_(k.view(torch.uint8))
-        if end - start == 1:  # decoding: one column, a strided copy
-            self._v_t_bytes.select(3, self._v_column_list[start]).copy_(v.view(torch.uint8).select(2, 0))
-        else:
-            self._v_t_bytes[..., self._v_column[start:end]] = v.view(torch.uint8).transpose(2, 3)
-        self.length = end
 
     def reset(self) -> None:
         """Empty the cache for a new sequence (same shape and descales), zeroing what was appended."""
