@@ -83,6 +83,8 @@ def test_cache_rejects_bad_input_naming_the_argument(device):
         fp8attn.PrequantizedKVCache(1, 2, 64, 0, 1.0, 1.0, device=device)
     with pytest.raises(NotImplementedError, match="head_dim must be a multiple of 8"):
         fp8attn.PrequantizedKVCache(1, 2, 60, 16, 1.0, 1.0, device=device)
+    with pytest.raises(ValueError, match="device must name a CUDA device or the CPU, got 'gpu0'"):
+        fp8attn.PrequantizedKVCache(1, 2, 64, 16, 1.0, 1.0, device="gpu0")
     with pytest.raises(ValueError, match="k_descale must have shape"):
         fp8attn.PrequantizedKVCache(1, 2, 64, 16, torch.ones(2, 2), 1.0, device=device)
     cache = fp8attn.PrequantizedKVCache(1, 2, 64, 4, 1.0, 1.0, device=device)

@@ -81,7 +81,10 @@ class PrequantizedKVCache:
                                              ("head_dim", head_dim), ("capacity", capacity)))
         if head_dim % 8 or head_dim > MAX_HEAD_DIM:
             raise NotImplementedError(f"head_dim must be a multiple of 8 from 8 to {MAX_HEAD_DIM}, got {head_dim}")
-        device = torch.empty(0, device=device).device  # "cuda" → "cuda:0", as the tensors' devices read
+        try:
+            device = torch.empty(0, device=device).device  # "cuda" → "cuda:0", as the tensors' devices read
+        except (RuntimeError, TypeError) as error:
+            raise ValueError(f"device must name a CUDA device or the CPU, got {device!r} ({error})") from None
         kd = _check_descale("k_descale", k_descale, batch, num_kv_heads, device)
         vd = _check_descale("v_descale", v_descale, batch, num_kv_heads, device)
         _check_descale_values({"k_descale": kd, "v_descale": vd})
