@@ -17,6 +17,7 @@ import numbers
 import torch
 
 from fp8attn.api import (
+    _INPUT_DTYPES,
     MAX_HEAD_DIM,
     _check_descale,
     _check_descale_values,
@@ -45,7 +46,6 @@ from fp8attn.kernels.sizes import cdiv
 from fp8attn.quantize import QuantizedQKV, carve_workspace, padded_head_dim
 
 _BLOCK = PREQUANTIZED_LAYOUT.k_block
-_OUT_DTYPES = (torch.float16, torch.bfloat16)
 
 
 def _positive_int(name: str, x: object) -> int:
@@ -230,7 +230,7 @@ class PrequantizedKVCache:
         _check_device(q, q, q)  # the device kind and its FP8 support
         if not isinstance(return_lse, bool):
             raise TypeError(f"return_lse must be a bool, got {type(return_lse).__name__}")
-        if out_dtype not in _OUT_DTYPES:
+        if out_dtype not in _INPUT_DTYPES:  # out_dtype: what attention_prequantized accepts
             raise TypeError(f"out_dtype must be torch.float16 or torch.bfloat16, got {out_dtype}")
 
     def _query_layout(self, q: torch.Tensor, q_descale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
