@@ -127,6 +127,27 @@ def test_inline_statistics_match_the_statistics_launch(device, gen, poisoned_all
 
 
 @pytest.mark.parametrize("recipe", ["int8-hadamard-vsmooth", "e4m3"])
+@pytest.mark.parametrize(("seqlen_k", "head_dim"), [(300, 64), (100, 128), (77, 256)])
+def test_inline_statistics_in_one_load_match_the_loop_over_tiles(
+    device, gen, poisoned_allocations, monkeypatch, recipe, seqlen_k, head_dim,
+):
+    """Inline statistics of a few programs' worth of short keys come from one load of every key (ragged
+    lengths: masked rows must stay out of V's max and min); the loop over tiles must give the same tensors."""
+    q, k, v = make_qkv(gen, (1, 2, 2, 40, seqlen_k, head_dim), device=device, kind="v_mean")
+    r = RECIPES[recipe]
+    launches = quantize_module.quantize_launches(q, k, v, r, quantize_module.allocate_quantized(
+        1, 2, 2, 40, seqlen_k, head_dim, r, device))
+    assert launches[-1].constexprs["ONE_STATS_TILE"]
+    one_load = quantize_qkv(q, k, v, r)
+    monkeypatch.setattr(quantize_module, "_INLINE_ONE_TILE_ELEMENTS", 0)
+    looped = quantize_qkv(q, k, v, r)
+    for name in ("q", "k", "v_t"):
+        _codes_agree(getattr(one_load, name), getattr(looped, name))
+    for name in ("k_scale", "v_scale", "v_mean"):
+        torch.testing.assert_close(getattr(one_load, name), getattr(looped, name), rtol=1e-5, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("recipe", ["int8-hadamard-vsmooth", "e4m3"])
 @pytest.mark.parametrize("seqlen_k", [300, 700], ids=["inline_stats", "stats_launch"])
 @pytest.mark.parametrize(("tiles_per_program", "head_dim"), [(2, 64), (3, 64), (2, 256)])
 def test_programs_taking_several_tiles_write_what_one_tile_programs_write(

@@ -12,7 +12,10 @@ cached tokens.
 
 from __future__ import annotations
 
+import functools
 import numbers
+from collections.abc import Mapping
+from types import MappingProxyType
 
 import torch
 
@@ -52,6 +55,19 @@ def _positive_int(name: str, x: object) -> int:
     if isinstance(x, bool) or not isinstance(x, numbers.Integral) or x < 1:
         raise ValueError(f"{name} must be a positive integer, got {x!r}")
     return int(x)
+
+
+@functools.lru_cache(maxsize=1024)
+def _key_split_step(batch: int, num_q_heads: int, num_kv_heads: int, seqlen_q: int, seqlen_k: int, head_dim: int,
+                    causal: bool, device: torch.device) -> tuple[int, Mapping[str, int]]:
+    """A call's key-split count over ``seqlen_k`` cached tokens and the forward kernel's per-replay key counts
+    (:func:`~fp8attn.kernels.attention_fwd.key_count_arguments`, read-only). Memoized: the layers of
+    a model attend to caches of one length at each step, so all but the first find it here (planning it takes
+    ~10 µs of host time a call)."""
+    splits = planned_key_splits(batch, num_q_heads, num_kv_heads, seqlen_q, seqlen_k, head_dim, PREQUANTIZED_LAYOUT,
+                                causal, device)
+    cfg = forward_config(padded_head_dim(head_dim), _BLOCK, causal)
+    return splits, MappingProxyType(key_count_arguments(seqlen_k, splits, cfg))
 
 
 class PrequantizedKVCache:
@@ -176,8 +192,8 @@ class PrequantizedKVCache:
         if plans is None:
             self._check_query(q, return_lse, out_dtype)
         batch, num_q_heads, seqlen_q, head_dim = q.shape
-        splits = planned_key_splits(batch, num_q_heads, self.num_kv_heads, seqlen_q, self.length, head_dim,
-                                    PREQUANTIZED_LAYOUT, causal, q.device)
+        splits, key_counts = _key_split_step(batch, num_q_heads, self.num_kv_heads, seqlen_q, self.length, head_dim,
+                                             causal, q.device)
         replayable = signature is not None and not hopper_kernel_sizes(self.k.shape[-1], seqlen_q, self.length, causal)
         plan = plans.get(splits) if plans is not None and replayable else None
         qd = _check_descale("q_descale", q_descale, batch, num_q_heads, q.device)
@@ -187,9 +203,7 @@ class PrequantizedKVCache:
         inputs = (q, q_scale, self.k, self.v_t, self.k_scale, self.v_scale)
         inputs += () if self.v_mean is None else (self.v_mean,)
         if plan is not None:
-            buffers = plan.run(inputs, views=return_lse,
-                               runtime_ints=key_count_arguments(self.length, splits, forward_config(
-                                   self.k.shape[-1], _BLOCK, causal)))
+            buffers = plan.run(inputs, views=return_lse, runtime_ints=key_counts)
             return (buffers[0], buffers[-1]) if return_lse else buffers[0]
         softmax_scale = _check_flags(causal, scale, head_dim)
         out = torch.empty((batch, num_q_heads, seqlen_q, head_dim), device=q.device, dtype=out_dtype)
@@ -243,4 +257,6 @@ class PrequantizedKVCache:
             padded.view(torch.uint8)[..., :head_dim] = q.view(torch.uint8)
             q = padded
         blocks = cdiv(seqlen_q, _BLOCK)
+        if blocks == 1:  # a decoding step: a view of a contiguous descale (a third of the expand's host time)
+            return q, q_descale.unsqueeze(-1).contiguous()
         return q, q_descale[:, :, None].expand(batch, num_q_heads, blocks).contiguous()

@@ -33,7 +33,7 @@ from fp8attn.fp8 import E4M3, E4M3_MAX
 from fp8attn.kernels.grid_dependency import programmatic_launch, signal_next_grid, wait_for_previous_grid
 from fp8attn.kernels.key_order import pv_key_order
 from fp8attn.kernels.launch import Launch
-from fp8attn.kernels.sizes import cdiv, next_power_of_2
+from fp8attn.kernels.sizes import cdiv, next_power_of_2, sm_count
 from fp8attn.recipe import MAX_Q_BLOCK, Recipe
 
 # Tokens one stats program reduces (see _stats_chunk); the partials it writes are summed by each K and
@@ -46,6 +46,9 @@ _NUM_STATS = 4  # K sum, V sum, V max, V min
 # Keys this short (and few enough in all) are reduced inside the quantize launch, saving a launch.
 _INLINE_STATS_MAX_SEQLEN = 512
 _INLINE_STATS_MAX_ELEMENTS = 2**22
+# Inline statistics over at most this many elements of a head (Sk * padded D) take all of them in one load
+# (512 keys at D=64: 64 fp16 values a thread at 8 warps) instead of a loop over tiles (perf-notes §43).
+_INLINE_ONE_TILE_ELEMENTS = 2**15
 _STATS_STAGES = 3  # the statistics loop's pipeline depth
 _STATS_WARPS = 4  # faster than 8 at every head dim (perf-notes §17)
 _TARGET_PROGRAMS = 384  # quantize programs to aim for: about three per SM of an H100
@@ -168,6 +171,30 @@ def _kv_token_stats(
     v_max = tl.where(d_ok, tl.max(v_max, axis=0), 0.0)
     v_min = tl.where(d_ok, tl.min(v_min, axis=0), 0.0)
     return tl.sum(k_sum, axis=0), tl.sum(v_sum, axis=0), v_max, v_min
+
+
+@triton.jit
+def _kv_token_stats_one_tile(
+    k_base, v_base, stride_kt, stride_vt, end, d_ok,
+    TILE: tl.constexpr, HEAD_DIM_PAD: tl.constexpr, K_SUM: tl.constexpr, V_STATS: tl.constexpr,
+):
+    """:func:`_kv_token_stats` over tokens [0, end) with ``end <= TILE``: every token in one load, so the
+    reduction waits for one memory round trip instead of a loop's chain of them (short keys, perf-notes §43)."""
+    offs_t = tl.arange(0, TILE)
+    row_ok = offs_t < end
+    mask = row_ok[:, None] & d_ok[None, :]
+    k_sum = tl.zeros([HEAD_DIM_PAD], dtype=tl.float32)
+    v_sum = tl.zeros([HEAD_DIM_PAD], dtype=tl.float32)
+    v_max = tl.zeros([HEAD_DIM_PAD], dtype=tl.float32)
+    v_min = tl.zeros([HEAD_DIM_PAD], dtype=tl.float32)
+    if K_SUM:
+        k_sum = tl.sum(tl.load(k_base + offs_t[:, None] * stride_kt, mask=mask, other=0.0).to(tl.float32), axis=0)
+    if V_STATS:
+        v = tl.load(v_base + offs_t[:, None] * stride_vt, mask=mask, other=0.0).to(tl.float32)
+        v_sum = tl.sum(v, axis=0)
+        v_max = tl.where(d_ok, tl.max(tl.where(row_ok[:, None], v, float("-inf")), axis=0), 0.0)
+        v_min = tl.where(d_ok, tl.min(tl.where(row_ok[:, None], v, float("inf")), axis=0), 0.0)
+    return k_sum, v_sum, v_max, v_min
 
 
 @triton.jit
@@ -366,18 +393,22 @@ def _head_stats(
     k_ptr, v_ptr, stats_ptr, bh, b, h, seqlen_k, num_chunks, d_ok,
     stride_kb, stride_kh, stride_kt, stride_kd, stride_vb, stride_vh, stride_vt, stride_vd,
     HEAD_DIM_PAD: tl.constexpr, K_SUM: tl.constexpr, V_STATS: tl.constexpr,
-    INLINE_STATS: tl.constexpr, STATS_TILE: tl.constexpr, STATS_STAGES: tl.constexpr, GRID_DEPENDENCY: tl.constexpr,
+    INLINE_STATS: tl.constexpr, ONE_STATS_TILE: tl.constexpr, STATS_TILE: tl.constexpr, STATS_STAGES: tl.constexpr, GRID_DEPENDENCY: tl.constexpr,
 ):
     """K's sum and V's sum, max and min over one head's keys (those asked for; see ``_kv_token_stats``):
-    reduced here from the keys (short keys, ``INLINE_STATS``) or from the statistics pass's partials
-    (after waiting for that launch to finish, under GRID_DEPENDENCY)."""
+    reduced here from the keys (short keys, ``INLINE_STATS``; in one load of ``STATS_TILE`` tokens with
+    ONE_STATS_TILE, else in a loop over tiles of that many) or from the statistics pass's partials (after
+    waiting for that launch to finish, under GRID_DEPENDENCY)."""
     offs_d = tl.arange(0, HEAD_DIM_PAD)
     if INLINE_STATS:
-        return _kv_token_stats(
-            k_ptr + b * stride_kb + h * stride_kh + offs_d[None, :] * stride_kd,
-            v_ptr + b * stride_vb + h * stride_vh + offs_d[None, :] * stride_vd,
-            stride_kt, stride_vt, 0, seqlen_k, d_ok, STATS_TILE, HEAD_DIM_PAD, K_SUM, V_STATS, STATS_STAGES,
-        )
+        k_base = k_ptr + b * stride_kb + h * stride_kh + offs_d[None, :] * stride_kd
+        v_base = v_ptr + b * stride_vb + h * stride_vh + offs_d[None, :] * stride_vd
+        if ONE_STATS_TILE:
+            return _kv_token_stats_one_tile(k_base, v_base, stride_kt, stride_vt, seqlen_k, d_ok, STATS_TILE,
+                                            HEAD_DIM_PAD, K_SUM, V_STATS)
+        else:
+            return _kv_token_stats(k_base, v_base, stride_kt, stride_vt, 0, seqlen_k, d_ok, STATS_TILE, HEAD_DIM_PAD,
+                                   K_SUM, V_STATS, STATS_STAGES)
     else:
         wait_for_previous_grid(GRID_DEPENDENCY)
         stats = stats_ptr + (bh * num_chunks) * NUM_STATS * HEAD_DIM_PAD + offs_d
@@ -443,7 +474,7 @@ def _quantize_k_blocks(
     stride_kb, stride_kh, stride_kt, stride_kd, stride_vb, stride_vh, stride_vt, stride_vd,
     K_BLOCK: tl.constexpr, HEAD_DIM_PAD: tl.constexpr, QK_INT8: tl.constexpr, QK_MAX: tl.constexpr,
     SMOOTH_K: tl.constexpr, HADAMARD: tl.constexpr, SPLIT_ROTATION: tl.constexpr, INTERPRETED: tl.constexpr,
-    INLINE_STATS: tl.constexpr, STATS_TILE: tl.constexpr, STATS_STAGES: tl.constexpr, TILE_STAGES: tl.constexpr,
+    INLINE_STATS: tl.constexpr, ONE_STATS_TILE: tl.constexpr, STATS_TILE: tl.constexpr, STATS_STAGES: tl.constexpr, TILE_STAGES: tl.constexpr,
     GRID_DEPENDENCY: tl.constexpr,
 ):
     """Blocks of K_BLOCK keys of one head: rotated (HADAMARD; in column halves when SPLIT_ROTATION),
@@ -459,7 +490,7 @@ def _quantize_k_blocks(
         k_sum, _, _, _ = _head_stats(
             k_ptr, v_ptr, stats_ptr, bh, b, h, seqlen_k, num_chunks, offs_d < head_dim,
             stride_kb, stride_kh, stride_kt, stride_kd, stride_vb, stride_vh, stride_vt, stride_vd,
-            HEAD_DIM_PAD, True, False, INLINE_STATS, STATS_TILE, STATS_STAGES, GRID_DEPENDENCY,
+            HEAD_DIM_PAD, True, False, INLINE_STATS, ONE_STATS_TILE, STATS_TILE, STATS_STAGES, GRID_DEPENDENCY,
         )
         # Every program of the head stores the same bytes (same inputs, same reduction order) and reads
         # them back per block: a mean held in registers would be hoisted out of the loop in the matmul's
@@ -504,7 +535,7 @@ def _quantize_v_blocks(
     seqlen_k, seqlen_k_pad, num_kv_heads, num_chunks, tiles_per_program, head_dim,
     stride_kb, stride_kh, stride_kt, stride_kd, stride_vb, stride_vh, stride_vt, stride_vd,
     K_BLOCK: tl.constexpr, HEAD_DIM_PAD: tl.constexpr, V_FP16: tl.constexpr, SMOOTH_V: tl.constexpr,
-    INLINE_STATS: tl.constexpr, STATS_TILE: tl.constexpr, STATS_STAGES: tl.constexpr, GRID_DEPENDENCY: tl.constexpr,
+    INLINE_STATS: tl.constexpr, ONE_STATS_TILE: tl.constexpr, STATS_TILE: tl.constexpr, STATS_STAGES: tl.constexpr, GRID_DEPENDENCY: tl.constexpr,
 ):
     """Blocks of K_BLOCK tokens of one head's V: smoothed (SMOOTH_V), scaled per channel, written
     transposed (``[Dp, Skp]``, the K-major layout P·V needs on Hopper; E4M3 keys in P·V operand order,
@@ -518,7 +549,7 @@ def _quantize_v_blocks(
     _, v_sum, v_max, v_min = _head_stats(
         k_ptr, v_ptr, stats_ptr, bh, b, h, seqlen_k, num_chunks, d_ok,
         stride_kb, stride_kh, stride_kt, stride_kd, stride_vb, stride_vh, stride_vt, stride_vd,
-        HEAD_DIM_PAD, False, True, INLINE_STATS, STATS_TILE, STATS_STAGES, GRID_DEPENDENCY,
+        HEAD_DIM_PAD, False, True, INLINE_STATS, ONE_STATS_TILE, STATS_TILE, STATS_STAGES, GRID_DEPENDENCY,
     )
     v_mean, v_scale = _v_mean_and_scale(v_sum, v_max, v_min, seqlen_k, SMOOTH_V)
     v_inv = tl.math.div_rn(tl.full(v_scale.shape, 1.0, tl.float32), v_scale)
@@ -549,7 +580,7 @@ def _quantize_qkv_kernel(
     Q_TILE: tl.constexpr, Q_BLOCK: tl.constexpr, K_BLOCK: tl.constexpr, HEAD_DIM_PAD: tl.constexpr,
     QK_INT8: tl.constexpr, QK_MAX: tl.constexpr, V_FP16: tl.constexpr,
     SMOOTH_K: tl.constexpr, SMOOTH_V: tl.constexpr, HADAMARD: tl.constexpr, SPLIT_ROTATION: tl.constexpr,
-    INTERPRETED: tl.constexpr, INLINE_STATS: tl.constexpr, STATS_TILE: tl.constexpr, STATS_STAGES: tl.constexpr,
+    INTERPRETED: tl.constexpr, INLINE_STATS: tl.constexpr, ONE_STATS_TILE: tl.constexpr, STATS_TILE: tl.constexpr, STATS_STAGES: tl.constexpr,
     TILE_STAGES: tl.constexpr, GRID_DEPENDENCY: tl.constexpr,
 ):
     """Programs [0, num_q_programs) quantize Q, the next num_k_programs K, the rest V; each takes
@@ -580,14 +611,14 @@ def _quantize_qkv_kernel(
             seqlen_k, seqlen_k_pad, num_kv_heads, num_chunks, tiles_per_program, rot_scale, head_dim,
             stride_kb, stride_kh, stride_kt, stride_kd, stride_vb, stride_vh, stride_vt, stride_vd,
             K_BLOCK, HEAD_DIM_PAD, QK_INT8, QK_MAX, SMOOTH_K, HADAMARD, SPLIT_ROTATION, INTERPRETED,
-            INLINE_STATS, STATS_TILE, STATS_STAGES, TILE_STAGES, GRID_DEPENDENCY,
+            INLINE_STATS, ONE_STATS_TILE, STATS_TILE, STATS_STAGES, TILE_STAGES, GRID_DEPENDENCY,
         )
     else:
         _quantize_v_blocks(
             pid - num_q_programs - num_k_programs, k_ptr, v_ptr, stats_ptr, vt_ptr, v_scale_ptr, v_mean_ptr,
             seqlen_k, seqlen_k_pad, num_kv_heads, num_chunks, tiles_per_program, head_dim,
             stride_kb, stride_kh, stride_kt, stride_kd, stride_vb, stride_vh, stride_vt, stride_vd,
-            K_BLOCK, HEAD_DIM_PAD, V_FP16, SMOOTH_V, INLINE_STATS, STATS_TILE, STATS_STAGES, GRID_DEPENDENCY,
+            K_BLOCK, HEAD_DIM_PAD, V_FP16, SMOOTH_V, INLINE_STATS, ONE_STATS_TILE, STATS_TILE, STATS_STAGES, GRID_DEPENDENCY,
         )
 
 
@@ -705,9 +736,11 @@ def quantize_launches(
     num_q_programs = batch * num_q_heads * cdiv(cdiv(seqlen_q, q_tile), tiles_per_program)
     num_kv_programs = batch * num_kv_heads * cdiv(skp // recipe.k_block, tiles_per_program)
     split = _split_rotation(dp, recipe)
+    num_programs = num_q_programs + 2 * num_kv_programs
+    one_stats_tile = _one_stats_tile(stats is None, seqlen_k, dp, num_programs, q.device)
     hadamard = hadamard_matrix(dp // 2 if split else dp, q.dtype, q.device) if recipe.hadamard else unused
     launches.append(Launch(
-        _quantize_qkv_kernel, (num_q_programs + 2 * num_kv_programs,),
+        _quantize_qkv_kernel, (num_programs,),
         (
             q, k, v, hadamard, out.q, out.k, out.v_t, out.q_scale, out.k_scale, out.v_scale,
             out.k_mean if out.k_mean is not None else unused, out.v_mean if out.v_mean is not None else unused,
@@ -720,12 +753,21 @@ def quantize_launches(
              QK_INT8=recipe.qk_format == "int8", QK_MAX=recipe.qk_max, V_FP16=recipe.pv_format == "fp16",
              SMOOTH_K=recipe.smooth_k, SMOOTH_V=recipe.smooth_v,
              HADAMARD=recipe.hadamard, SPLIT_ROTATION=split, INTERPRETED=bool(knobs.runtime.interpret),
-             INLINE_STATS=stats is None, STATS_TILE=_STATS_TILE_ELEMENTS // dp,
+             INLINE_STATS=stats is None, ONE_STATS_TILE=one_stats_tile,
+             STATS_TILE=_INLINE_ONE_TILE_ELEMENTS // dp if one_stats_tile else _STATS_TILE_ELEMENTS // dp,
              STATS_STAGES=_STATS_STAGES, TILE_STAGES=_tile_stages(recipe), GRID_DEPENDENCY=pdl),
         dict(num_warps=_quantize_warps(dp), launch_pdl=pdl and stats is not None),
         constants=(hadamard,) if recipe.hadamard else (),
     ))
     return tuple(launches)
+
+
+def _one_stats_tile(inline_stats: bool, seqlen_k: int, head_dim_pad: int, num_programs: int,
+                    device: torch.device) -> bool:
+    """Whether inline statistics take a head's keys in one load (``_kv_token_stats_one_tile``): where they fit
+    ``_INLINE_ONE_TILE_ELEMENTS`` and the launch has at most one program per SM anyway, since the whole tile
+    in registers (176 a thread at D=64 against 80 for the loop) leaves room for one program per SM."""
+    return inline_stats and seqlen_k * head_dim_pad <= _INLINE_ONE_TILE_ELEMENTS and num_programs <= sm_count(device)
 
 
 def tiles_per_program_for(num_tiles: int) -> int:

@@ -28,7 +28,6 @@ are ``tl.dot``'s ``max_num_imprecise_acc`` inside one tile (None: Triton's defau
 
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass
 
@@ -39,7 +38,7 @@ import triton.language as tl
 from fp8attn.kernels.grid_dependency import programmatic_launch, signal_next_grid, wait_for_previous_grid
 from fp8attn.kernels.key_order import pv_key_order
 from fp8attn.kernels.launch import Launch
-from fp8attn.kernels.sizes import cdiv
+from fp8attn.kernels.sizes import cdiv, sm_count
 from fp8attn.quantize import BufferLayout, QuantizedQKV, padded_head_dim
 from fp8attn.recipe import Recipe
 
@@ -351,19 +350,6 @@ def programs_per_sm(cfg: ForwardConfig, head_dim_pad: int) -> int:
     """Programs of the Triton kernel one SM holds (``fp8attn inspect``: at D <= 128 one warpgroup takes 253-255
     registers a thread and 107.5 KB of shared memory, so two fit; at D=256 132 KB, or two warpgroups, one)."""
     return 2 if head_dim_pad <= 128 and cfg.num_warps == 4 else 1
-
-
-def sm_count(device: torch.device) -> int:
-    """Streaming multiprocessors of ``device``; a CPU (Triton's interpreter) counts as an H100's 132, so that
-    tests there take the GPU's decisions."""
-    if device.type != "cuda":
-        return 132
-    return _cuda_sm_count(torch.cuda.current_device() if device.index is None else device.index)
-
-
-@functools.cache
-def _cuda_sm_count(index: int) -> int:
-    return torch.cuda.get_device_properties(index).multi_processor_count
 
 
 def packs_query_heads(num_q_heads: int, num_kv_heads: int, seqlen_q: int, block_m: int) -> bool:

@@ -59,10 +59,10 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 from fp8attn.kernels import attention_fwd
-from fp8attn.kernels.attention_fwd import LOG2_E, forward_config, sm_count
+from fp8attn.kernels.attention_fwd import LOG2_E, forward_config
 from fp8attn.kernels.key_order import pv_key_order
 from fp8attn.kernels.launch import Launch
-from fp8attn.kernels.sizes import cdiv
+from fp8attn.kernels.sizes import cdiv, sm_count
 from fp8attn.quantize import QuantizedQKV
 
 # Named barriers 14 and 15 (Triton's warp specialization uses the lowest ids): consumer WG's turn at the
