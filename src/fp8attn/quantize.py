@@ -737,7 +737,7 @@ def quantize_launches(
     num_kv_programs = batch * num_kv_heads * cdiv(skp // recipe.k_block, tiles_per_program)
     split = _split_rotation(dp, recipe)
     num_programs = num_q_programs + 2 * num_kv_programs
-    one_stats_tile = _one_stats_tile(stats is None, seqlen_k, dp, num_programs, q.device)
+    one_stats_tile = _one_stats_tile(stats is None, recipe, seqlen_k, dp, num_programs, q.device)
     hadamard = hadamard_matrix(dp // 2 if split else dp, q.dtype, q.device) if recipe.hadamard else unused
     launches.append(Launch(
         _quantize_qkv_kernel, (num_programs,),
@@ -762,12 +762,16 @@ def quantize_launches(
     return tuple(launches)
 
 
-def _one_stats_tile(inline_stats: bool, seqlen_k: int, head_dim_pad: int, num_programs: int,
+def _one_stats_tile(inline_stats: bool, recipe: Recipe, seqlen_k: int, head_dim_pad: int, num_programs: int,
                     device: torch.device) -> bool:
     """Whether inline statistics take a head's keys in one load (``_kv_token_stats_one_tile``): where they fit
-    ``_INLINE_ONE_TILE_ELEMENTS`` and the launch has at most one program per SM anyway, since the whole tile
-    in registers (176 a thread at D=64 against 80 for the loop) leaves room for one program per SM."""
-    return inline_stats and seqlen_k * head_dim_pad <= _INLINE_ONE_TILE_ELEMENTS and num_programs <= sm_count(device)
+    ``_INLINE_ONE_TILE_ELEMENTS`` and the launch has at most one program per SM anyway (the whole tile in
+    registers, 128 a thread at D=64 against 80 for the loop, leaves room for fewer programs per SM), for
+    recipes without the Hadamard rotation. There the V programs' statistics bound the mission shape's launch
+    and one load shortened it 9-11 % on an H200; with the rotation (the default recipe) the launch came out
+    2 % slower, unexplained (docs/perf-notes.md, section 43)."""
+    return (inline_stats and not recipe.hadamard and seqlen_k * head_dim_pad <= _INLINE_ONE_TILE_ELEMENTS
+            and num_programs <= sm_count(device))
 
 
 def tiles_per_program_for(num_tiles: int) -> int:
