@@ -117,11 +117,15 @@ def test_key_loop_spends_one_exp2_and_one_fma_per_score(recipe, head_dim):
 
 @pytest.mark.parametrize("head_dim", [64, 128, 256])
 @pytest.mark.parametrize("recipe", list(RECIPES))
-def test_quantize_kernel_compiles_without_spills(recipe, head_dim):
+def test_quantize_kernel_compiles_without_spills_and_fits_two_8_warp_programs_per_sm(recipe, head_dim):
+    """No spills; and an 8-warp quantize program (padded D <= 128) takes at most 128 registers a thread, so two
+    run on an SM (at 136, e4m3-hadamard's D=128 launch ran one a SM and took 1.46x the default's time)."""
     reports = _offline(recipe, only="quantize", head_dims=(head_dim,))
     assert reports
     for report in reports:
         assert report.spills == 0 and report.stack_bytes == 0, f"register spills in {report}"
+        if report.kernel == "_quantize_qkv_kernel" and report.num_warps == 8:
+            assert report.registers <= 128, f"one 8-warp program per SM: {report}"
 
 
 @pytest.mark.parametrize("recipe", list(RECIPES))

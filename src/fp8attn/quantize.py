@@ -52,6 +52,9 @@ _INLINE_ONE_TILE_ELEMENTS = 2**15
 _STATS_STAGES = 3  # the statistics loop's pipeline depth
 _STATS_WARPS = 4  # faster than 8 at every head dim (perf-notes §17)
 _TARGET_PROGRAMS = 384  # quantize programs to aim for: about three per SM of an H100
+# Registers a quantize thread may take: two 8-warp programs per SM (padded D <= 128), one 16-warp program at
+# D=256. e4m3-hadamard's D=128 kernel took 136 uncapped (one program per SM) and 125 capped, without spills.
+_QUANTIZE_MAX_REGISTERS = 128
 _MAX_TILES_PER_PROGRAM = 8
 NUM_STATS: tl.constexpr = tl.constexpr(_NUM_STATS)
 # 1.5 * 2**m, m the format's mantissa bits: for |x| < 2**(m-1), x + this lies in [2**m, 2**(m+1)), where
@@ -756,7 +759,7 @@ def quantize_launches(
              INLINE_STATS=stats is None, ONE_STATS_TILE=one_stats_tile,
              STATS_TILE=_INLINE_ONE_TILE_ELEMENTS // dp if one_stats_tile else _STATS_TILE_ELEMENTS // dp,
              STATS_STAGES=_STATS_STAGES, TILE_STAGES=_tile_stages(recipe), GRID_DEPENDENCY=pdl),
-        dict(num_warps=_quantize_warps(dp), launch_pdl=pdl and stats is not None),
+        dict(num_warps=_quantize_warps(dp), maxnreg=_QUANTIZE_MAX_REGISTERS, launch_pdl=pdl and stats is not None),
         constants=(hadamard,) if recipe.hadamard else (),
     ))
     return tuple(launches)
