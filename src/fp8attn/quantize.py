@@ -52,9 +52,6 @@ _INLINE_ONE_TILE_ELEMENTS = 2**15
 _STATS_STAGES = 3  # the statistics loop's pipeline depth
 _STATS_WARPS = 4  # faster than 8 at every head dim (perf-notes §17)
 _TARGET_PROGRAMS = 384  # quantize programs to aim for: about three per SM of an H100
-# Registers a quantize thread may take: two 8-warp programs per SM (padded D <= 128), one 16-warp program at
-# D=256. e4m3-hadamard's D=128 kernel took 136 uncapped (one program per SM) and 125 capped, without spills.
-_QUANTIZE_MAX_REGISTERS = 128
 _MAX_TILES_PER_PROGRAM = 8
 NUM_STATS: tl.constexpr = tl.constexpr(_NUM_STATS)
 # 1.5 * 2**m, m the format's mantissa bits: for |x| < 2**(m-1), x + this lies in [2**m, 2**(m+1)), where
@@ -759,7 +756,7 @@ def quantize_launches(
              INLINE_STATS=stats is None, ONE_STATS_TILE=one_stats_tile,
              STATS_TILE=_INLINE_ONE_TILE_ELEMENTS // dp if one_stats_tile else _STATS_TILE_ELEMENTS // dp,
              STATS_STAGES=_STATS_STAGES, TILE_STAGES=_tile_stages(recipe), GRID_DEPENDENCY=pdl),
-        dict(num_warps=_quantize_warps(dp), maxnreg=_QUANTIZE_MAX_REGISTERS, launch_pdl=pdl and stats is not None),
+        dict(num_warps=_quantize_warps(dp), launch_pdl=pdl and stats is not None, **_register_cap(dp)),
         constants=(hadamard,) if recipe.hadamard else (),
     ))
     return tuple(launches)
@@ -801,6 +798,15 @@ def _tile_stages(recipe: Recipe) -> int:
     1 without the rotation (a tile used element-wise would make a round trip through shared memory,
     measured slower)."""
     return 2 if recipe.hadamard else 1
+
+
+def _register_cap(head_dim_pad: int) -> dict[str, int]:
+    """The quantize launch's register cap, as a launch option: 128 a thread at padded D=128, so that two 8-warp
+    programs share an SM (uncapped, e4m3-hadamard's kernel took 136 and ran one: 173 -> 132 µs a pass on an
+    H200 with the cap, 125 registers, no spills). None elsewhere: at D=64 the cap made ptxas take 83-87
+    registers instead of 80 (two programs a SM instead of three, the pass 12 % slower), and D=256's one
+    16-warp program a SM takes at most 121 (docs/perf-notes.md, section 44)."""
+    return {"maxnreg": 128} if head_dim_pad == 128 else {}
 
 
 def _quantize_warps(head_dim_pad: int) -> int:
