@@ -7,8 +7,9 @@ import torch
 
 import fp8attn
 from fp8attn.fp8 import E4M3, quantize_per_head
-from fp8attn.kernels.attention_fwd import planned_key_splits
+from fp8attn.kernels.attention_fwd import forward_config, key_count_arguments, planned_key_splits
 from fp8attn.kernels.prequantized_layout import PREQUANTIZED_LAYOUT
+from fp8attn.kv_cache import _key_split_step
 from fp8attn.reference import prequantized_layout_emulated
 from tests.conftest import HAS_CUDA, INTERPRETED, make_qkv
 
@@ -153,3 +154,17 @@ def test_eager_calls_replay_one_plan_per_split_count_as_the_cache_grows(gen, poi
                     for length in range(1400, seqlen_k + 1)}
     assert len(split_counts) > 1, "the lengths should cross a change of split count (11 → 12 key tiles)"
     assert set(plans) == split_counts, "one plan per split count, replayed at every other length"
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_key_split_step_is_the_planned_split_and_its_key_counts(causal):
+    """The memoized step arithmetic that eager cache calls replay with is what planning each call would give,
+    at lengths that split into different counts, and cannot be changed by a caller (layers share it)."""
+    device = torch.device("cpu")
+    for seqlen_k in (1, 130, 1000, 4096, 65536):
+        splits, counts = _key_split_step(1, 32, 8, 1, seqlen_k, 128, causal, device)
+        assert splits == planned_key_splits(1, 32, 8, 1, seqlen_k, 128, PREQUANTIZED_LAYOUT, causal, device)
+        assert dict(counts) == key_count_arguments(seqlen_k, splits, forward_config(128, 128, causal))
+        with pytest.raises(TypeError):
+            counts["seqlen_k"] = 0
+    assert len({_key_split_step(1, 32, 8, 1, n, 128, causal, device)[0] for n in (1000, 4096, 65536)}) > 1

@@ -47,7 +47,7 @@ _NUM_STATS = 4  # K sum, V sum, V max, V min
 _INLINE_STATS_MAX_SEQLEN = 512
 _INLINE_STATS_MAX_ELEMENTS = 2**22
 # Inline statistics over at most this many elements of a head (Sk * padded D) take all of them in one load
-# (512 keys at D=64: 64 fp16 values a thread at 8 warps) instead of a loop over tiles (perf-notes §43).
+# (512 keys at D=64: 128 fp16 values, 64 registers, a thread at 8 warps) instead of a loop over tiles (perf-notes §43).
 _INLINE_ONE_TILE_ELEMENTS = 2**15
 _STATS_STAGES = 3  # the statistics loop's pipeline depth
 _STATS_WARPS = 4  # faster than 8 at every head dim (perf-notes §17)
@@ -393,7 +393,8 @@ def _head_stats(
     k_ptr, v_ptr, stats_ptr, bh, b, h, seqlen_k, num_chunks, d_ok,
     stride_kb, stride_kh, stride_kt, stride_kd, stride_vb, stride_vh, stride_vt, stride_vd,
     HEAD_DIM_PAD: tl.constexpr, K_SUM: tl.constexpr, V_STATS: tl.constexpr,
-    INLINE_STATS: tl.constexpr, ONE_STATS_TILE: tl.constexpr, STATS_TILE: tl.constexpr, STATS_STAGES: tl.constexpr, GRID_DEPENDENCY: tl.constexpr,
+    INLINE_STATS: tl.constexpr, ONE_STATS_TILE: tl.constexpr, STATS_TILE: tl.constexpr, STATS_STAGES: tl.constexpr,
+    GRID_DEPENDENCY: tl.constexpr,
 ):
     """K's sum and V's sum, max and min over one head's keys (those asked for; see ``_kv_token_stats``):
     reduced here from the keys (short keys, ``INLINE_STATS``; in one load of ``STATS_TILE`` tokens with
@@ -474,7 +475,8 @@ def _quantize_k_blocks(
     stride_kb, stride_kh, stride_kt, stride_kd, stride_vb, stride_vh, stride_vt, stride_vd,
     K_BLOCK: tl.constexpr, HEAD_DIM_PAD: tl.constexpr, QK_INT8: tl.constexpr, QK_MAX: tl.constexpr,
     SMOOTH_K: tl.constexpr, HADAMARD: tl.constexpr, SPLIT_ROTATION: tl.constexpr, INTERPRETED: tl.constexpr,
-    INLINE_STATS: tl.constexpr, ONE_STATS_TILE: tl.constexpr, STATS_TILE: tl.constexpr, STATS_STAGES: tl.constexpr, TILE_STAGES: tl.constexpr,
+    INLINE_STATS: tl.constexpr, ONE_STATS_TILE: tl.constexpr, STATS_TILE: tl.constexpr, STATS_STAGES: tl.constexpr,
+    TILE_STAGES: tl.constexpr,
     GRID_DEPENDENCY: tl.constexpr,
 ):
     """Blocks of K_BLOCK keys of one head: rotated (HADAMARD; in column halves when SPLIT_ROTATION),
@@ -535,7 +537,8 @@ def _quantize_v_blocks(
     seqlen_k, seqlen_k_pad, num_kv_heads, num_chunks, tiles_per_program, head_dim,
     stride_kb, stride_kh, stride_kt, stride_kd, stride_vb, stride_vh, stride_vt, stride_vd,
     K_BLOCK: tl.constexpr, HEAD_DIM_PAD: tl.constexpr, V_FP16: tl.constexpr, SMOOTH_V: tl.constexpr,
-    INLINE_STATS: tl.constexpr, ONE_STATS_TILE: tl.constexpr, STATS_TILE: tl.constexpr, STATS_STAGES: tl.constexpr, GRID_DEPENDENCY: tl.constexpr,
+    INLINE_STATS: tl.constexpr, ONE_STATS_TILE: tl.constexpr, STATS_TILE: tl.constexpr, STATS_STAGES: tl.constexpr,
+    GRID_DEPENDENCY: tl.constexpr,
 ):
     """Blocks of K_BLOCK tokens of one head's V: smoothed (SMOOTH_V), scaled per channel, written
     transposed (``[Dp, Skp]``, the K-major layout P·V needs on Hopper; E4M3 keys in P·V operand order,
@@ -580,7 +583,8 @@ def _quantize_qkv_kernel(
     Q_TILE: tl.constexpr, Q_BLOCK: tl.constexpr, K_BLOCK: tl.constexpr, HEAD_DIM_PAD: tl.constexpr,
     QK_INT8: tl.constexpr, QK_MAX: tl.constexpr, V_FP16: tl.constexpr,
     SMOOTH_K: tl.constexpr, SMOOTH_V: tl.constexpr, HADAMARD: tl.constexpr, SPLIT_ROTATION: tl.constexpr,
-    INTERPRETED: tl.constexpr, INLINE_STATS: tl.constexpr, ONE_STATS_TILE: tl.constexpr, STATS_TILE: tl.constexpr, STATS_STAGES: tl.constexpr,
+    INTERPRETED: tl.constexpr, INLINE_STATS: tl.constexpr, ONE_STATS_TILE: tl.constexpr, STATS_TILE: tl.constexpr,
+    STATS_STAGES: tl.constexpr,
     TILE_STAGES: tl.constexpr, GRID_DEPENDENCY: tl.constexpr,
 ):
     """Programs [0, num_q_programs) quantize Q, the next num_k_programs K, the rest V; each takes
@@ -618,7 +622,8 @@ def _quantize_qkv_kernel(
             pid - num_q_programs - num_k_programs, k_ptr, v_ptr, stats_ptr, vt_ptr, v_scale_ptr, v_mean_ptr,
             seqlen_k, seqlen_k_pad, num_kv_heads, num_chunks, tiles_per_program, head_dim,
             stride_kb, stride_kh, stride_kt, stride_kd, stride_vb, stride_vh, stride_vt, stride_vd,
-            K_BLOCK, HEAD_DIM_PAD, V_FP16, SMOOTH_V, INLINE_STATS, ONE_STATS_TILE, STATS_TILE, STATS_STAGES, GRID_DEPENDENCY,
+            K_BLOCK, HEAD_DIM_PAD, V_FP16, SMOOTH_V, INLINE_STATS, ONE_STATS_TILE, STATS_TILE, STATS_STAGES,
+            GRID_DEPENDENCY,
         )
 
 
