@@ -131,8 +131,11 @@ def test_key_splits_fill_one_wave_with_ranges_of_whole_tiles_and_none_empty(min_
             assert 2 <= splits <= MAX_KEY_SPLITS and programs * splits <= slots, (programs, tiles)
             per_range = -(-tiles // splits)
             assert per_range >= min_tiles and (splits - 1) * per_range < tiles, (programs, tiles)
-    assert key_splits(32, 128, slots) == 8  # decoding, B1 H32 Sk16k D128: the fastest split on the H200
-    assert key_splits(128, 128, slots) == 2  # B4: the next one (three ranges) was 1.3x slower there
+    # 32 programs of 128 tiles: decoding at B1 H32 Sq1 Sk16k D128 with one program a query head (before GQA
+    # packing, nineteenth session), whose fastest split on the H200 was 8; at B4 (128 programs) it was 2, and
+    # three ranges 1.3x slower.
+    assert key_splits(32, 128, slots) == 8
+    assert key_splits(128, 128, slots) == 2
     assert key_splits(64, 4, slots) == 1  # the mission shape (B1 H8 S512 D64): four tiles a query block
 
 
