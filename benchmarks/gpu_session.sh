@@ -103,7 +103,7 @@ for step in "$@"; do
     quantize-ncu) for spec in int8-hadamard-vsmooth:128 int8:128 e4m3:128 int8-hadamard-vsmooth:256; do  # the quantize pass under ncu
                     recipe=${spec%:*} d=${spec#*:}; shape="2,$((2048 / d)),$((2048 / d)),8192,$d,0"
                     rep="$OUT/quantize_ncu/${recipe}_d$d"; mkdir -p "$OUT/quantize_ncu"
-                    timeout 240 ncu --clock-control none -k "regex:_quantize_qkv_kernel|_kv_stats_kernel" --set full \
+                    timeout 240 ncu --clock-control none -k "regex:_quantize_qkv_kernel|_v_stats_kernel" --set full \
                       --import-source no -f -o "$rep" python3 -m fp8attn.kernel_profile "$shape" "$recipe" >/dev/null 2>&1
                     ncu --import "$rep.ncu-rep" --page details > "$rep.details.txt" 2>&1
                     ncu --import "$rep.ncu-rep" --page source --print-source sass --csv -k regex:_quantize_qkv_kernel \

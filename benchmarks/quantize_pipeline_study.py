@@ -116,7 +116,7 @@ def main() -> None:
         q, k, v = (torch.randn(b, h, s, d, device="cuda", dtype=torch.bfloat16) for _ in range(3))
         out_before, _ = launches_of(modules["before"], q, k, v, recipe)
         run_all(_)
-        nbytes = quantize_bytes(q, k, v, recipe.pv_format == "fp16", out_before.kv_partials is not None)
+        nbytes = quantize_bytes(q, k, v, recipe.pv_format == "fp16")
         row = dict(recipe=name, B=b, H=h, S=s, D=d, bytes=nbytes)
         print(f"{name} B{b} H{h} S{s} D{d}:", flush=True)
         for label, module in modules.items():

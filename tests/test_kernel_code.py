@@ -18,6 +18,7 @@ import torch
 import fp8attn
 from fp8attn.kernel_report import KernelReport, collect, collect_in_subprocess, read_cubin, shapes_for
 from fp8attn.kernels.attention_fwd import _fp8_attention_fwd_kernel, forward_config
+from fp8attn.kernels.sizes import sm_count
 from fp8attn.recipe import RECIPES
 from tests.conftest import HAS_CUDA, INTERPRETED, make_qkv
 from tests.test_hopper_kernel import assert_hopper_kernel_spills_as_measured
@@ -118,13 +119,16 @@ def test_key_loop_spends_one_exp2_and_one_fma_per_score(recipe, head_dim):
 @pytest.mark.parametrize("head_dim", [64, 128, 256])
 @pytest.mark.parametrize("recipe", list(RECIPES))
 def test_quantize_kernel_compiles_without_spills_and_fits_two_8_warp_programs_per_sm(recipe, head_dim):
-    """No spills; and an 8-warp quantize program (padded D <= 128) takes at most 128 registers a thread, so two
-    run on an SM (at 136, e4m3-hadamard's D=128 launch ran one a SM and took 1.46x the default's time)."""
+    """No spills; and an 8-warp quantize program (padded D <= 128) of a launch with more programs than an
+    H100 has SMs takes at most 128 registers a thread, so two run on an SM (at 136, e4m3-hadamard's D=128
+    launch ran one a SM and took 1.46x the default's time). Launches of at most one program a SM (the
+    mission shape's) may take more."""
     reports = _offline(recipe, only="quantize", head_dims=(head_dim,))
     assert reports
+    sms = sm_count(torch.device("meta"))
     for report in reports:
         assert report.spills == 0 and report.stack_bytes == 0, f"register spills in {report}"
-        if report.kernel == "_quantize_qkv_kernel" and report.num_warps == 8:
+        if report.kernel == "_quantize_qkv_kernel" and report.num_warps == 8 and report.programs > sms:
             assert report.registers <= 128, f"one 8-warp program per SM: {report}"
 
 

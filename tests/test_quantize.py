@@ -11,7 +11,7 @@ import triton.language as tl
 from fp8attn import quantize as quantize_module
 from fp8attn.fp8 import E4M3, E4M3_MAX, to_int8
 from fp8attn.kernels.key_order import from_pv_key_order
-from fp8attn.quantize import padded_head_dim, quantize_qkv
+from fp8attn.quantize import K_MEAN_TOKENS, k_mean_positions, padded_head_dim, quantize_qkv
 from fp8attn.recipe import RECIPES
 from fp8attn.reference import quantize_emulated
 from tests.conftest import make_qkv
@@ -69,6 +69,21 @@ def test_quantize_kernel_matches_emulation(device, gen, poisoned_allocations, sh
             torch.testing.assert_close(getattr(got, name).cpu(), getattr(want, name), rtol=1e-5, atol=1e-5, msg=name)
 
 
+@pytest.mark.parametrize("seqlen_k", [1, 100, 128, 129, 257, 1000, 8191, 2**20 + 3])
+def test_k_mean_positions_are_every_key_or_an_even_spread(seqlen_k):
+    """K's smoothing mean is over every key up to K_MEAN_TOKENS of them, else over that many spread
+    evenly: increasing, gaps of floor or ceil of Sk / n, at most half a gap from either end."""
+    positions = k_mean_positions(seqlen_k)
+    if seqlen_k <= K_MEAN_TOKENS:
+        assert positions.tolist() == list(range(seqlen_k))
+        return
+    n = K_MEAN_TOKENS
+    gaps = positions.diff()
+    assert len(positions) == n
+    assert (gaps >= seqlen_k // n).all() and (gaps <= -(-seqlen_k // n)).all()
+    assert 0 <= positions[0] <= seqlen_k // (2 * n) and seqlen_k - 1 - positions[-1] <= seqlen_k // (2 * n) + 1
+
+
 @pytest.mark.parametrize("recipe", list(RECIPES.values()), ids=list(RECIPES))
 @pytest.mark.parametrize("head_dim", [40, 96])
 def test_padding_is_zero_and_scales_are_one(device, gen, poisoned_allocations, recipe, head_dim):
@@ -112,14 +127,14 @@ def test_all_zero_blocks_get_scale_exactly_one(device, gen):
 
 @pytest.mark.parametrize("recipe", ["int8-hadamard-vsmooth", "e4m3"])
 def test_inline_statistics_match_the_statistics_launch(device, gen, poisoned_allocations, monkeypatch, recipe):
-    """Short keys reduce K/V statistics inside the quantize launch; long keys in a launch of their own.
+    """Short keys reduce V's statistics inside the quantize launch; long keys in a launch of their own.
     Both must give the same quantized tensors (up to the summation order of the means)."""
     q, k, v = make_qkv(gen, (1, 2, 2, 40, 300, 64), device=device, kind="v_mean")
     r = RECIPES[recipe]
     inline = quantize_qkv(q, k, v, r)
     monkeypatch.setattr(quantize_module, "_INLINE_STATS_MAX_SEQLEN", 0)
     launched = quantize_qkv(q, k, v, r)
-    assert inline.kv_partials is None and launched.kv_partials is not None
+    assert inline.v_partials is None and launched.v_partials is not None
     for name in ("q", "k", "v_t"):
         _codes_agree(getattr(inline, name), getattr(launched, name))
     for name in ("k_scale", "v_scale", "v_mean"):

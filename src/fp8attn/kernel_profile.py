@@ -22,7 +22,7 @@ METRICS = {
     "sm__warps_active.avg.pct_of_peak_sustained_active": "achieved occupancy %",
     "sm__inst_executed_pipe_tensor_op_gmma.sum": "wgmma instructions",
 }
-KERNELS = ("_kv_stats_kernel", "_quantize_qkv_kernel", "_fp8_attention_fwd_kernel")
+KERNELS = ("_v_stats_kernel", "_quantize_qkv_kernel", "_fp8_attention_fwd_kernel")
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import shutil
@@ -19,7 +20,7 @@ import subprocess
 import sys
 import tempfile
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -51,6 +52,7 @@ class KernelReport:
     stack_pointer_packs: int = 0  # F2FP merging R1 (the stack pointer) into a packed word: a ptxas miscompile
     loaded_packs: int = 0  # F2FP merging a register last written by a load into a packed word (loaded_packs)
     named_barriers: dict[str, int] = field(default_factory=dict)  # waits and arrives per barrier: named_barrier_uses
+    programs: int = 0  # the launch's grid size (0 where a cubin was read without its launch)
 
     @property
     def spills(self) -> int:
@@ -201,8 +203,9 @@ def read_cubin(cubin: bytes, kernel: str, shape: str, arch: int, num_warps: int,
 def report_launch(launch, shape: str, arch: int = 90, compiled=None) -> KernelReport:
     """Compile (unless ``compiled`` is given, e.g. a kernel the GPU runtime built) and read one launch."""
     compiled = compiled or compile_offline(launch, arch)
-    return read_cubin(compiled.asm["cubin"], launch.kernel.__name__, shape, arch, launch.options.get("num_warps", 4),
-                      launch.options.get("num_stages", 3), compiled.metadata.shared)
+    report = read_cubin(compiled.asm["cubin"], launch.kernel.__name__, shape, arch, launch.options.get("num_warps", 4),
+                        launch.options.get("num_stages", 3), compiled.metadata.shared)
+    return replace(report, programs=math.prod(launch.grid))
 
 
 def library_launches(batch: int, heads: int, kv_heads: int, seqlen_q: int, seqlen_k: int, head_dim: int, causal: bool,

@@ -2,16 +2,16 @@
 
 Two launches, or one for short keys:
 
-1. ``_kv_stats_kernel`` reduces, per channel over chunks of tokens, K's sum (for smoothing) and V's
-   sum, max and min (for V smoothing and V's scale), one partial per chunk (deterministic: no atomics).
+1. ``_v_stats_kernel`` reduces, per channel over chunks of tokens, V's sum, max and min (for V
+   smoothing and V's scale), one partial per chunk (deterministic: no atomics).
 2. ``_quantize_qkv_kernel`` is one launch with programs for Q, for K and for V, each taking
    ``tiles_per_program`` consecutive tiles of one head. A Q program rotates (with the recipe's
-   Hadamard option) and scales tiles of query tokens in blocks of ``q_block``; a K program sums its
-   head's partials once, then rotates, smooths and scales blocks of ``k_block`` keys; a V program
-   scales the same tokens of V and writes them transposed (``[D, Sk]``), the K-major layout P·V needs
-   on Hopper. For short keys (``_inline_stats``) each K or V program reduces its head's statistics
-   itself and the first launch is skipped: at 512 keys the statistics launch cost more than the work
-   it saved.
+   Hadamard option) and scales tiles of query tokens in blocks of ``q_block``; a K program takes the
+   mean of ``K_MEAN_TOKENS`` of its head's keys (:func:`k_mean_positions`), then rotates, smooths and
+   scales blocks of ``k_block`` keys; a V program sums its head's partials once, then scales the same
+   tokens of V and writes them transposed (``[D, Sk]``), the K-major layout P·V needs on Hopper. For
+   short keys (``_inline_stats``) each V program reduces its head's statistics itself and the first
+   launch is skipped: at 512 keys the statistics launch cost more than the work it saved.
 
 The kernel layout (:class:`QuantizedQKV`) pads the head dimension to a power of two and the key
 length to a multiple of ``k_block``, with zeros, so the attention kernel's K/V loads need no masks.
@@ -42,7 +42,9 @@ _STATS_MIN_CHUNK = 256
 _STATS_MAX_CHUNKS = 32
 _STATS_TARGET_PROGRAMS = 256  # about two per SM of an H100 (perf-notes §17)
 _STATS_TILE_ELEMENTS = 4096  # tokens per stats tile = this / padded head dim (168 registers at 4 warps, no spills)
-_NUM_STATS = 4  # K sum, V sum, V max, V min
+_NUM_STATS = 3  # V sum, V max, V min
+K_MEAN_TOKENS = 128  # keys whose mean smooths K (k_mean_positions)
+K_MEAN_TOKENS_C: tl.constexpr = tl.constexpr(K_MEAN_TOKENS)
 # Keys this short (and few enough in all) are reduced inside the quantize launch, saving a launch.
 _INLINE_STATS_MAX_SEQLEN = 512
 _INLINE_STATS_MAX_ELEMENTS = 2**22
@@ -76,8 +78,8 @@ class QuantizedQKV:
     Q and K are Hadamard-rotated when the recipe says so. Padding is zero in the quantized tensors
     and 1.0 in the scales.
 
-    kv_partials: ``(B·Hkv, chunks, 4, Dp)`` fp32, the statistics pass's per-chunk K sum, V sum, V max
-    and V min. workspace: the one byte buffer every tensor above is a view of, when they were
+    v_partials: ``(B·Hkv, chunks, 3, Dp)`` fp32, the statistics pass's per-chunk V sum, V max and
+    V min. workspace: the one byte buffer every tensor above is a view of, when they were
     allocated together (:func:`allocate_quantized`); None for caller-provided tensors. extra: buffers
     a caller asked to carve from the same allocation (the forward's ``lse``), by name.
     """
@@ -95,7 +97,7 @@ class QuantizedQKV:
     head_dim: int
     q_block: int
     k_block: int
-    kv_partials: torch.Tensor | None = None
+    v_partials: torch.Tensor | None = None
     workspace: torch.Tensor | None = None
     extra: dict[str, torch.Tensor] = field(default_factory=dict)
 
@@ -114,99 +116,84 @@ def hadamard_matrix(n: int, dtype: torch.dtype, device: torch.device) -> torch.T
     return h.to(dtype=dtype, device=device)
 
 
+def k_mean_positions(seqlen_k: int) -> torch.Tensor:
+    """The tokens whose mean smooths K (``Recipe.smooth_k``): every token of short keys, else
+    ``K_MEAN_TOKENS`` of them spread evenly, token ``(2i + 1)·Sk // (2n)`` for ``i < n``.
+
+    Any per-channel vector subtracted from every key is exact (each query's scores shift by one
+    constant), so a sample's mean serves as well as the full one; it spares the statistics pass K's
+    read (docs/perf-notes.md, section 47). ``_k_sample_mean`` computes the same positions in the kernel.
+    """
+    n = min(seqlen_k, K_MEAN_TOKENS)
+    return (2 * torch.arange(n) + 1) * seqlen_k // (2 * n)
+
+
 def hadamard_scale(head_dim_pad: int) -> float:
     """The fp32 factor that makes the rotation orthogonal: 1/sqrt(Dp)."""
     return float(torch.tensor(1.0 / math.sqrt(head_dim_pad), dtype=torch.float32))
 
 
 @triton.jit
-def _add_token_tile(
-    k_sum, v_sum, v_max, v_min, k_base, v_base, stride_kt, stride_vt, offs_t, mask,
-    K_SUM: tl.constexpr, V_STATS: tl.constexpr, ROWS_MASKED: tl.constexpr,
-):
-    """The running statistics with one ``[TILE, Dp]`` tile of tokens ``offs_t`` added (``mask``: the
-    elements to read; ROWS_MASKED: some tokens are past the end, kept out of V's max and min)."""
-    if K_SUM:
-        k_sum += tl.load(k_base + offs_t[:, None] * stride_kt, mask=mask, other=0.0).to(tl.float32)
-    if V_STATS:
-        v = tl.load(v_base + offs_t[:, None] * stride_vt, mask=mask, other=0.0).to(tl.float32)
-        v_sum += v
-        if ROWS_MASKED:
-            v_max = tl.maximum(v_max, tl.where(mask, v, float("-inf")))
-            v_min = tl.minimum(v_min, tl.where(mask, v, float("inf")))
-        else:  # padded channels read 0 here; the caller zeroes their max and min anyway
-            v_max = tl.maximum(v_max, v)
-            v_min = tl.minimum(v_min, v)
-    return k_sum, v_sum, v_max, v_min
+def _add_token_tile(v_sum, v_max, v_min, v_base, stride_vt, offs_t, mask, ROWS_MASKED: tl.constexpr):
+    """The running statistics with one ``[TILE, Dp]`` tile of V's tokens ``offs_t`` added (``mask``: the
+    elements to read; ROWS_MASKED: some tokens are past the end, kept out of the max and min)."""
+    v = tl.load(v_base + offs_t[:, None] * stride_vt, mask=mask, other=0.0).to(tl.float32)
+    v_sum += v
+    if ROWS_MASKED:
+        v_max = tl.maximum(v_max, tl.where(mask, v, float("-inf")))
+        v_min = tl.minimum(v_min, tl.where(mask, v, float("inf")))
+    else:  # padded channels read 0 here; the caller zeroes their max and min anyway
+        v_max = tl.maximum(v_max, v)
+        v_min = tl.minimum(v_min, v)
+    return v_sum, v_max, v_min
 
 
 @triton.jit
-def _kv_token_stats(
-    k_base, v_base, stride_kt, stride_vt, start, end, d_ok,
-    TILE: tl.constexpr, HEAD_DIM_PAD: tl.constexpr, K_SUM: tl.constexpr, V_STATS: tl.constexpr,
-    NUM_STAGES: tl.constexpr,
+def _v_token_stats(
+    v_base, stride_vt, start, end, d_ok, TILE: tl.constexpr, HEAD_DIM_PAD: tl.constexpr, NUM_STAGES: tl.constexpr,
 ):
-    """K's sum (when K_SUM) and V's sum, max and min (when V_STATS) per channel over tokens
-    [start, end); V's max and min are 0 in padded channels, the other results 0 where not asked for.
+    """V's sum, max and min per channel over tokens [start, end); max and min are 0 in padded channels.
 
     The loop combines whole tiles element-wise and reduces across tokens once at the end: a
     reduction along the token axis crosses warps (shared memory and a barrier), too slow per tile.
     Its loads are pipelined (``NUM_STAGES``): a loop without a dot is pipelined only when asked.
     Whole tiles need no token mask; a last partial tile is added after the loop.
     """
-    k_sum = tl.zeros([TILE, HEAD_DIM_PAD], dtype=tl.float32)
     v_sum = tl.zeros([TILE, HEAD_DIM_PAD], dtype=tl.float32)
     v_max = tl.full([TILE, HEAD_DIM_PAD], float("-inf"), dtype=tl.float32)
     v_min = tl.full([TILE, HEAD_DIM_PAD], float("inf"), dtype=tl.float32)
     whole_end = start + (end - start) // TILE * TILE
     for tile_start in tl.range(start, whole_end, TILE, num_stages=NUM_STAGES):
-        k_sum, v_sum, v_max, v_min = _add_token_tile(
-            k_sum, v_sum, v_max, v_min, k_base, v_base, stride_kt, stride_vt, tile_start + tl.arange(0, TILE),
-            d_ok[None, :], K_SUM, V_STATS, False)
+        v_sum, v_max, v_min = _add_token_tile(v_sum, v_max, v_min, v_base, stride_vt, tile_start + tl.arange(0, TILE),
+                                              d_ok[None, :], False)
     if whole_end < end:
         offs_t = whole_end + tl.arange(0, TILE)
-        k_sum, v_sum, v_max, v_min = _add_token_tile(
-            k_sum, v_sum, v_max, v_min, k_base, v_base, stride_kt, stride_vt, offs_t,
-            (offs_t < end)[:, None] & d_ok[None, :], K_SUM, V_STATS, True)
+        v_sum, v_max, v_min = _add_token_tile(v_sum, v_max, v_min, v_base, stride_vt, offs_t,
+                                              (offs_t < end)[:, None] & d_ok[None, :], True)
     v_max = tl.where(d_ok, tl.max(v_max, axis=0), 0.0)
     v_min = tl.where(d_ok, tl.min(v_min, axis=0), 0.0)
-    return tl.sum(k_sum, axis=0), tl.sum(v_sum, axis=0), v_max, v_min
+    return tl.sum(v_sum, axis=0), v_max, v_min
 
 
 @triton.jit
-def _kv_token_stats_one_tile(
-    k_base, v_base, stride_kt, stride_vt, end, d_ok,
-    TILE: tl.constexpr, HEAD_DIM_PAD: tl.constexpr, K_SUM: tl.constexpr, V_STATS: tl.constexpr,
-):
-    """:func:`_kv_token_stats` over tokens [0, end) with ``end <= TILE``: every token in one load, so the
+def _v_token_stats_one_tile(v_base, stride_vt, end, d_ok, TILE: tl.constexpr):
+    """:func:`_v_token_stats` over tokens [0, end) with ``end <= TILE``: every token in one load, so the
     reduction waits for one memory round trip instead of a loop's chain of them (short keys, perf-notes §43)."""
     offs_t = tl.arange(0, TILE)
     row_ok = offs_t < end
-    mask = row_ok[:, None] & d_ok[None, :]
-    k_sum = tl.zeros([HEAD_DIM_PAD], dtype=tl.float32)
-    v_sum = tl.zeros([HEAD_DIM_PAD], dtype=tl.float32)
-    v_max = tl.zeros([HEAD_DIM_PAD], dtype=tl.float32)
-    v_min = tl.zeros([HEAD_DIM_PAD], dtype=tl.float32)
-    if K_SUM:
-        k_sum = tl.sum(tl.load(k_base + offs_t[:, None] * stride_kt, mask=mask, other=0.0).to(tl.float32), axis=0)
-    if V_STATS:
-        v = tl.load(v_base + offs_t[:, None] * stride_vt, mask=mask, other=0.0).to(tl.float32)
-        v_sum = tl.sum(v, axis=0)
-        v_max = tl.where(d_ok, tl.max(tl.where(row_ok[:, None], v, float("-inf")), axis=0), 0.0)
-        v_min = tl.where(d_ok, tl.min(tl.where(row_ok[:, None], v, float("inf")), axis=0), 0.0)
-    return k_sum, v_sum, v_max, v_min
+    v = tl.load(v_base + offs_t[:, None] * stride_vt, mask=row_ok[:, None] & d_ok[None, :], other=0.0).to(tl.float32)
+    v_max = tl.where(d_ok, tl.max(tl.where(row_ok[:, None], v, float("-inf")), axis=0), 0.0)
+    v_min = tl.where(d_ok, tl.min(tl.where(row_ok[:, None], v, float("inf")), axis=0), 0.0)
+    return tl.sum(v, axis=0), v_max, v_min
 
 
 @triton.jit
-def _kv_stats_kernel(
-    k_ptr, v_ptr, stats_ptr,
-    seqlen_k, num_kv_heads, head_dim,
-    stride_kb, stride_kh, stride_kt, stride_kd,
-    stride_vb, stride_vh, stride_vt, stride_vd,
-    CHUNK: tl.constexpr, TILE: tl.constexpr, HEAD_DIM_PAD: tl.constexpr, SMOOTH_K: tl.constexpr,
+def _v_stats_kernel(
+    v_ptr, stats_ptr, seqlen_k, num_kv_heads, head_dim, stride_vb, stride_vh, stride_vt, stride_vd,
+    CHUNK: tl.constexpr, TILE: tl.constexpr, HEAD_DIM_PAD: tl.constexpr,
     NUM_STAGES: tl.constexpr, GRID_DEPENDENCY: tl.constexpr,
 ):
-    signal_next_grid(GRID_DEPENDENCY)  # the quantize launch's Q programs need nothing from this one
+    signal_next_grid(GRID_DEPENDENCY)  # the quantize launch's Q and K programs need nothing from this one
     chunk = tl.program_id(0)
     num_chunks = tl.num_programs(0)
     bh = tl.program_id(1)
@@ -214,16 +201,13 @@ def _kv_stats_kernel(
     h = bh % num_kv_heads
     offs_d = tl.arange(0, HEAD_DIM_PAD)
     d_ok = offs_d < head_dim
-    k_base = k_ptr + b * stride_kb + h * stride_kh + offs_d[None, :] * stride_kd
     v_base = v_ptr + b * stride_vb + h * stride_vh + offs_d[None, :] * stride_vd
     end = tl.minimum((chunk + 1) * CHUNK, seqlen_k)
-    k_sum, v_sum, v_max, v_min = _kv_token_stats(k_base, v_base, stride_kt, stride_vt, chunk * CHUNK, end, d_ok,
-                                                 TILE, HEAD_DIM_PAD, SMOOTH_K, True, NUM_STAGES)
+    v_sum, v_max, v_min = _v_token_stats(v_base, stride_vt, chunk * CHUNK, end, d_ok, TILE, HEAD_DIM_PAD, NUM_STAGES)
     out = stats_ptr + ((bh * num_chunks + chunk) * NUM_STATS) * HEAD_DIM_PAD + offs_d
-    tl.store(out, k_sum)
-    tl.store(out + HEAD_DIM_PAD, v_sum)
-    tl.store(out + 2 * HEAD_DIM_PAD, v_max)
-    tl.store(out + 3 * HEAD_DIM_PAD, v_min)
+    tl.store(out, v_sum)
+    tl.store(out + HEAD_DIM_PAD, v_max)
+    tl.store(out + 2 * HEAD_DIM_PAD, v_min)
 
 
 @triton.jit
@@ -326,9 +310,14 @@ def _quantize_q_rows(x, ROWS: tl.constexpr, Q_BLOCK: tl.constexpr, QK_MAX: tl.co
 
 
 @triton.jit
-def _k_mean(k_sum, seqlen_k, rot_scale, HEAD_DIM_PAD: tl.constexpr, HADAMARD: tl.constexpr):
-    """K's per-channel mean from its sum over tokens, rotated like K when HADAMARD."""
-    k_mean = k_sum / seqlen_k
+def _k_sample_mean(k_base, stride_kt, seqlen_k, d_ok, rot_scale, HEAD_DIM_PAD: tl.constexpr, HADAMARD: tl.constexpr):
+    """The per-channel mean of K's tokens at :func:`k_mean_positions` (``k_base``: the head's keys,
+    channels along the last axis), rotated like K when HADAMARD."""
+    n = tl.minimum(seqlen_k, K_MEAN_TOKENS_C)
+    i = tl.arange(0, K_MEAN_TOKENS_C)
+    offs_t = (2 * i + 1).to(tl.int64) * seqlen_k // (2 * n)
+    k = tl.load(k_base + offs_t[:, None] * stride_kt, mask=(i < n)[:, None] & d_ok[None, :], other=0.0)
+    k_mean = tl.sum(k.to(tl.float32), axis=0) / n
     if HADAMARD:
         k_mean = _walsh_hadamard(k_mean, HEAD_DIM_PAD) * rot_scale
     return k_mean
@@ -389,42 +378,33 @@ def _program_tiles(pid, num_tiles, tiles_per_program):
 
 
 @triton.jit
-def _head_stats(
-    k_ptr, v_ptr, stats_ptr, bh, b, h, seqlen_k, num_chunks, d_ok,
-    stride_kb, stride_kh, stride_kt, stride_kd, stride_vb, stride_vh, stride_vt, stride_vd,
-    HEAD_DIM_PAD: tl.constexpr, K_SUM: tl.constexpr, V_STATS: tl.constexpr,
-    INLINE_STATS: tl.constexpr, ONE_STATS_TILE: tl.constexpr, STATS_TILE: tl.constexpr, STATS_STAGES: tl.constexpr,
-    GRID_DEPENDENCY: tl.constexpr,
+def _v_head_stats(
+    v_ptr, stats_ptr, bh, b, h, seqlen_k, num_chunks, d_ok, stride_vb, stride_vh, stride_vt, stride_vd,
+    HEAD_DIM_PAD: tl.constexpr, INLINE_STATS: tl.constexpr, ONE_STATS_TILE: tl.constexpr, STATS_TILE: tl.constexpr,
+    STATS_STAGES: tl.constexpr, GRID_DEPENDENCY: tl.constexpr,
 ):
-    """K's sum and V's sum, max and min over one head's keys (those asked for; see ``_kv_token_stats``):
-    reduced here from the keys (short keys, ``INLINE_STATS``; in one load of ``STATS_TILE`` tokens with
-    ONE_STATS_TILE, else in a loop over tiles of that many) or from the statistics pass's partials (after
-    waiting for that launch to finish, under GRID_DEPENDENCY)."""
+    """V's sum, max and min over one head's keys (see ``_v_token_stats``): reduced here from the keys
+    (short keys, ``INLINE_STATS``; in one load of ``STATS_TILE`` tokens with ONE_STATS_TILE, else in a loop
+    over tiles of that many) or from the statistics pass's partials (after waiting for that launch to
+    finish, under GRID_DEPENDENCY)."""
     offs_d = tl.arange(0, HEAD_DIM_PAD)
     if INLINE_STATS:
-        k_base = k_ptr + b * stride_kb + h * stride_kh + offs_d[None, :] * stride_kd
         v_base = v_ptr + b * stride_vb + h * stride_vh + offs_d[None, :] * stride_vd
         if ONE_STATS_TILE:
-            return _kv_token_stats_one_tile(k_base, v_base, stride_kt, stride_vt, seqlen_k, d_ok, STATS_TILE,
-                                            HEAD_DIM_PAD, K_SUM, V_STATS)
+            return _v_token_stats_one_tile(v_base, stride_vt, seqlen_k, d_ok, STATS_TILE)
         else:
-            return _kv_token_stats(k_base, v_base, stride_kt, stride_vt, 0, seqlen_k, d_ok, STATS_TILE, HEAD_DIM_PAD,
-                                   K_SUM, V_STATS, STATS_STAGES)
+            return _v_token_stats(v_base, stride_vt, 0, seqlen_k, d_ok, STATS_TILE, HEAD_DIM_PAD, STATS_STAGES)
     else:
         wait_for_previous_grid(GRID_DEPENDENCY)
         stats = stats_ptr + (bh * num_chunks) * NUM_STATS * HEAD_DIM_PAD + offs_d
-        k_sum = tl.zeros([HEAD_DIM_PAD], dtype=tl.float32)
         v_sum = tl.zeros([HEAD_DIM_PAD], dtype=tl.float32)
         v_max = tl.full([HEAD_DIM_PAD], float("-inf"), dtype=tl.float32)
         v_min = tl.full([HEAD_DIM_PAD], float("inf"), dtype=tl.float32)
         for c in range(num_chunks):
-            if K_SUM:
-                k_sum += tl.load(stats + c * NUM_STATS * HEAD_DIM_PAD)
-            if V_STATS:
-                v_sum += tl.load(stats + (c * NUM_STATS + 1) * HEAD_DIM_PAD)
-                v_max = tl.maximum(v_max, tl.load(stats + (c * NUM_STATS + 2) * HEAD_DIM_PAD))
-                v_min = tl.minimum(v_min, tl.load(stats + (c * NUM_STATS + 3) * HEAD_DIM_PAD))
-        return k_sum, v_sum, v_max, v_min
+            v_sum += tl.load(stats + c * NUM_STATS * HEAD_DIM_PAD)
+            v_max = tl.maximum(v_max, tl.load(stats + (c * NUM_STATS + 1) * HEAD_DIM_PAD))
+            v_min = tl.minimum(v_min, tl.load(stats + (c * NUM_STATS + 2) * HEAD_DIM_PAD))
+        return v_sum, v_max, v_min
 
 
 @triton.jit
@@ -470,17 +450,16 @@ def _quantize_q_tiles(
 
 @triton.jit
 def _quantize_k_blocks(
-    pid, k_ptr, v_ptr, h_ptr, stats_ptr, k8_ptr, k_scale_ptr, k_mean_ptr,
-    seqlen_k, seqlen_k_pad, num_kv_heads, num_chunks, tiles_per_program, rot_scale, head_dim,
-    stride_kb, stride_kh, stride_kt, stride_kd, stride_vb, stride_vh, stride_vt, stride_vd,
+    pid, k_ptr, h_ptr, k8_ptr, k_scale_ptr, k_mean_ptr,
+    seqlen_k, seqlen_k_pad, num_kv_heads, tiles_per_program, rot_scale, head_dim,
+    stride_kb, stride_kh, stride_kt, stride_kd,
     K_BLOCK: tl.constexpr, HEAD_DIM_PAD: tl.constexpr, QK_INT8: tl.constexpr, QK_MAX: tl.constexpr,
     SMOOTH_K: tl.constexpr, HADAMARD: tl.constexpr, SPLIT_ROTATION: tl.constexpr, INTERPRETED: tl.constexpr,
-    INLINE_STATS: tl.constexpr, ONE_STATS_TILE: tl.constexpr, STATS_TILE: tl.constexpr, STATS_STAGES: tl.constexpr,
     TILE_STAGES: tl.constexpr,
-    GRID_DEPENDENCY: tl.constexpr,
 ):
     """Blocks of K_BLOCK keys of one head: rotated (HADAMARD; in column halves when SPLIT_ROTATION),
-    smoothed (SMOOTH_K), in 8 bits with one scale each; rows past seqlen_k are written as zeros."""
+    smoothed (SMOOTH_K, by the mean of a sample of the head's keys: no statistics pass to wait for), in
+    8 bits with one scale each; rows past seqlen_k are written as zeros."""
     num_blocks = seqlen_k_pad // K_BLOCK
     bh, first, last = _program_tiles(pid, num_blocks, tiles_per_program)
     b = bh // num_kv_heads
@@ -489,15 +468,12 @@ def _quantize_k_blocks(
     COLS: tl.constexpr = HALF if SPLIT_ROTATION else HEAD_DIM_PAD  # columns per load
     if SMOOTH_K:
         offs_d = tl.arange(0, HEAD_DIM_PAD)
-        k_sum, _, _, _ = _head_stats(
-            k_ptr, v_ptr, stats_ptr, bh, b, h, seqlen_k, num_chunks, offs_d < head_dim,
-            stride_kb, stride_kh, stride_kt, stride_kd, stride_vb, stride_vh, stride_vt, stride_vd,
-            HEAD_DIM_PAD, True, False, INLINE_STATS, ONE_STATS_TILE, STATS_TILE, STATS_STAGES, GRID_DEPENDENCY,
-        )
+        k_sample = k_ptr + b * stride_kb + h * stride_kh + offs_d[None, :] * stride_kd
+        k_mean = _k_sample_mean(k_sample, stride_kt, seqlen_k, offs_d < head_dim, rot_scale, HEAD_DIM_PAD, HADAMARD)
         # Every program of the head stores the same bytes (same inputs, same reduction order) and reads
         # them back per block: a mean held in registers would be hoisted out of the loop in the matmul's
         # layout and stay live through it (32 registers a thread at D=128, 64 at D=256: spills).
-        tl.store(k_mean_ptr + bh * HEAD_DIM_PAD + offs_d, _k_mean(k_sum, seqlen_k, rot_scale, HEAD_DIM_PAD, HADAMARD))
+        tl.store(k_mean_ptr + bh * HEAD_DIM_PAD + offs_d, k_mean)
         tl.debug_barrier()
     offs_c = tl.arange(0, COLS)
     c_ok = offs_c < head_dim  # runtime head_dim: see _quantize_qkv_kernel
@@ -533,9 +509,9 @@ def _quantize_k_blocks(
 
 @triton.jit
 def _quantize_v_blocks(
-    pid, k_ptr, v_ptr, stats_ptr, vt_ptr, v_scale_ptr, v_mean_ptr,
+    pid, v_ptr, stats_ptr, vt_ptr, v_scale_ptr, v_mean_ptr,
     seqlen_k, seqlen_k_pad, num_kv_heads, num_chunks, tiles_per_program, head_dim,
-    stride_kb, stride_kh, stride_kt, stride_kd, stride_vb, stride_vh, stride_vt, stride_vd,
+    stride_vb, stride_vh, stride_vt, stride_vd,
     K_BLOCK: tl.constexpr, HEAD_DIM_PAD: tl.constexpr, V_FP16: tl.constexpr, SMOOTH_V: tl.constexpr,
     INLINE_STATS: tl.constexpr, ONE_STATS_TILE: tl.constexpr, STATS_TILE: tl.constexpr, STATS_STAGES: tl.constexpr,
     GRID_DEPENDENCY: tl.constexpr,
@@ -549,10 +525,9 @@ def _quantize_v_blocks(
     h = bh % num_kv_heads
     offs_d = tl.arange(0, HEAD_DIM_PAD)
     d_ok = offs_d < head_dim  # runtime head_dim: see _quantize_qkv_kernel
-    _, v_sum, v_max, v_min = _head_stats(
-        k_ptr, v_ptr, stats_ptr, bh, b, h, seqlen_k, num_chunks, d_ok,
-        stride_kb, stride_kh, stride_kt, stride_kd, stride_vb, stride_vh, stride_vt, stride_vd,
-        HEAD_DIM_PAD, False, True, INLINE_STATS, ONE_STATS_TILE, STATS_TILE, STATS_STAGES, GRID_DEPENDENCY,
+    v_sum, v_max, v_min = _v_head_stats(
+        v_ptr, stats_ptr, bh, b, h, seqlen_k, num_chunks, d_ok, stride_vb, stride_vh, stride_vt, stride_vd,
+        HEAD_DIM_PAD, INLINE_STATS, ONE_STATS_TILE, STATS_TILE, STATS_STAGES, GRID_DEPENDENCY,
     )
     v_mean, v_scale = _v_mean_and_scale(v_sum, v_max, v_min, seqlen_k, SMOOTH_V)
     v_inv = tl.math.div_rn(tl.full(v_scale.shape, 1.0, tl.float32), v_scale)
@@ -598,8 +573,8 @@ def _quantize_qkv_kernel(
     for the same results (``_rotate``, ``_to_8bit``).
 
     Under GRID_DEPENDENCY (:mod:`fp8attn.kernels.grid_dependency`) the attention launch may start as
-    these programs drain, and K and V programs wait for the statistics launch before reading its
-    partials; Q programs need nothing from it and may run beside it (where registers allow, perf-notes §19).
+    these programs drain, and V programs wait for the statistics launch before reading its partials;
+    Q and K programs need nothing from it and may run beside it (where registers allow, perf-notes §19).
     """
     signal_next_grid(GRID_DEPENDENCY)
     pid = tl.program_id(0)
@@ -611,17 +586,16 @@ def _quantize_qkv_kernel(
         )
     elif pid < num_q_programs + num_k_programs:
         _quantize_k_blocks(
-            pid - num_q_programs, k_ptr, v_ptr, h_ptr, stats_ptr, k8_ptr, k_scale_ptr, k_mean_ptr,
-            seqlen_k, seqlen_k_pad, num_kv_heads, num_chunks, tiles_per_program, rot_scale, head_dim,
-            stride_kb, stride_kh, stride_kt, stride_kd, stride_vb, stride_vh, stride_vt, stride_vd,
-            K_BLOCK, HEAD_DIM_PAD, QK_INT8, QK_MAX, SMOOTH_K, HADAMARD, SPLIT_ROTATION, INTERPRETED,
-            INLINE_STATS, ONE_STATS_TILE, STATS_TILE, STATS_STAGES, TILE_STAGES, GRID_DEPENDENCY,
+            pid - num_q_programs, k_ptr, h_ptr, k8_ptr, k_scale_ptr, k_mean_ptr,
+            seqlen_k, seqlen_k_pad, num_kv_heads, tiles_per_program, rot_scale, head_dim,
+            stride_kb, stride_kh, stride_kt, stride_kd,
+            K_BLOCK, HEAD_DIM_PAD, QK_INT8, QK_MAX, SMOOTH_K, HADAMARD, SPLIT_ROTATION, INTERPRETED, TILE_STAGES,
         )
     else:
         _quantize_v_blocks(
-            pid - num_q_programs - num_k_programs, k_ptr, v_ptr, stats_ptr, vt_ptr, v_scale_ptr, v_mean_ptr,
+            pid - num_q_programs - num_k_programs, v_ptr, stats_ptr, vt_ptr, v_scale_ptr, v_mean_ptr,
             seqlen_k, seqlen_k_pad, num_kv_heads, num_chunks, tiles_per_program, head_dim,
-            stride_kb, stride_kh, stride_kt, stride_kd, stride_vb, stride_vh, stride_vt, stride_vd,
+            stride_vb, stride_vh, stride_vt, stride_vd,
             K_BLOCK, HEAD_DIM_PAD, V_FP16, SMOOTH_V, INLINE_STATS, ONE_STATS_TILE, STATS_TILE, STATS_STAGES,
             GRID_DEPENDENCY,
         )
@@ -691,7 +665,7 @@ def allocate_quantized(
         "v_scale": ((batch, num_kv_heads, dp), f32),
         "k_mean": ((batch, num_kv_heads, dp), f32) if recipe.smooth_k else None,
         "v_mean": ((batch, num_kv_heads, dp), f32) if recipe.smooth_v else None,
-        "kv_partials": None if _inline_stats(batch, num_kv_heads, seqlen_k, dp) else
+        "v_partials": None if _inline_stats(batch, num_kv_heads, seqlen_k, dp) else
         ((batch * num_kv_heads, cdiv(seqlen_k, _stats_chunk(batch * num_kv_heads, seqlen_k)), _NUM_STATS, dp), f32),
     }
     workspace, views, extra_views = carve_workspace(layout, device, extra)
@@ -703,8 +677,8 @@ def allocate_quantized(
 
 
 def _inline_stats(batch: int, num_kv_heads: int, seqlen_k: int, head_dim_pad: int) -> bool:
-    """Whether the quantize launch reduces K/V statistics itself (each K/V program re-reads its head's
-    keys: up to ``Sk / k_block`` times the statistics pass's reads, worth it only where that pass's
+    """Whether the quantize launch reduces V's statistics itself (each V program re-reads its head's
+    values: up to ``Sk / k_block`` times the statistics pass's reads, worth it only where that pass's
     launch is the larger cost)."""
     return seqlen_k <= _INLINE_STATS_MAX_SEQLEN and batch * num_kv_heads * seqlen_k * head_dim_pad <= _INLINE_STATS_MAX_ELEMENTS
 
@@ -719,15 +693,15 @@ def quantize_launches(
     batch, num_q_heads, seqlen_q, head_dim = q.shape
     num_kv_heads, seqlen_k = k.shape[1], k.shape[2]
     dp, skp = out.k.shape[-1], out.k.shape[2]
-    stats = out.kv_partials
+    stats = out.v_partials
     pdl = programmatic_launch(q.device)
     launches = []
     if stats is not None:
         launches.append(Launch(
-            _kv_stats_kernel, (stats.shape[1], batch * num_kv_heads),
-            (k, v, stats, seqlen_k, num_kv_heads, head_dim, *k.stride(), *v.stride()),
+            _v_stats_kernel, (stats.shape[1], batch * num_kv_heads),
+            (v, stats, seqlen_k, num_kv_heads, head_dim, *v.stride()),
             dict(CHUNK=_stats_chunk(batch * num_kv_heads, seqlen_k), TILE=_STATS_TILE_ELEMENTS // dp, HEAD_DIM_PAD=dp,
-                 SMOOTH_K=recipe.smooth_k, NUM_STAGES=_STATS_STAGES, GRID_DEPENDENCY=pdl),
+                 NUM_STAGES=_STATS_STAGES, GRID_DEPENDENCY=pdl),
             dict(num_warps=_STATS_WARPS),
         ))
     unused = out.v_scale  # stands in for pointers a recipe does not read
@@ -769,7 +743,7 @@ def quantize_launches(
 
 def _one_stats_tile(inline_stats: bool, recipe: Recipe, seqlen_k: int, head_dim_pad: int, num_programs: int,
                     device: torch.device) -> bool:
-    """Whether inline statistics take a head's keys in one load (``_kv_token_stats_one_tile``): where they fit
+    """Whether inline statistics take a head's keys in one load (``_v_token_stats_one_tile``): where they fit
     ``_INLINE_ONE_TILE_ELEMENTS`` and the launch has at most one program per SM anyway (the whole tile in
     registers, 128 a thread at D=64 against 80 for the loop, leaves room for fewer programs per SM), for
     recipes without the Hadamard rotation. There the V programs' statistics bound the mission shape's launch

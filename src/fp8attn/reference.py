@@ -26,7 +26,7 @@ from fp8attn.kernels.attention_fwd import forward_config, planned_key_splits, sp
 from fp8attn.kernels.key_order import from_pv_key_order, to_pv_key_order
 from fp8attn.kernels.prequantized_layout import PREQUANTIZED_LAYOUT
 from fp8attn.kernels.sizes import cdiv
-from fp8attn.quantize import QuantizedQKV, hadamard_matrix, hadamard_scale, padded_head_dim
+from fp8attn.quantize import QuantizedQKV, hadamard_matrix, hadamard_scale, k_mean_positions, padded_head_dim
 from fp8attn.recipe import Recipe
 
 
@@ -90,7 +90,8 @@ def quantize_emulated(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, recipe:
     kf = rotate(pad(k, skp))
     k_mean = None
     if recipe.smooth_k:
-        k_mean = rotate(pad(k, skp).double().sum(dim=2, keepdim=True).div(seqlen_k).float())[:, :, 0]
+        sample = k[:, :, k_mean_positions(seqlen_k)]
+        k_mean = rotate(pad(sample, sample.shape[2]).double().mean(dim=2, keepdim=True).float())[:, :, 0]
         kf = kf - k_mean[:, :, None, :]
         kf[:, :, seqlen_k:] = 0.0
     k8, k_scale = blockwise(kf, recipe.k_block)
@@ -313,6 +314,6 @@ def emulate(
     if not (return_lse and recipe.smooth_k):
         return result
     out, lse = result
-    k_mean = _repeat_kv(k.double().mean(dim=2, keepdim=True), q.shape[1])
+    k_mean = _repeat_kv(k[:, :, k_mean_positions(k.shape[2])].double().mean(dim=2, keepdim=True), q.shape[1])
     return out, lse + scale * (q.double() @ k_mean.transpose(-1, -2))[..., 0]
 
