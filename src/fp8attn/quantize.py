@@ -43,7 +43,7 @@ _STATS_MAX_CHUNKS = 32
 _STATS_TARGET_PROGRAMS = 256  # about two per SM of an H100 (perf-notes §17)
 _STATS_TILE_ELEMENTS = 4096  # tokens per stats tile = this / padded head dim (168 registers at 4 warps, no spills)
 _NUM_STATS = 3  # V sum, V max, V min
-K_MEAN_TOKENS = 128  # keys whose mean smooths K (k_mean_positions)
+K_MEAN_TOKENS = 128  # keys whose mean smooths K (k_mean_positions); a power of two (_k_sample_mean)
 K_MEAN_TOKENS_C: tl.constexpr = tl.constexpr(K_MEAN_TOKENS)
 # Keys this short (and few enough in all) are reduced inside the quantize launch, saving a launch.
 _INLINE_STATS_MAX_SEQLEN = 512
@@ -312,10 +312,15 @@ def _quantize_q_rows(x, ROWS: tl.constexpr, Q_BLOCK: tl.constexpr, QK_MAX: tl.co
 @triton.jit
 def _k_sample_mean(k_base, stride_kt, seqlen_k, d_ok, rot_scale, HEAD_DIM_PAD: tl.constexpr, HADAMARD: tl.constexpr):
     """The per-channel mean of K's tokens at :func:`k_mean_positions` (``k_base``: the head's keys,
-    channels along the last axis), rotated like K when HADAMARD."""
+    channels along the last axis), rotated like K when HADAMARD.
+
+    Past K_MEAN_TOKENS keys, ``(2i + 1)·Sk // (2n)`` is taken as ``(2i + 1)·(Sk // 2n) + (2i + 1)·(Sk % 2n) // 2n``
+    with ``2n`` a power of two: shifts and masks, no 32-bit overflow, no integer division."""
     n = tl.minimum(seqlen_k, K_MEAN_TOKENS_C)
     i = tl.arange(0, K_MEAN_TOKENS_C)
-    offs_t = (2 * i + 1).to(tl.int64) * seqlen_k // (2 * n)
+    odd = 2 * i + 1
+    spread = odd * (seqlen_k // (2 * K_MEAN_TOKENS_C)) + odd * (seqlen_k % (2 * K_MEAN_TOKENS_C)) // (2 * K_MEAN_TOKENS_C)
+    offs_t = tl.where(seqlen_k > K_MEAN_TOKENS_C, spread, i)
     k = tl.load(k_base + offs_t[:, None] * stride_kt, mask=(i < n)[:, None] & d_ok[None, :], other=0.0)
     k_mean = tl.sum(k.to(tl.float32), axis=0) / n
     if HADAMARD:
