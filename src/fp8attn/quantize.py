@@ -692,7 +692,7 @@ def quantize_launches(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, recipe: Recipe, out: QuantizedQKV,
     tiles_per_program: int | None = None,
 ) -> tuple[Launch, ...]:
-    """The launches that fill ``out``: the K/V statistics pass (unless the keys are short enough to
+    """The launches that fill ``out``: V's statistics pass (unless the keys are short enough to
     reduce inline), then the fused quantize pass. ``tiles_per_program`` (Q tiles or K/V blocks a
     quantize program takes; None: by :func:`tiles_per_program_for`) is there for tests and studies."""
     batch, num_q_heads, seqlen_q, head_dim = q.shape

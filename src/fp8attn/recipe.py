@@ -32,9 +32,10 @@ class Recipe:
         q_block: query tokens sharing one fp32 scale (a power of two up to 128; 1 = per token).
         k_block: keys sharing one fp32 scale (a power of two >= 16); the attention kernel's key
             tile divides it, so each tile reads one K scale.
-        smooth_k: subtract K's per-(batch, head, channel) mean over tokens first. Softmax is
-            invariant to it (each query's scores shift by one constant), so it is exact, and it
-            removes the per-channel offsets real keys carry.
+        smooth_k: subtract a per-(batch, head, channel) mean of K first: over every key up to 128 of
+            them, else over 128 keys spread evenly (``fp8attn.quantize.k_mean_positions``). Softmax
+            is invariant to any such vector (each query's scores shift by one constant), so it is
+            exact, and it removes the per-channel offsets real keys carry.
         smooth_v: subtract V's per-channel mean over tokens and add it back to the output
             (softmax rows sum to one), so V's scale covers only its spread around the mean.
         hadamard: rotate Q and K along the head dimension by the normalised Hadamard matrix
