@@ -41,7 +41,7 @@ from fp8attn.recipe import MAX_Q_BLOCK, Recipe
 _STATS_MIN_CHUNK = 256
 _STATS_MAX_CHUNKS = 32
 _STATS_TARGET_PROGRAMS = 256  # about two per SM of an H100 (perf-notes §17)
-_STATS_TILE_ELEMENTS = 4096  # tokens per stats tile = this / padded head dim (168 registers at 4 warps, no spills)
+_STATS_TILE_ELEMENTS = 4096  # tokens per stats tile = this / padded head dim (128 registers at 4 warps, no spills)
 _NUM_STATS = 3  # V sum, V max, V min
 K_MEAN_TOKENS = 128  # keys whose mean smooths K (k_mean_positions); a power of two (_k_sample_mean)
 K_MEAN_TOKENS_C: tl.constexpr = tl.constexpr(K_MEAN_TOKENS)
@@ -750,7 +750,7 @@ def _one_stats_tile(inline_stats: bool, recipe: Recipe, seqlen_k: int, head_dim_
                     device: torch.device) -> bool:
     """Whether inline statistics take a head's keys in one load (``_v_token_stats_one_tile``): where they fit
     ``_INLINE_ONE_TILE_ELEMENTS`` and the launch has at most one program per SM anyway (the whole tile in
-    registers, 128 a thread at D=64 against 80 for the loop, leaves room for fewer programs per SM), for
+    registers, 128-174 a thread at D=64 against 80 for the loop, leaves room for fewer programs per SM), for
     recipes without the Hadamard rotation. There the V programs' statistics bound the mission shape's launch
     and one load shortened it 9-11 % on an H200; with the rotation (the default recipe) the launch came out
     2 % slower, unexplained (docs/perf-notes.md, section 43)."""
