@@ -272,12 +272,13 @@ def collect_in_subprocess(arch: int = 90, only: str = "", recipe: str = "e4m3",
 
 
 def format_table(reports: list[KernelReport]) -> str:
-    head = f"{'kernel':<28} {'shape':<26} {'warps':>5} {'stages':>6} {'regs':>5} {'stack':>6} {'smem':>7} " + " ".join(
-        f"{op:>6}" for op in _OPCODES)
+    head = (f"{'kernel':<28} {'shape':<26} {'programs':>8} {'warps':>5} {'stages':>6} {'regs':>5} {'stack':>6} "
+            f"{'smem':>7} " + " ".join(f"{op:>6}" for op in _OPCODES))
     rows = [head, "-" * len(head)]
     for r in reports:
-        rows.append(f"{r.kernel:<28} {r.shape:<26} {r.num_warps:>5} {r.num_stages:>6} {r.registers:>5} "
-                    f"{r.stack_bytes:>6} {r.shared_bytes:>7} " + " ".join(f"{r.opcodes[op]:>6}" for op in _OPCODES))
+        rows.append(f"{r.kernel:<28} {r.shape:<26} {r.programs or '–':>8} {r.num_warps:>5} {r.num_stages:>6} "
+                    f"{r.registers:>5} {r.stack_bytes:>6} {r.shared_bytes:>7} "
+                    + " ".join(f"{r.opcodes[op]:>6}" for op in _OPCODES))
     return "\n".join(rows)
 
 
