@@ -61,6 +61,12 @@ def exact(
     return (out, lse) if return_lse else out
 
 
+def _k_smoothing_mean(k: torch.Tensor) -> torch.Tensor:
+    """``(B, Hkv, 1, D)`` float64: what ``Recipe.smooth_k`` subtracts from ``k (B, Hkv, Sk, D)`` (before any
+    rotation), the mean of the keys at :func:`~fp8attn.quantize.k_mean_positions`."""
+    return k[:, :, k_mean_positions(k.shape[2])].double().mean(dim=2, keepdim=True)
+
+
 def quantize_emulated(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, recipe: Recipe) -> QuantizedQKV:
     """The recipe's quantization in PyTorch: what :func:`fp8attn.quantize.quantize_qkv` computes."""
     seqlen_q, head_dim = q.shape[2], q.shape[3]
@@ -90,8 +96,7 @@ def quantize_emulated(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, recipe:
     kf = rotate(pad(k, skp))
     k_mean = None
     if recipe.smooth_k:
-        sample = k[:, :, k_mean_positions(seqlen_k)]
-        k_mean = rotate(pad(sample, sample.shape[2]).double().mean(dim=2, keepdim=True).float())[:, :, 0]
+        k_mean = rotate(pad(_k_smoothing_mean(k), 1))[:, :, 0]
         kf = kf - k_mean[:, :, None, :]
         kf[:, :, seqlen_k:] = 0.0
     k8, k_scale = blockwise(kf, recipe.k_block)
@@ -314,6 +319,6 @@ def emulate(
     if not (return_lse and recipe.smooth_k):
         return result
     out, lse = result
-    k_mean = _repeat_kv(k[:, :, k_mean_positions(k.shape[2])].double().mean(dim=2, keepdim=True), q.shape[1])
+    k_mean = _repeat_kv(_k_smoothing_mean(k), q.shape[1])
     return out, lse + scale * (q.double() @ k_mean.transpose(-1, -2))[..., 0]
 

@@ -1,17 +1,14 @@
 """Which per-channel centre to subtract from K: the recipe's error with five choices (CPU, float64 emulation).
 
-A one-off study for perf-notes section 47, kept with its output. It builds a copy of
-``fp8attn.reference.quantize_emulated`` at run time whose K mean line is replaced by ``CENTRE(k)``
-(so no second copy of the emulation lives in the repository), points ``fp8attn.reference.emulate`` at it,
-and prints the rel-L2 against float64 of the default recipe and ``e4m3`` on four synthetic kinds
+A one-off study for perf-notes section 47, kept with its output. It replaces the emulation's
+``fp8attn.reference._k_smoothing_mean`` (the one definition of what K smoothing subtracts) by each centre in
+turn and prints the rel-L2 against float64 of the default recipe and ``e4m3`` on four synthetic kinds
 (B1 H4 S1024 D128) and SmolLM2-135M's 30 layers at 1024 tokens, each centre's error over the sample mean's.
 
     python docs/measurements/k_mean_sample/centre_study/centre_study.py > .../centre_study.txt
 """
 
-import inspect
 import math
-import types
 
 import torch
 
@@ -22,19 +19,6 @@ from fp8attn.metrics import compare
 from fp8attn.quantize import k_mean_positions
 from fp8attn.real_models import corpus, load_smollm2
 from fp8attn.recipe import RECIPES
-
-SAMPLE_MEAN_LINE = """        sample = k[:, :, k_mean_positions(seqlen_k)]
-        k_mean = rotate(pad(sample, sample.shape[2]).double().mean(dim=2, keepdim=True).float())[:, :, 0]"""
-CENTRE_LINE = """        k_mean = rotate(pad(CENTRE(k), 1).float())[:, :, 0]"""
-
-
-def patched_emulation() -> types.ModuleType:
-    source = inspect.getsource(reference.quantize_emulated)
-    assert SAMPLE_MEAN_LINE in source, "the emulation's K mean changed: update this study"
-    module = types.ModuleType("centred_emulation")
-    module.__dict__.update(vars(reference))
-    exec(source.replace(SAMPLE_MEAN_LINE, CENTRE_LINE), module.__dict__)
-    return module
 
 
 def sample(k: torch.Tensor) -> torch.Tensor:
@@ -52,15 +36,12 @@ RECIPE_NAMES = ("int8-hadamard-vsmooth", "e4m3")
 
 
 def main() -> None:
-    emulation = patched_emulation()
-    reference.quantize_emulated = emulation.quantize_emulated  # emulate() looks it up when called
-
     def errors(q, k, v, causal, scale):
         truth = reference.exact(q, k, v, causal=causal, scale=scale)
         out = {}
         for name in RECIPE_NAMES:
             for centre, fn in CENTRES.items():
-                emulation.CENTRE = fn
+                reference._k_smoothing_mean = fn  # quantize_emulated and emulate look it up when called
                 got = reference.emulate(q, k, v, recipe=RECIPES[name], causal=causal, scale=scale)
                 out[name, centre] = compare(got, truth).rel_l2
         return out
