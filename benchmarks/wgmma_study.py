@@ -83,11 +83,11 @@ def check(recipes, seed: int) -> list[dict]:
     return records
 
 
-def speed(recipes, head_dims, variants) -> list[dict]:
+def speed(recipes, head_dims, variants, shapes=SPEED_SHAPES) -> list[dict]:
     records = []
     for recipe in recipes:
         for d in head_dims:
-            for s, causal in SPEED_SHAPES:
+            for s, causal in shapes:
                 b, h = 16384 // s, 2048 // d
                 qkv = _inputs(b, h, h, s, s, d, recipe, 0)
                 out = torch.empty(b, h, s, d, device="cuda", dtype=torch.bfloat16)
@@ -118,6 +118,8 @@ def main() -> None:
     parser.add_argument("--head-dims", default="64,128,256")
     parser.add_argument("--variants", default="hopper:4,hopper:6",
                         help="kernels to time besides the Triton one, KIND:NUM_STAGES")
+    parser.add_argument("--seqlens", help="sequence lengths to time, comma-separated (default: 1024,4096,16384), "
+                        "each causal and not")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-check", action="store_true")
     parser.add_argument("--only-check", action="store_true")
@@ -141,7 +143,9 @@ def main() -> None:
         result["check"] = check(recipes, args.seed)
     if not args.only_check:
         variants = [(kind, int(stages)) for kind, stages in (v.split(":") for v in args.variants.split(","))]
-        result["speed"] = speed(recipes, [int(d) for d in args.head_dims.split(",")], variants)
+        shapes = SPEED_SHAPES if not args.seqlens else [
+            (int(s), causal) for causal in (False, True) for s in args.seqlens.split(",")]
+        result["speed"] = speed(recipes, [int(d) for d in args.head_dims.split(",")], variants, shapes)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"wgmma_study{'_check' if args.only_check else ''}.json").write_text(json.dumps(result, indent=1))
 
