@@ -1,4 +1,4 @@
-"""Forward-kernel tile configurations against the default, kernel alone, on an H100.
+"""Forward-kernel tile configurations against the default, kernel alone, on a Hopper GPU.
 
 For each head dimension, every variant of :func:`fp8attn.kernels.attention_fwd.forward_config` below
 runs on the same pre-quantized inputs (FA3 sweep shapes: 16k tokens, hidden 2048) and is timed with
@@ -36,7 +36,9 @@ def variants(head_dim: int) -> dict[str, object]:
     }
     if head_dim <= 128:
         out["bn64"] = dataclasses.replace(base, block_n=64)
+        out["bn64-stages2"] = dataclasses.replace(base, block_n=64, num_stages=2)
         out["bn64-stages4"] = dataclasses.replace(base, block_n=64, num_stages=4)
+        out["bm128w8"] = dataclasses.replace(base, block_m=128, num_warps=8)
     return out
 
 
@@ -45,12 +47,15 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("."))
     parser.add_argument("--recipes", default=f"e4m3,{DEFAULT_RECIPE.name}")
     parser.add_argument("--head-dims", default="64,128,256", help="comma list (default 64,128,256)")
+    parser.add_argument("--shapes", help="sequence lengths, a 'c' suffix for causal: e.g. 512c,1024c "
+                        "(default: 4096,16384,1024c,4096c)")
     args = parser.parse_args()
+    shapes = SHAPES if not args.shapes else [(int(x.rstrip("c")), x.endswith("c")) for x in args.shapes.split(",")]
     records = []
     for recipe_name in args.recipes.split(","):
         recipe = RECIPES[recipe_name]
         for d in map(int, args.head_dims.split(",")):
-            for s, causal in SHAPES:
+            for s, causal in shapes:
                 b, h = 16384 // s, 2048 // d
                 g = torch.Generator(device="cuda").manual_seed(0)
                 q, k, v = (torch.randn(b, h, s, d, device="cuda", dtype=torch.bfloat16, generator=g) for _ in range(3))
