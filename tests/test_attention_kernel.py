@@ -11,6 +11,7 @@ from fp8attn.kernels.attention_fwd import (
     MAX_KEY_SPLITS,
     MIN_TILES_PER_KEY_SPLIT,
     MIN_TILES_PER_KEY_SPLIT_PARTIAL_BLOCK,
+    SHORT_KEYS,
     attention_forward,
     forward_config,
     key_splits,
@@ -66,13 +67,15 @@ class _KernelRun:
 
 
 def _run(device, gen, shape, causal, promote_every=None, dtype=torch.float16, recipe=DEFAULT_RECIPE,
-         splits=1) -> _KernelRun:
+         splits=1, config_keys=None) -> _KernelRun:
+    """The kernel with the library's tiles for this shape, or for ``config_keys`` keys, against the emulation."""
     q, k, v = make_qkv(gen, shape, dtype=dtype)
     qkv = quantize_emulated(q, k, v, recipe)
     qkv_dev = dataclasses.replace(qkv, **{f: getattr(qkv, f).to(device) for f in
                                           ("q", "k", "v_t", "q_scale", "k_scale", "v_scale", "v_mean")
                                           if getattr(qkv, f) is not None})
-    cfg = forward_config(qkv.q.shape[-1], qkv.k_block)
+    cfg = forward_config(qkv.q.shape[-1], qkv.k_block, causal, pv_fp16=recipe.pv_format == "fp16",
+                         qk_int8=recipe.qk_format == "int8", seqlen_k=config_keys or qkv.seqlen_k)
     if promote_every is not None:
         cfg = dataclasses.replace(cfg, promote_every=promote_every)
     kwargs = dict(causal=causal, scale=shape[-1] ** -0.5, p_scale=recipe.p_multiplier, block_n=cfg.block_n,
@@ -89,6 +92,35 @@ def _run(device, gen, shape, causal, promote_every=None, dtype=torch.float16, re
 def test_kernel_matches_emulation_on_the_same_quantized_inputs(device, gen, poisoned_allocations, shape, causal,
                                                                 recipe):
     _run(device, gen, shape, causal, recipe=RECIPES[recipe]).assert_matches_emulation(causal)
+
+
+@pytest.mark.parametrize("recipe", ["int8-hadamard-vsmooth", "e4m3"])
+@pytest.mark.parametrize(("shape", "config_keys"), [
+    ((1, 2, 2, 130, 257, 64), 4096),  # D=64 under a causal mask with the long keys' 128-key tiles
+    ((1, 2, 1, 100, 200, 256), 4096),  # D=256 without a mask on two warpgroups (E4M3)
+], ids=str)
+def test_kernel_matches_emulation_with_the_long_keys_tiles(device, gen, poisoned_allocations, shape, config_keys,
+                                                           recipe):
+    """The tiles :func:`forward_config` gives past SHORT_KEYS keys, run on short keys (the test's other shapes
+    are short: at D=64 causal and D=256 they run the short keys' tiles)."""
+    causal = shape[-1] == 64
+    _run(device, gen, shape, causal, recipe=RECIPES[recipe], config_keys=config_keys).assert_matches_emulation(causal)
+
+
+def test_short_keys_take_64_key_tiles_at_d64_causal_and_one_warpgroup_at_d256():
+    """forward_config's short-key rule (docs/perf-notes.md, section 48), and nothing else changes with the length."""
+    for head_dim, causal in [(32, True), (64, True)]:
+        assert forward_config(head_dim, 128, causal, seqlen_k=SHORT_KEYS).block_n == 64
+        assert forward_config(head_dim, 128, causal, seqlen_k=SHORT_KEYS + 1).block_n == 128
+        assert forward_config(head_dim, 128, causal).block_n == 128  # no length: the long keys' tiles
+        assert forward_config(head_dim, 32, causal, seqlen_k=100).block_n == 32  # never wider than k_block
+    short = forward_config(256, 128, seqlen_k=SHORT_KEYS)
+    assert (short.block_m, short.num_warps) == (64, 4)
+    assert forward_config(256, 128, seqlen_k=SHORT_KEYS + 1) == forward_config(256, 128)
+    assert forward_config(256, 128, pv_fp16=True, seqlen_k=100).num_warps == 8  # fp16 P·V spills on one warpgroup
+    for head_dim, causal, qk_int8 in [(64, False, False), (128, True, True), (128, False, False), (256, True, True)]:
+        assert (forward_config(head_dim, 128, causal, qk_int8=qk_int8, seqlen_k=100)
+                == forward_config(head_dim, 128, causal, qk_int8=qk_int8))
 
 
 @pytest.mark.parametrize("recipe", list(RECIPES))

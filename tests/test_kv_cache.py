@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 
@@ -133,27 +135,33 @@ def test_reset_empties_the_cache_for_a_new_sequence(device, gen):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not HAS_CUDA or INTERPRETED, reason="no CUDA GPU (compiled-kernel run)")
-def test_eager_calls_replay_one_plan_per_split_count_as_the_cache_grows(gen, poisoned_allocations):
-    """Decoding token by token: the calls replay the plan recorded at the first length of each split count,
-    with the new length, and write what attention_prequantized writes bit for bit. A replay that kept the
-    recorded length would leave the new tokens out."""
-    b, hq, hkv, d, seqlen_k = 1, 8, 2, 128, 1415
-    q, k, v = make_qkv(gen, (b, hq, hkv, 1, seqlen_k, d), device="cuda")
+@pytest.mark.parametrize(("d", "sq", "causal", "first", "last"), [
+    (128, 1, False, 1400, 1415),  # decoding across a change of split count (11 → 12 key tiles)
+    (64, 4, True, 1020, 1030),  # across SHORT_KEYS: 64-key tiles up to 1024 keys at D=64 under a causal mask
+])
+def test_eager_calls_replay_one_plan_per_split_count_and_tiles_as_the_cache_grows(gen, poisoned_allocations, d, sq,
+                                                                                   causal, first, last):
+    """Decoding token by token: the calls replay the plan recorded at the first length of each split count and
+    tile configuration, with the new length, and write what attention_prequantized writes bit for bit. A replay
+    that kept the recorded length would leave the new tokens out; one recorded with the other tiles would
+    round P at other steps."""
+    b, hq, hkv = 1, 8, 2
+    q, k, v = make_qkv(gen, (b, hq, hkv, sq, last, d), device="cuda")
     (q8, qd), (k8, kd), (v8, vd) = (quantize_per_head(x) for x in (q, k, v))
-    cache = fp8attn.PrequantizedKVCache(b, hkv, d, seqlen_k, kd, vd)
-    cache.append(k8[:, :, :1400], v8[:, :, :1400])
-    for length in range(1400, seqlen_k + 1):
+    cache = fp8attn.PrequantizedKVCache(b, hkv, d, last, kd, vd)
+    cache.append(k8[:, :, :first], v8[:, :, :first])
+    for length in range(first, last + 1):
         if length > cache.length:
             cache.append(k8[:, :, length - 1:length], v8[:, :, length - 1:length])
-        out = cache.attention(q8, qd, validate_descales=False)
-        want = fp8attn.attention_prequantized(q8, k8[:, :, :length], v8[:, :, :length], qd, kd, vd)
+        out = cache.attention(q8, qd, causal=causal, validate_descales=False)
+        want = fp8attn.attention_prequantized(q8, k8[:, :, :length], v8[:, :, :length], qd, kd, vd, causal=causal)
         assert torch.equal(out, want), f"at {length} tokens: {(out - want).abs().max().item():.3g} apart"
-    assert len(cache._append_plans) == 2, "appends of 1400 tokens and of one: a plan each, the one-token plan replayed"
+    assert len(cache._append_plans) == 2, "appends of many tokens and of one: a plan each, the one-token plan replayed"
     (plans,) = cache._plans.values()
-    split_counts = {planned_key_splits(b, hq, hkv, 1, length, d, PREQUANTIZED_LAYOUT, False, q8.device)
-                    for length in range(1400, seqlen_k + 1)}
-    assert len(split_counts) > 1, "the lengths should cross a change of split count (11 → 12 key tiles)"
-    assert set(plans) == split_counts, "one plan per split count, replayed at every other length"
+    steps = {(planned_key_splits(b, hq, hkv, sq, length, d, PREQUANTIZED_LAYOUT, causal, q8.device),
+              forward_config(d, 128, causal, seqlen_k=length)) for length in range(first, last + 1)}
+    assert len(steps) > 1, "the lengths should cross a change of split count or of tiles"
+    assert set(plans) == steps, "one plan per split count and tiles, replayed at every other length"
 
 
 @pytest.mark.parametrize("causal", [False, True])
@@ -161,10 +169,11 @@ def test_key_split_step_is_the_planned_split_and_its_key_counts(causal):
     """The memoized step arithmetic that eager cache calls replay with is what planning each call would give,
     at lengths that split into different counts, and cannot be changed by a caller (layers share it)."""
     device = torch.device("cpu")
-    for seqlen_k in (1, 130, 1000, 4096, 65536):
-        splits, counts = _key_split_step(1, 32, 8, 1, seqlen_k, 128, causal, device)
-        assert splits == planned_key_splits(1, 32, 8, 1, seqlen_k, 128, PREQUANTIZED_LAYOUT, causal, device)
-        assert dict(counts) == key_count_arguments(seqlen_k, splits, forward_config(128, 128, causal))
+    for head_dim, seqlen_k in itertools.product((64, 128), (1, 130, 1000, 4096, 65536)):
+        (splits, cfg), counts = _key_split_step(1, 32, 8, 1, seqlen_k, head_dim, causal, device)
+        assert splits == planned_key_splits(1, 32, 8, 1, seqlen_k, head_dim, PREQUANTIZED_LAYOUT, causal, device)
+        assert cfg == forward_config(head_dim, 128, causal, seqlen_k=seqlen_k)  # the tiles a fresh call runs
+        assert dict(counts) == key_count_arguments(seqlen_k, splits, cfg)
         with pytest.raises(TypeError):
             counts["seqlen_k"] = 0
-    assert len({_key_split_step(1, 32, 8, 1, n, 128, causal, device)[0] for n in (1000, 4096, 65536)}) > 1
+    assert len({_key_split_step(1, 32, 8, 1, n, 128, causal, device)[0][0] for n in (1000, 4096, 65536)}) > 1

@@ -34,6 +34,7 @@ from fp8attn.api import (
 from fp8attn.fp8 import E4M3
 from fp8attn.kernels.attention_fwd import (
     KEY_COUNT_ARGUMENTS,
+    ForwardConfig,
     forward_config,
     forward_launches,
     key_count_arguments,
@@ -59,15 +60,16 @@ def _positive_int(name: str, x: object) -> int:
 
 @functools.lru_cache(maxsize=1024)
 def _key_split_step(batch: int, num_q_heads: int, num_kv_heads: int, seqlen_q: int, seqlen_k: int, head_dim: int,
-                    causal: bool, device: torch.device) -> tuple[int, Mapping[str, int]]:
-    """A call's key-split count over ``seqlen_k`` cached tokens and the forward kernel's per-replay key counts
+                    causal: bool, device: torch.device) -> tuple[tuple[int, ForwardConfig], Mapping[str, int]]:
+    """A call's key-split count over ``seqlen_k`` cached tokens with the forward kernel's tile configuration for
+    that length (a replayed plan must have been recorded with both) and the kernel's per-replay key counts
     (:func:`~fp8attn.kernels.attention_fwd.key_count_arguments`, read-only). Memoized: the layers of
     a model attend to caches of one length at each step, so all but the first find it here (planning it takes
     ~10 µs of host time a call)."""
     splits = planned_key_splits(batch, num_q_heads, num_kv_heads, seqlen_q, seqlen_k, head_dim, PREQUANTIZED_LAYOUT,
                                 causal, device)
-    cfg = forward_config(padded_head_dim(head_dim), _BLOCK, causal)
-    return splits, MappingProxyType(key_count_arguments(seqlen_k, splits, cfg))
+    cfg = forward_config(padded_head_dim(head_dim), _BLOCK, causal, seqlen_k=seqlen_k)
+    return (splits, cfg), MappingProxyType(key_count_arguments(seqlen_k, splits, cfg))
 
 
 class PrequantizedKVCache:
@@ -121,7 +123,8 @@ class PrequantizedKVCache:
         # Vᵀ's column of each key: the kernel layout stores keys in P·V operand order within groups of 32.
         self._v_column = torch.argsort(pv_key_positions(slots, device))
         self._k_bytes, self._v_t_bytes = self.k.view(torch.uint8), self.v_t.view(torch.uint8)
-        # Eager calls' launch plans: query signature → {split count: plan}; append's: k and v's signature → plan.
+        # Eager calls' launch plans: query signature → {(split count, tile configuration): plan};
+        # append's: k and v's signature → plan.
         self._plans = _PlanCache(capacity=64)
         self._append_plans = _PlanCache(capacity=16)
 
@@ -180,9 +183,10 @@ class PrequantizedKVCache:
         ``return_lse`` and ``validate_descales`` (one host sync a call; pass False in a decoding loop) as in
         :func:`fp8attn.attention_prequantized`.
 
-        An eager call replays the launches recorded by an earlier call with the same query signature and
-        key-split count, whatever the cache's length (Triton's argument binding then runs once, not every
-        step); calls that run the Gluon kernel (1024 queries and more) take the full path.
+        An eager call replays the launches recorded by an earlier call with the same query signature, key-split
+        count and tile configuration (:func:`~fp8attn.kernels.attention_fwd.forward_config`), whatever the
+        cache's length (Triton's argument binding then runs once, not every step); calls that run the Gluon
+        kernel (1024 queries and more) take the full path.
         """
         if self.length == 0:
             raise ValueError("the cache is empty: append keys and values before attending to them")
@@ -192,10 +196,10 @@ class PrequantizedKVCache:
         if plans is None:
             self._check_query(q, return_lse, out_dtype)
         batch, num_q_heads, seqlen_q, head_dim = q.shape
-        splits, key_counts = _key_split_step(batch, num_q_heads, self.num_kv_heads, seqlen_q, self.length, head_dim,
-                                             causal, q.device)
+        step, key_counts = _key_split_step(batch, num_q_heads, self.num_kv_heads, seqlen_q, self.length, head_dim,
+                                           causal, q.device)
         replayable = signature is not None and not hopper_kernel_sizes(self.k.shape[-1], seqlen_q, self.length, causal)
-        plan = plans.get(splits) if plans is not None and replayable else None
+        plan = plans.get(step) if plans is not None and replayable else None
         qd = _check_descale("q_descale", q_descale, batch, num_q_heads, q.device)
         if validate_descales:
             _check_descale_values({"q_descale": qd})
@@ -222,7 +226,7 @@ class PrequantizedKVCache:
             launch.run()
         if replayable:
             plans = self._plans.get(signature) or {}
-            plans[splits] = LaunchPlan(launches, inputs=inputs, allocated=(out, workspace), views=(lse,),
+            plans[step] = LaunchPlan(launches, inputs=inputs, allocated=(out, workspace), views=(lse,),
                                        runtime_ints=KEY_COUNT_ARGUMENTS)
             self._plans[signature] = plans
         return (out, lse) if return_lse else out

@@ -59,9 +59,14 @@ class ForwardConfig:
     pv_imprecise_acc: int | None = None
 
 
+SHORT_KEYS = 1024
+"""At most this many keys a query block's loop is a few tiles long: :func:`forward_config`'s short-key tiles."""
+
+
 def forward_config(head_dim_pad: int, k_block: int, causal: bool = False, pv_fp16: bool = False,
-                   qk_int8: bool = False) -> ForwardConfig:
-    """The tile configuration used for a padded head dimension (one definition for kernel and emulation).
+                   qk_int8: bool = False, seqlen_k: int | None = None) -> ForwardConfig:
+    """The tile configuration used for a padded head dimension and, where given, a key count (one definition
+    for kernel and emulation: the emulation's softmax step is its ``block_n``).
 
     Chosen from measurements on an H100 (``benchmarks/config_study.py``, docs/perf-notes.md) among
     configurations that do not spill registers on sm_90 (``fp8attn inspect`` shows it): one warpgroup
@@ -71,9 +76,16 @@ def forward_config(head_dim_pad: int, k_block: int, causal: bool = False, pv_fp1
     (on an H100 at S=16k this cost 2-4 % of speed and cut the accumulator's error from 0.54-0.68 % to
     0.42-0.59 %); at D=256 the promotion's second accumulator halves the speed through register
     pressure, so the wgmma accumulator keeps the row (docs/perf-notes.md, "P·V promotion").
+
+    With at most :data:`SHORT_KEYS` keys (an H200, E4M3, perf-notes section 48): under a causal mask at
+    D <= 64, 64-key tiles (+16 % at 512 keys, +7 % at 1024, even at 2048: a 64-row program's diagonal tile
+    half as wide, on an exp-bound kernel); at D=256 one warpgroup without a mask too (+9 % at 512 keys).
+    ``seqlen_k`` None: the configuration of long keys.
     """
-    block_n = min(128 if head_dim_pad <= 128 else 64, k_block)
-    one_warpgroup = head_dim_pad <= 128 or ((causal or qk_int8) and not pv_fp16)
+    short_keys = seqlen_k is not None and seqlen_k <= SHORT_KEYS
+    narrow_tiles = head_dim_pad > 128 or (head_dim_pad <= 64 and causal and short_keys)
+    block_n = min(64 if narrow_tiles else 128, k_block)
+    one_warpgroup = head_dim_pad <= 128 or ((causal or qk_int8 or short_keys) and not pv_fp16)
     return ForwardConfig(block_m=64 if one_warpgroup else 128, block_n=block_n, num_warps=4 if one_warpgroup else 8,
                          num_stages=3, promote_every=0 if head_dim_pad > 128 else 1)
 
@@ -373,7 +385,7 @@ def planned_key_splits(batch: int, num_q_heads: int, num_kv_heads: int, seqlen_q
     :data:`MIN_TILES_PER_KEY_SPLIT_PARTIAL_BLOCK` where a query block holds fewer rows than it has."""
     head_dim_pad = padded_head_dim(head_dim)
     cfg = forward_config(head_dim_pad, recipe.k_block, causal, pv_fp16=recipe.pv_format == "fp16",
-                         qk_int8=recipe.qk_format == "int8")
+                         qk_int8=recipe.qk_format == "int8", seqlen_k=seqlen_k)
     programs = query_blocks(batch, num_q_heads, num_kv_heads, seqlen_q, cfg.block_m)
     slots = sm_count(device) * programs_per_sm(cfg, head_dim_pad)
     group = num_q_heads // num_kv_heads if packs_query_heads(num_q_heads, num_kv_heads, seqlen_q, cfg.block_m) else 1
@@ -420,7 +432,7 @@ def split_forward_launches(
     from fp8attn.kernels.key_split_merge import merge_launch  # imports this module
 
     cfg = config or forward_config(qkv.q.shape[-1], qkv.k_block, causal, pv_fp16=qkv.v_t.dtype == torch.float16,
-                                   qk_int8=qkv.q.dtype == torch.int8)
+                                   qk_int8=qkv.q.dtype == torch.int8, seqlen_k=qkv.seqlen_k)
     splits = partial_out.shape[0]
     keys = split_keys(qkv.seqlen_k, cfg.block_n, splits)
     forward = _triton_launch(qkv, partial_out, partial_lse, causal=causal, softmax_scale=softmax_scale,
@@ -469,7 +481,7 @@ def forward_launch(
                                                               softmax_scale=softmax_scale, p_scale=p_scale,
                                                               exact_lse=exact_lse)
     cfg = config or forward_config(qkv.q.shape[-1], qkv.k_block, causal, pv_fp16=qkv.v_t.dtype == torch.float16,
-                                   qk_int8=qkv.q.dtype == torch.int8)
+                                   qk_int8=qkv.q.dtype == torch.int8, seqlen_k=qkv.seqlen_k)
     return _triton_launch(qkv, out, lse, causal=causal, softmax_scale=softmax_scale, p_scale=p_scale, cfg=cfg)
 
 
