@@ -95,16 +95,15 @@ def test_kernel_matches_emulation_on_the_same_quantized_inputs(device, gen, pois
 
 
 @pytest.mark.parametrize("recipe", ["int8-hadamard-vsmooth", "e4m3"])
-@pytest.mark.parametrize(("shape", "config_keys"), [
-    ((1, 2, 2, 130, 257, 64), 4096),  # D=64 under a causal mask with the long keys' 128-key tiles
-    ((1, 2, 1, 100, 200, 256), 4096),  # D=256 without a mask on two warpgroups (E4M3)
+@pytest.mark.parametrize(("shape", "causal"), [
+    ((1, 2, 2, 130, 257, 64), True),  # D=64 under a causal mask with 128-key tiles
+    ((1, 2, 1, 100, 200, 256), False),  # D=256 without a mask on two warpgroups (E4M3)
 ], ids=str)
-def test_kernel_matches_emulation_with_the_long_keys_tiles(device, gen, poisoned_allocations, shape, config_keys,
-                                                           recipe):
-    """The tiles :func:`forward_config` gives past SHORT_KEYS keys, run on short keys (the test's other shapes
+def test_kernel_matches_emulation_with_the_long_keys_tiles(device, gen, poisoned_allocations, shape, causal, recipe):
+    """The tiles :func:`forward_config` gives past SHORT_KEYS keys, run on short keys (the file's other shapes
     are short: at D=64 causal and D=256 they run the short keys' tiles)."""
-    causal = shape[-1] == 64
-    _run(device, gen, shape, causal, recipe=RECIPES[recipe], config_keys=config_keys).assert_matches_emulation(causal)
+    run = _run(device, gen, shape, causal, recipe=RECIPES[recipe], config_keys=SHORT_KEYS + 1)
+    run.assert_matches_emulation(causal)
 
 
 def test_short_keys_take_64_key_tiles_at_d64_causal_and_one_warpgroup_at_d256():

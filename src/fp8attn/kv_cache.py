@@ -227,7 +227,7 @@ class PrequantizedKVCache:
         if replayable:
             plans = self._plans.get(signature) or {}
             plans[step] = LaunchPlan(launches, inputs=inputs, allocated=(out, workspace), views=(lse,),
-                                       runtime_ints=KEY_COUNT_ARGUMENTS)
+                                     runtime_ints=KEY_COUNT_ARGUMENTS)
             self._plans[signature] = plans
         return (out, lse) if return_lse else out
 
