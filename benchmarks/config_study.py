@@ -20,14 +20,18 @@ import triton
 from fp8attn.bench import attention_flops
 from fp8attn.kernels.attention_fwd import attention_forward, forward_config
 from fp8attn.metrics import compare
-from fp8attn.quantize import padded_head_dim, quantize_qkv
+from fp8attn.quantize import QuantizedQKV, quantize_qkv
 from fp8attn.recipe import DEFAULT_RECIPE, RECIPES
 
 SHAPES = [(4096, False), (16384, False), (1024, True), (4096, True)]  # (S, causal); B = 16384 // S
 
 
-def variants(head_dim: int) -> dict[str, object]:
-    base = forward_config(padded_head_dim(head_dim), 128)
+def variants(qkv: QuantizedQKV, causal: bool) -> dict[str, object]:
+    """The library's configuration for this shape ("default", what `forward_launch` runs on the Triton kernel) and
+    variants of it."""
+    head_dim = qkv.q.shape[-1]
+    base = forward_config(head_dim, qkv.k_block, causal, pv_fp16=qkv.v_t.dtype == torch.float16,
+                          qk_int8=qkv.q.dtype == torch.int8, seqlen_k=qkv.seqlen_k)
     out = {
         "default": base,
         "stages2": dataclasses.replace(base, num_stages=2),
@@ -62,7 +66,7 @@ def main() -> None:
                 qkv = quantize_qkv(q, k, v, recipe)
                 flops = attention_flops(b, h, s, s, d, causal)
                 ref = None
-                for name, cfg in variants(d).items():
+                for name, cfg in variants(qkv, causal).items():
                     run = functools.partial(attention_forward, qkv, causal=causal, softmax_scale=d**-0.5,
                                             p_scale=recipe.p_multiplier, out_dtype=torch.bfloat16, config=cfg)
                     out = run()[0]
