@@ -43,6 +43,12 @@ def variants(qkv: QuantizedQKV, causal: bool) -> dict[str, object]:
         out["bn64-stages2"] = dataclasses.replace(base, block_n=64, num_stages=2)
         out["bn64-stages4"] = dataclasses.replace(base, block_n=64, num_stages=4)
         out["bm128w8"] = dataclasses.replace(base, block_m=128, num_warps=8)
+        # P·V accumulated in the wgmma's accumulator, as at D=256: 64-key tiles then take 158 registers at D=128
+        # (three programs an SM instead of two; perf-notes section 49)
+        out["p0"] = dataclasses.replace(base, promote_every=0)
+        out["bn64-p0"] = dataclasses.replace(base, block_n=64, promote_every=0)
+        out["bn64-p0-stages2"] = dataclasses.replace(base, block_n=64, promote_every=0, num_stages=2)
+        out["bn64-p0-stages4"] = dataclasses.replace(base, block_n=64, promote_every=0, num_stages=4)
     return out
 
 
@@ -51,6 +57,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("."))
     parser.add_argument("--recipes", default=f"e4m3,{DEFAULT_RECIPE.name}")
     parser.add_argument("--head-dims", default="64,128,256", help="comma list (default 64,128,256)")
+    parser.add_argument("--variants", help="comma list of variant names to run (default: all); 'default' always runs")
     parser.add_argument("--shapes", help="sequence lengths, a 'c' suffix for causal: e.g. 512c,1024c "
                         "(default: 4096,16384,1024c,4096c)")
     args = parser.parse_args()
@@ -66,7 +73,10 @@ def main() -> None:
                 qkv = quantize_qkv(q, k, v, recipe)
                 flops = attention_flops(b, h, s, s, d, causal)
                 ref = None
-                for name, cfg in variants(qkv, causal).items():
+                chosen = variants(qkv, causal)
+                if args.variants:
+                    chosen = {n: c for n, c in chosen.items() if n == "default" or n in args.variants.split(",")}
+                for name, cfg in chosen.items():
                     run = functools.partial(attention_forward, qkv, causal=causal, softmax_scale=d**-0.5,
                                             p_scale=recipe.p_multiplier, out_dtype=torch.bfloat16, config=cfg)
                     out = run()[0]

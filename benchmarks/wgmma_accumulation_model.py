@@ -62,7 +62,8 @@ def main() -> None:
     parser.add_argument("--head-dims", default="128,256")
     parser.add_argument("--kinds", default="v_mean,randn")
     parser.add_argument("--mantissa-bits", default="12,13,14")
-    parser.add_argument("--queries", type=int, default=128, help="query rows (keys: 4096)")
+    parser.add_argument("--queries", type=int, default=128, help="query rows")
+    parser.add_argument("--keys", type=int, default=4096, help="keys (default 4096)")
     parser.add_argument("--measured", type=Path, default=None)
     parser.add_argument("--smooth-v", action="store_true", help="e4m3 with V smoothed (as it is since the fix)")
     parser.add_argument("--kernel", action="store_true", help="on a GPU: the kernel on the same inputs")
@@ -75,7 +76,7 @@ def main() -> None:
     print(f"{'D':>4} {'inputs':8} {'bits':>4}  model vs emulation (bf16 out): P·V / P·V and Q·Kᵀ   {last}")
     for head_dim in map(int, args.head_dims.split(",")):
         for kind in args.kinds.split(","):
-            shape = (1, 1, 1, args.queries, 4096, head_dim)
+            shape = (1, 1, 1, args.queries, args.keys, head_dim)
             q, k, v = synthetic_qkv(kind, shape, torch.Generator().manual_seed(0), dtype=torch.bfloat16,
                                     device=device)
             qkv = quantize_qkv(q, k, v, recipe) if args.kernel else quantize_emulated(q, k, v, recipe)
