@@ -75,7 +75,8 @@ def _run(device, gen, shape, causal, promote_every=None, dtype=torch.float16, re
                                           ("q", "k", "v_t", "q_scale", "k_scale", "v_scale", "v_mean")
                                           if getattr(qkv, f) is not None})
     cfg = forward_config(qkv.q.shape[-1], qkv.k_block, causal, pv_fp16=recipe.pv_format == "fp16",
-                         qk_int8=recipe.qk_format == "int8", seqlen_k=config_keys or qkv.seqlen_k)
+                         qk_int8=recipe.qk_format == "int8", seqlen_k=config_keys or qkv.seqlen_k,
+                         v_smoothed=qkv.v_mean is not None)
     if promote_every is not None:
         cfg = dataclasses.replace(cfg, promote_every=promote_every)
     kwargs = dict(causal=causal, scale=shape[-1] ** -0.5, p_scale=recipe.p_multiplier, block_n=cfg.block_n,
@@ -98,10 +99,11 @@ def test_kernel_matches_emulation_on_the_same_quantized_inputs(device, gen, pois
 @pytest.mark.parametrize(("shape", "causal"), [
     ((1, 2, 2, 130, 257, 64), True),  # D=64 under a causal mask with 128-key tiles
     ((1, 2, 1, 100, 200, 256), False),  # D=256 without a mask on two warpgroups (E4M3)
+    ((1, 2, 1, 257, 130, 128), True),  # D=128, V smoothed: P·V promoted every 128-key tile
 ], ids=str)
 def test_kernel_matches_emulation_with_the_long_keys_tiles(device, gen, poisoned_allocations, shape, causal, recipe):
     """The tiles :func:`forward_config` gives past SHORT_KEYS keys, run on short keys (the file's other shapes
-    are short: at D=64 causal and D=256 they run the short keys' tiles)."""
+    are short: at D=64 causal, D=256 and, for recipes that smooth V, D=128 they run the short keys' tiles)."""
     run = _run(device, gen, shape, causal, recipe=RECIPES[recipe], config_keys=SHORT_KEYS + 1)
     run.assert_matches_emulation(causal)
 
@@ -120,6 +122,27 @@ def test_short_keys_take_64_key_tiles_at_d64_causal_and_one_warpgroup_at_d256():
     for head_dim, causal, qk_int8 in [(64, False, False), (128, True, True), (128, False, False), (256, True, True)]:
         assert (forward_config(head_dim, 128, causal, qk_int8=qk_int8, seqlen_k=100)
                 == forward_config(head_dim, 128, causal, qk_int8=qk_int8))
+
+
+def test_short_keys_with_smoothed_v_run_d128_unpromoted_on_64_key_tiles():
+    """forward_config at D=128 with V smoothed and at most SHORT_KEYS keys (perf-notes section 49): 64-key tiles,
+    P·V in the wgmma's accumulator; with V not smoothed, fp16 P·V, longer keys or another head dim, nothing
+    changes."""
+    for causal in (False, True):
+        for qk_int8 in (False, True):
+            short = forward_config(128, 128, causal, qk_int8=qk_int8, seqlen_k=SHORT_KEYS, v_smoothed=True)
+            long_keys = forward_config(128, 128, causal, qk_int8=qk_int8)
+            assert (short.block_n, short.promote_every) == (64, 0)
+            assert (long_keys.block_n, long_keys.promote_every) == (128, 1)
+            assert dataclasses.replace(short, block_n=128, promote_every=1) == long_keys
+            assert forward_config(128, 128, causal, qk_int8=qk_int8, seqlen_k=SHORT_KEYS) == long_keys
+            past_short = forward_config(128, 128, causal, qk_int8=qk_int8, seqlen_k=SHORT_KEYS + 1, v_smoothed=True)
+            assert past_short == long_keys
+        assert (forward_config(128, 128, causal, pv_fp16=True, seqlen_k=100, v_smoothed=True)
+                == forward_config(128, 128, causal, pv_fp16=True))
+        for head_dim in (64, 256):
+            assert (forward_config(head_dim, 128, causal, seqlen_k=100, v_smoothed=True)
+                    == forward_config(head_dim, 128, causal, seqlen_k=100))
 
 
 @pytest.mark.parametrize("recipe", list(RECIPES))
@@ -173,10 +196,11 @@ def test_key_splits_fill_one_wave_with_ranges_of_whole_tiles_and_none_empty(min_
 def test_partial_query_blocks_split_their_keys_in_shorter_ranges():
     """Decoding (a block holding the four query heads of a KV head at one position) takes ranges of two tiles;
     full blocks (16 positions of four heads, the mission shape) keep four."""
-    def planned(b, hq, hkv, sq, sk, d, causal=False):
-        return planned_key_splits(b, hq, hkv, sq, sk, d, RECIPES["e4m3"], causal, torch.device("cpu"))
+    def planned(b, hq, hkv, sq, sk, d, causal=False, recipe="e4m3-unsmoothed"):  # V unsmoothed: 128-key tiles
+        return planned_key_splits(b, hq, hkv, sq, sk, d, RECIPES[recipe], causal, torch.device("cpu"))
 
     assert planned(1, 32, 8, 1, 1024, 128) == 4  # 8 tiles: four ranges of two (two of four before)
+    assert planned(1, 32, 8, 1, 1024, 128, recipe="e4m3") == 8  # V smoothed, short keys: 16 tiles of 64 keys
     assert planned(1, 32, 8, 1, 4096, 128) == 16  # 32 tiles: sixteen ranges of two (eight of four before)
     assert planned(1, 32, 8, 16, 8192, 128, causal=True) == 16  # 64 rows, a full block: ranges of four
     assert planned(1, 8, 8, 512, 512, 64) == 1  # the mission shape: four tiles a query block, unsplit

@@ -236,7 +236,7 @@ def _prequantized_launches(
     where they are needed). ``lse`` is exact with ``return_lse`` (as in :func:`_attention_launches`)."""
     batch, num_q_heads, seqlen_q, head_dim = q.shape
     splits = key_split_buffers(batch, num_q_heads, k.shape[1], seqlen_q, k.shape[2], head_dim,
-                               PREQUANTIZED_LAYOUT, causal, q.device)
+                               PREQUANTIZED_LAYOUT, causal, q.device, v_smoothed=v_mean is not None)
     qkv, layout_launch = prequantized_layout(q, k, v, q_descale, k_descale, v_descale, v_mean,
                                              extra={"lse": (q.shape[:3], torch.float32), **splits})
     out = torch.empty(q.shape, device=q.device, dtype=out_dtype)

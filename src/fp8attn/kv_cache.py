@@ -60,15 +60,16 @@ def _positive_int(name: str, x: object) -> int:
 
 @functools.lru_cache(maxsize=1024)
 def _key_split_step(batch: int, num_q_heads: int, num_kv_heads: int, seqlen_q: int, seqlen_k: int, head_dim: int,
-                    causal: bool, device: torch.device) -> tuple[tuple[int, ForwardConfig], Mapping[str, int]]:
+                    causal: bool, device: torch.device,
+                    v_smoothed: bool = False) -> tuple[tuple[int, ForwardConfig], Mapping[str, int]]:
     """A call's key-split count over ``seqlen_k`` cached tokens with the forward kernel's tile configuration for
     that length (a replayed plan must have been recorded with both) and the kernel's per-replay key counts
     (:func:`~fp8attn.kernels.attention_fwd.key_count_arguments`, read-only). Memoized: the layers of
     a model attend to caches of one length at each step, so all but the first find it here (planning it takes
-    ~10 µs of host time a call)."""
+    ~10 µs of host time a call). ``v_smoothed``: the cache holds a ``v_mean``."""
     splits = planned_key_splits(batch, num_q_heads, num_kv_heads, seqlen_q, seqlen_k, head_dim, PREQUANTIZED_LAYOUT,
-                                causal, device)
-    cfg = forward_config(padded_head_dim(head_dim), _BLOCK, causal, seqlen_k=seqlen_k)
+                                causal, device, v_smoothed)
+    cfg = forward_config(padded_head_dim(head_dim), _BLOCK, causal, seqlen_k=seqlen_k, v_smoothed=v_smoothed)
     return (splits, cfg), MappingProxyType(key_count_arguments(seqlen_k, splits, cfg))
 
 
@@ -197,7 +198,7 @@ class PrequantizedKVCache:
             self._check_query(q, return_lse, out_dtype)
         batch, num_q_heads, seqlen_q, head_dim = q.shape
         step, key_counts = _key_split_step(batch, num_q_heads, self.num_kv_heads, seqlen_q, self.length, head_dim,
-                                           causal, q.device)
+                                           causal, q.device, self.v_mean is not None)
         replayable = signature is not None and not hopper_kernel_sizes(self.k.shape[-1], seqlen_q, self.length, causal)
         plan = plans.get(step) if plans is not None and replayable else None
         qd = _check_descale("q_descale", q_descale, batch, num_q_heads, q.device)
@@ -212,7 +213,7 @@ class PrequantizedKVCache:
         softmax_scale = _check_flags(causal, scale, head_dim)
         out = torch.empty((batch, num_q_heads, seqlen_q, head_dim), device=q.device, dtype=out_dtype)
         split_buffers = key_split_buffers(batch, num_q_heads, self.num_kv_heads, seqlen_q, self.length, head_dim,
-                                          PREQUANTIZED_LAYOUT, causal, q.device)
+                                          PREQUANTIZED_LAYOUT, causal, q.device, v_smoothed=self.v_mean is not None)
         # LSE and the key splits' partial results share one allocation.
         workspace, _, extra = carve_workspace({}, q.device, extra={"lse": (q.shape[:3], torch.float32),
                                                                    **split_buffers})

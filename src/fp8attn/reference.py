@@ -22,7 +22,7 @@ from collections.abc import Callable
 import torch
 
 from fp8attn.fp8 import scale_from_amax, to_e4m3, to_int8
-from fp8attn.kernels.attention_fwd import forward_config, planned_key_splits, split_keys
+from fp8attn.kernels.attention_fwd import layout_forward_config, planned_key_splits, split_keys
 from fp8attn.kernels.key_order import from_pv_key_order, to_pv_key_order
 from fp8attn.kernels.prequantized_layout import PREQUANTIZED_LAYOUT
 from fp8attn.kernels.sizes import cdiv
@@ -209,7 +209,7 @@ def attention_emulated(
     """
     num_q_heads = qkv.q.shape[1]
     seqlen_q, seqlen_k = qkv.seqlen_q, qkv.seqlen_k
-    block_n = block_n or forward_config(qkv.q.shape[-1], qkv.k_block, causal, seqlen_k=seqlen_k).block_n
+    block_n = block_n or layout_forward_config(qkv, causal).block_n
     q = qkv.q.double()
     q_scale = qkv.q_scale.double().repeat_interleave(qkv.q_block, dim=-1)[..., :seqlen_q]
     k = _repeat_kv(qkv.k.double()[:, :, :seqlen_k], num_q_heads)
@@ -310,7 +310,7 @@ def emulate(
     qkv = quantize_emulated(q, k, v, recipe)
     key_split = None
     if block_n is None:  # the Triton kernel's tiles: split the keys where the library does on an H100
-        block_n = forward_config(qkv.q.shape[-1], qkv.k_block, causal, seqlen_k=qkv.seqlen_k).block_n
+        block_n = layout_forward_config(qkv, causal).block_n
         splits = planned_key_splits(q.shape[0], q.shape[1], k.shape[1], q.shape[2], k.shape[2], q.shape[3], recipe,
                                     causal, torch.device("cpu"))
         key_split = split_keys(k.shape[2], block_n, splits) if splits > 1 else None

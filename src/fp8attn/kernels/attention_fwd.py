@@ -64,7 +64,7 @@ SHORT_KEYS = 1024
 
 
 def forward_config(head_dim_pad: int, k_block: int, causal: bool = False, pv_fp16: bool = False,
-                   qk_int8: bool = False, seqlen_k: int | None = None) -> ForwardConfig:
+                   qk_int8: bool = False, seqlen_k: int | None = None, v_smoothed: bool = False) -> ForwardConfig:
     """The tile configuration used for a padded head dimension and, where given, a key count (one definition
     for kernel and emulation: the emulation's softmax step is its ``block_n``).
 
@@ -80,14 +80,27 @@ def forward_config(head_dim_pad: int, k_block: int, causal: bool = False, pv_fp1
     With at most :data:`SHORT_KEYS` keys (an H200, E4M3, perf-notes section 48): under a causal mask at
     D <= 64, 64-key tiles (+16 % at 512 keys, +7 % at 1024, even at 2048: a 64-row program's diagonal tile
     half as wide, on an exp-bound kernel); at D=256 one warpgroup without a mask too (+9 % at 512 keys).
+    At D=128 with V smoothed (``v_smoothed``, E4M3 P·V), P·V accumulates in the wgmma's own accumulator there,
+    as at D=256, on 64-key tiles: 158 registers instead of 255, so three programs an SM instead of two
+    (+11 to +23 % at 512 and 1024 keys on an H200, section 49). The promotion guards V with a large
+    per-channel mean (section 35), which smoothing removes: the accumulation model puts the unpromoted
+    accumulator within 1e-4 of the promoted one on smoothed V at these lengths.
     ``seqlen_k`` None: the configuration of long keys.
     """
     short_keys = seqlen_k is not None and seqlen_k <= SHORT_KEYS
-    narrow_tiles = head_dim_pad > 128 or (head_dim_pad <= 64 and causal and short_keys)
+    unpromoted_short = short_keys and head_dim_pad == 128 and v_smoothed and not pv_fp16
+    narrow_tiles = head_dim_pad > 128 or (head_dim_pad <= 64 and causal and short_keys) or unpromoted_short
     block_n = min(64 if narrow_tiles else 128, k_block)
     one_warpgroup = head_dim_pad <= 128 or ((causal or qk_int8 or short_keys) and not pv_fp16)
     return ForwardConfig(block_m=64 if one_warpgroup else 128, block_n=block_n, num_warps=4 if one_warpgroup else 8,
-                         num_stages=3, promote_every=0 if head_dim_pad > 128 else 1)
+                         num_stages=3, promote_every=0 if head_dim_pad > 128 or unpromoted_short else 1)
+
+
+def layout_forward_config(qkv: QuantizedQKV, causal: bool) -> ForwardConfig:
+    """:func:`forward_config` for the Triton kernel on ``qkv``: its padded head dim, key block, operand formats,
+    key count and whether its V is smoothed (``qkv.v_mean``)."""
+    return forward_config(qkv.q.shape[-1], qkv.k_block, causal, pv_fp16=qkv.v_t.dtype == torch.float16,
+                          qk_int8=qkv.q.dtype == torch.int8, seqlen_k=qkv.seqlen_k, v_smoothed=qkv.v_mean is not None)
 
 
 @triton.jit
@@ -379,13 +392,16 @@ def query_blocks(batch: int, num_q_heads: int, num_kv_heads: int, seqlen_q: int,
 
 
 def planned_key_splits(batch: int, num_q_heads: int, num_kv_heads: int, seqlen_q: int, seqlen_k: int, head_dim: int,
-                       recipe: Recipe, causal: bool, device: torch.device) -> int:
+                       recipe: Recipe, causal: bool, device: torch.device, v_smoothed: bool | None = None) -> int:
     """:func:`key_splits` for a call of this shape (``head_dim`` before padding) in ``recipe``'s layout on
     ``device``, with the Triton kernel's tiles: ranges of at least :data:`MIN_TILES_PER_KEY_SPLIT` tiles, or
-    :data:`MIN_TILES_PER_KEY_SPLIT_PARTIAL_BLOCK` where a query block holds fewer rows than it has."""
+    :data:`MIN_TILES_PER_KEY_SPLIT_PARTIAL_BLOCK` where a query block holds fewer rows than it has.
+    ``v_smoothed``: whether the layout's V is smoothed (None: ``recipe.smooth_v``; caller-quantized V is where
+    a ``v_mean`` came with it)."""
     head_dim_pad = padded_head_dim(head_dim)
     cfg = forward_config(head_dim_pad, recipe.k_block, causal, pv_fp16=recipe.pv_format == "fp16",
-                         qk_int8=recipe.qk_format == "int8", seqlen_k=seqlen_k)
+                         qk_int8=recipe.qk_format == "int8", seqlen_k=seqlen_k,
+                         v_smoothed=recipe.smooth_v if v_smoothed is None else v_smoothed)
     programs = query_blocks(batch, num_q_heads, num_kv_heads, seqlen_q, cfg.block_m)
     slots = sm_count(device) * programs_per_sm(cfg, head_dim_pad)
     group = num_q_heads // num_kv_heads if packs_query_heads(num_q_heads, num_kv_heads, seqlen_q, cfg.block_m) else 1
@@ -395,11 +411,13 @@ def planned_key_splits(batch: int, num_q_heads: int, num_kv_heads: int, seqlen_q
 
 
 def key_split_buffers(batch: int, num_q_heads: int, num_kv_heads: int, seqlen_q: int, seqlen_k: int, head_dim: int,
-                      recipe: Recipe, causal: bool, device: torch.device) -> BufferLayout:
+                      recipe: Recipe, causal: bool, device: torch.device,
+                      v_smoothed: bool | None = None) -> BufferLayout:
     """The partial-result buffers a call of this shape needs (none where :func:`planned_key_splits` is 1),
     to carve from the call's workspace: ``key_split_out (splits, B·Hq, Sq, Dp)`` and ``key_split_lse
     (splits, B·Hq, Sq)``, fp32. :func:`forward_launches` splits the keys when ``qkv.extra`` holds them."""
-    splits = planned_key_splits(batch, num_q_heads, num_kv_heads, seqlen_q, seqlen_k, head_dim, recipe, causal, device)
+    splits = planned_key_splits(batch, num_q_heads, num_kv_heads, seqlen_q, seqlen_k, head_dim, recipe, causal, device,
+                                v_smoothed)
     if splits == 1:
         return {}
     rows = (splits, batch * num_q_heads, seqlen_q)
@@ -431,8 +449,7 @@ def split_forward_launches(
     ``attention_emulated(..., key_split=split_keys(...))`` (:func:`split_keys`)."""
     from fp8attn.kernels.key_split_merge import merge_launch  # imports this module
 
-    cfg = config or forward_config(qkv.q.shape[-1], qkv.k_block, causal, pv_fp16=qkv.v_t.dtype == torch.float16,
-                                   qk_int8=qkv.q.dtype == torch.int8, seqlen_k=qkv.seqlen_k)
+    cfg = config or layout_forward_config(qkv, causal)
     splits = partial_out.shape[0]
     keys = split_keys(qkv.seqlen_k, cfg.block_n, splits)
     forward = _triton_launch(qkv, partial_out, partial_lse, causal=causal, softmax_scale=softmax_scale,
@@ -480,8 +497,7 @@ def forward_launch(
             return attention_fwd_hopper.hopper_forward_launch(qkv, out, lse, causal=causal,
                                                               softmax_scale=softmax_scale, p_scale=p_scale,
                                                               exact_lse=exact_lse)
-    cfg = config or forward_config(qkv.q.shape[-1], qkv.k_block, causal, pv_fp16=qkv.v_t.dtype == torch.float16,
-                                   qk_int8=qkv.q.dtype == torch.int8, seqlen_k=qkv.seqlen_k)
+    cfg = config or layout_forward_config(qkv, causal)
     return _triton_launch(qkv, out, lse, causal=causal, softmax_scale=softmax_scale, p_scale=p_scale, cfg=cfg)
 
 

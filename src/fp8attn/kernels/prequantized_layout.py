@@ -17,6 +17,8 @@ that is a multiple of ``k_block``).
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import triton
 import triton.language as tl
@@ -28,8 +30,9 @@ from fp8attn.kernels.sizes import cdiv
 from fp8attn.quantize import BufferLayout, QuantizedQKV, carve_workspace, padded_head_dim
 from fp8attn.recipe import E4M3_BLOCK
 
-# Caller-quantized E4M3 inputs are laid out like the "e4m3" recipe's (scale blocks, P's factor).
-PREQUANTIZED_LAYOUT = E4M3_BLOCK
+# Caller-quantized E4M3 inputs are laid out like the "e4m3" recipe's (scale blocks, P's factor); their V is
+# smoothed only where a v_mean comes with it (the planning functions take that as ``v_smoothed``).
+PREQUANTIZED_LAYOUT = dataclasses.replace(E4M3_BLOCK, smooth_v=False)
 _BLOCK = PREQUANTIZED_LAYOUT.k_block
 assert PREQUANTIZED_LAYOUT.q_block == _BLOCK, "one program writes one Q and one K scale block"
 
