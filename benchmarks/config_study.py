@@ -18,7 +18,7 @@ import torch
 import triton
 
 from fp8attn.bench import attention_flops
-from fp8attn.kernels.attention_fwd import attention_forward, forward_config
+from fp8attn.kernels.attention_fwd import attention_forward, layout_forward_config
 from fp8attn.metrics import compare
 from fp8attn.quantize import QuantizedQKV, quantize_qkv
 from fp8attn.recipe import DEFAULT_RECIPE, RECIPES
@@ -28,10 +28,10 @@ SHAPES = [(4096, False), (16384, False), (1024, True), (4096, True)]  # (S, caus
 
 def variants(qkv: QuantizedQKV, causal: bool) -> dict[str, object]:
     """The library's configuration for this shape ("default", what `forward_launch` runs on the Triton kernel) and
-    variants of it."""
+    variants of it (from the twenty-fifth session the default at D=128 and short keys is ``bn64-p0`` where V is
+    smoothed)."""
     head_dim = qkv.q.shape[-1]
-    base = forward_config(head_dim, qkv.k_block, causal, pv_fp16=qkv.v_t.dtype == torch.float16,
-                          qk_int8=qkv.q.dtype == torch.int8, seqlen_k=qkv.seqlen_k)
+    base = layout_forward_config(qkv, causal)
     out = {
         "default": base,
         "stages2": dataclasses.replace(base, num_stages=2),

@@ -11,6 +11,7 @@ from fp8attn.kernels.attention_fwd import (
     MAX_KEY_SPLITS,
     MIN_TILES_PER_KEY_SPLIT,
     MIN_TILES_PER_KEY_SPLIT_PARTIAL_BLOCK,
+    PREFILL_QUERIES,
     SHORT_KEYS,
     attention_forward,
     forward_config,
@@ -76,7 +77,7 @@ def _run(device, gen, shape, causal, promote_every=None, dtype=torch.float16, re
                                           if getattr(qkv, f) is not None})
     cfg = forward_config(qkv.q.shape[-1], qkv.k_block, causal, pv_fp16=recipe.pv_format == "fp16",
                          qk_int8=recipe.qk_format == "int8", seqlen_k=config_keys or qkv.seqlen_k,
-                         v_smoothed=qkv.v_mean is not None)
+                         v_smoothed=qkv.v_mean is not None, seqlen_q=qkv.seqlen_q)
     if promote_every is not None:
         cfg = dataclasses.replace(cfg, promote_every=promote_every)
     kwargs = dict(causal=causal, scale=shape[-1] ** -0.5, p_scale=recipe.p_multiplier, block_n=cfg.block_n,
@@ -125,24 +126,27 @@ def test_short_keys_take_64_key_tiles_at_d64_causal_and_one_warpgroup_at_d256():
 
 
 def test_short_keys_with_smoothed_v_run_d128_unpromoted_on_64_key_tiles():
-    """forward_config at D=128 with V smoothed and at most SHORT_KEYS keys (perf-notes section 49): 64-key tiles,
-    P·V in the wgmma's accumulator; with V not smoothed, fp16 P·V, longer keys or another head dim, nothing
-    changes."""
+    """forward_config at D=128 with V smoothed, at most SHORT_KEYS keys and at least PREFILL_QUERIES queries
+    (perf-notes section 49): 64-key tiles, P·V in the wgmma's accumulator; with V not smoothed, fp16 P·V, longer
+    keys, fewer queries (decoding) or another head dim, nothing changes."""
+    prefill = dict(seqlen_k=SHORT_KEYS, seqlen_q=PREFILL_QUERIES)
     for causal in (False, True):
         for qk_int8 in (False, True):
-            short = forward_config(128, 128, causal, qk_int8=qk_int8, seqlen_k=SHORT_KEYS, v_smoothed=True)
+            short = forward_config(128, 128, causal, qk_int8=qk_int8, v_smoothed=True, **prefill)
             long_keys = forward_config(128, 128, causal, qk_int8=qk_int8)
             assert (short.block_n, short.promote_every) == (64, 0)
             assert (long_keys.block_n, long_keys.promote_every) == (128, 1)
             assert dataclasses.replace(short, block_n=128, promote_every=1) == long_keys
-            assert forward_config(128, 128, causal, qk_int8=qk_int8, seqlen_k=SHORT_KEYS) == long_keys
-            past_short = forward_config(128, 128, causal, qk_int8=qk_int8, seqlen_k=SHORT_KEYS + 1, v_smoothed=True)
-            assert past_short == long_keys
-        assert (forward_config(128, 128, causal, pv_fp16=True, seqlen_k=100, v_smoothed=True)
+            assert forward_config(128, 128, causal, qk_int8=qk_int8, **prefill) == long_keys
+            for keys, queries in [(SHORT_KEYS + 1, PREFILL_QUERIES), (SHORT_KEYS, PREFILL_QUERIES - 1)]:
+                other = forward_config(128, 128, causal, qk_int8=qk_int8, seqlen_k=keys, seqlen_q=queries,
+                                       v_smoothed=True)
+                assert other == long_keys
+        assert (forward_config(128, 128, causal, pv_fp16=True, v_smoothed=True, **prefill)
                 == forward_config(128, 128, causal, pv_fp16=True))
         for head_dim in (64, 256):
-            assert (forward_config(head_dim, 128, causal, seqlen_k=100, v_smoothed=True)
-                    == forward_config(head_dim, 128, causal, seqlen_k=100))
+            assert (forward_config(head_dim, 128, causal, v_smoothed=True, **prefill)
+                    == forward_config(head_dim, 128, causal, **prefill))
 
 
 @pytest.mark.parametrize("recipe", list(RECIPES))
@@ -200,7 +204,7 @@ def test_partial_query_blocks_split_their_keys_in_shorter_ranges():
         return planned_key_splits(b, hq, hkv, sq, sk, d, RECIPES[recipe], causal, torch.device("cpu"))
 
     assert planned(1, 32, 8, 1, 1024, 128) == 4  # 8 tiles: four ranges of two (two of four before)
-    assert planned(1, 32, 8, 1, 1024, 128, recipe="e4m3") == 8  # V smoothed, short keys: 16 tiles of 64 keys
+    assert planned(1, 32, 8, 1, 1024, 128, recipe="e4m3") == 4  # V smoothed: decoding keeps 128-key tiles
     assert planned(1, 32, 8, 1, 4096, 128) == 16  # 32 tiles: sixteen ranges of two (eight of four before)
     assert planned(1, 32, 8, 16, 8192, 128, causal=True) == 16  # 64 rows, a full block: ranges of four
     assert planned(1, 8, 8, 512, 512, 64) == 1  # the mission shape: four tiles a query block, unsplit

@@ -107,7 +107,7 @@ def test_key_loop_spends_one_exp2_and_one_fma_per_score(recipe, head_dim):
     An unpromoted accumulator (``promote_every=0``: the short keys' tiles at D=128 here) is rescaled by FMUL
     before its wgmma, one per element a thread holds."""
     spec = RECIPES[recipe]
-    cfg = forward_config(head_dim, spec.k_block, qk_int8=spec.qk_format == "int8", seqlen_k=512,
+    cfg = forward_config(head_dim, spec.k_block, qk_int8=spec.qk_format == "int8", seqlen_k=512, seqlen_q=512,
                          v_smoothed=spec.smooth_v)
     scores = cfg.block_m * cfg.block_n // (32 * cfg.num_warps)  # per thread, per key tile
     rescales = cfg.block_m * head_dim // (32 * cfg.num_warps) if cfg.promote_every == 0 else 0

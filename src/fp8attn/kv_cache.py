@@ -69,7 +69,8 @@ def _key_split_step(batch: int, num_q_heads: int, num_kv_heads: int, seqlen_q: i
     ~10 µs of host time a call). ``v_smoothed``: the cache holds a ``v_mean``."""
     splits = planned_key_splits(batch, num_q_heads, num_kv_heads, seqlen_q, seqlen_k, head_dim, PREQUANTIZED_LAYOUT,
                                 causal, device, v_smoothed)
-    cfg = forward_config(padded_head_dim(head_dim), _BLOCK, causal, seqlen_k=seqlen_k, v_smoothed=v_smoothed)
+    cfg = forward_config(padded_head_dim(head_dim), _BLOCK, causal, seqlen_k=seqlen_k, v_smoothed=v_smoothed,
+                         seqlen_q=seqlen_q)
     return (splits, cfg), MappingProxyType(key_count_arguments(seqlen_k, splits, cfg))
 
 

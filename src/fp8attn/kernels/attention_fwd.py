@@ -60,11 +60,13 @@ class ForwardConfig:
 
 
 SHORT_KEYS = 1024
+PREFILL_QUERIES = 64  # a whole query block of the Triton kernel's one-warpgroup programs
 """At most this many keys a query block's loop is a few tiles long: :func:`forward_config`'s short-key tiles."""
 
 
 def forward_config(head_dim_pad: int, k_block: int, causal: bool = False, pv_fp16: bool = False,
-                   qk_int8: bool = False, seqlen_k: int | None = None, v_smoothed: bool = False) -> ForwardConfig:
+                   qk_int8: bool = False, seqlen_k: int | None = None, v_smoothed: bool = False,
+                   seqlen_q: int | None = None) -> ForwardConfig:
     """The tile configuration used for a padded head dimension and, where given, a key count (one definition
     for kernel and emulation: the emulation's softmax step is its ``block_n``).
 
@@ -80,15 +82,17 @@ def forward_config(head_dim_pad: int, k_block: int, causal: bool = False, pv_fp1
     With at most :data:`SHORT_KEYS` keys (an H200, E4M3, perf-notes section 48): under a causal mask at
     D <= 64, 64-key tiles (+16 % at 512 keys, +7 % at 1024, even at 2048: a 64-row program's diagonal tile
     half as wide, on an exp-bound kernel); at D=256 one warpgroup without a mask too (+9 % at 512 keys).
-    At D=128 with V smoothed (``v_smoothed``, E4M3 P·V), P·V accumulates in the wgmma's own accumulator there,
-    as at D=256, on 64-key tiles: 158 registers instead of 255, so three programs an SM instead of two
-    (+11 to +23 % at 512 and 1024 keys on an H200, section 49). The promotion guards V with a large
-    per-channel mean (section 35), which smoothing removes: the accumulation model puts the unpromoted
-    accumulator within 1e-4 of the promoted one on smoothed V at these lengths.
-    ``seqlen_k`` None: the configuration of long keys.
+    At D=128 with V smoothed (``v_smoothed``, E4M3 P·V) and at least ``PREFILL_QUERIES`` queries, P·V
+    accumulates in the wgmma's own accumulator there, as at D=256, on 64-key tiles: 158 registers instead of
+    255, so three programs an SM instead of two (+11 to +23 % at 512 and 1024 keys on an H200, section 49;
+    decoding, one query row, came out 11 % slower and keeps the tiles of long keys). The promotion guards V
+    with a large per-channel mean (section 35), which smoothing removes: the accumulation model puts the
+    unpromoted accumulator within 1e-4 of the promoted one on smoothed V at these lengths.
+    ``seqlen_k`` None: the configuration of long keys; ``seqlen_q`` None: fewer than ``PREFILL_QUERIES``.
     """
     short_keys = seqlen_k is not None and seqlen_k <= SHORT_KEYS
-    unpromoted_short = short_keys and head_dim_pad == 128 and v_smoothed and not pv_fp16
+    prefill = seqlen_q is not None and seqlen_q >= PREFILL_QUERIES
+    unpromoted_short = short_keys and prefill and head_dim_pad == 128 and v_smoothed and not pv_fp16
     narrow_tiles = head_dim_pad > 128 or (head_dim_pad <= 64 and causal and short_keys) or unpromoted_short
     block_n = min(64 if narrow_tiles else 128, k_block)
     one_warpgroup = head_dim_pad <= 128 or ((causal or qk_int8 or short_keys) and not pv_fp16)
@@ -98,9 +102,10 @@ def forward_config(head_dim_pad: int, k_block: int, causal: bool = False, pv_fp1
 
 def layout_forward_config(qkv: QuantizedQKV, causal: bool) -> ForwardConfig:
     """:func:`forward_config` for the Triton kernel on ``qkv``: its padded head dim, key block, operand formats,
-    key count and whether its V is smoothed (``qkv.v_mean``)."""
+    key and query counts and whether its V is smoothed (``qkv.v_mean``)."""
     return forward_config(qkv.q.shape[-1], qkv.k_block, causal, pv_fp16=qkv.v_t.dtype == torch.float16,
-                          qk_int8=qkv.q.dtype == torch.int8, seqlen_k=qkv.seqlen_k, v_smoothed=qkv.v_mean is not None)
+                          qk_int8=qkv.q.dtype == torch.int8, seqlen_k=qkv.seqlen_k, v_smoothed=qkv.v_mean is not None,
+                          seqlen_q=qkv.seqlen_q)
 
 
 @triton.jit
@@ -400,7 +405,7 @@ def planned_key_splits(batch: int, num_q_heads: int, num_kv_heads: int, seqlen_q
     a ``v_mean`` came with it)."""
     head_dim_pad = padded_head_dim(head_dim)
     cfg = forward_config(head_dim_pad, recipe.k_block, causal, pv_fp16=recipe.pv_format == "fp16",
-                         qk_int8=recipe.qk_format == "int8", seqlen_k=seqlen_k,
+                         qk_int8=recipe.qk_format == "int8", seqlen_k=seqlen_k, seqlen_q=seqlen_q,
                          v_smoothed=recipe.smooth_v if v_smoothed is None else v_smoothed)
     programs = query_blocks(batch, num_q_heads, num_kv_heads, seqlen_q, cfg.block_m)
     slots = sm_count(device) * programs_per_sm(cfg, head_dim_pad)
