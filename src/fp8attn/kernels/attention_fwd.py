@@ -60,8 +60,9 @@ class ForwardConfig:
 
 
 SHORT_KEYS = 1024
-PREFILL_QUERIES = 64  # a whole query block of the Triton kernel's one-warpgroup programs
 """At most this many keys a query block's loop is a few tiles long: :func:`forward_config`'s short-key tiles."""
+PREFILL_QUERIES = 64
+"""At least this many queries (a whole query block of one warpgroup): :func:`forward_config`'s prefill tiles."""
 
 
 def forward_config(head_dim_pad: int, k_block: int, causal: bool = False, pv_fp16: bool = False,
